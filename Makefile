@@ -1,0 +1,25 @@
+# The two commands of the README. Both create/refresh .venv first (idempotent; a no-op when up to date).
+.PHONY: demo test stack-start stack-stop stack-status lint
+
+PY := .venv/bin/python
+CONFIG ?= configs/tiny.yaml
+PYTEST_ARGS ?=
+
+demo:
+	@bash infra/env.sh
+	@$(PY) -m infra.stack start
+	@$(PY) pipelines/full.py --config $(CONFIG)
+
+test:
+	@bash infra/env.sh
+	@$(PY) -m pytest -q $(PYTEST_ARGS)
+
+stack-start:
+	@$(PY) -m infra.stack start
+stack-stop:
+	@$(PY) -m infra.stack stop
+stack-status:
+	@$(PY) -m infra.stack status
+
+lint:
+	@.venv/bin/ruff check v2w_core pipelines infra tests bench

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment (.venv) — idempotent and fast when nothing changed.
+#
+# Why a script and not just `pip install -e .`: on CPU machines torch must come from the pinned CPU build
+# (torch==2.13.0) *before* anything else, or pip pulls a multi-GB CUDA build; and the simulator extras need
+# a couple of system libraries. The stamp file makes a second run a no-op unless pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${V2W_VENV:-.venv}
+PY=${PYTHON:-python3}
+EXTRAS=${V2W_EXTRAS:-dev,sim}
+stamp="$VENV/.v2w-stamp"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)-$EXTRAS"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+if [ -x infra/system_packages.sh ]; then bash infra/system_packages.sh; fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install -q "torch>=2.11"
+  else
+    "$VENV/bin/python" -m pip install -q torch==2.13.0   # the CPU build on disk; never a CUDA build here
+  fi
+fi
+"$VENV/bin/python" -m pip install -q -e ".[${EXTRAS}]"
+echo "$want" > "$stamp"
+echo "environment ready: $VENV"
