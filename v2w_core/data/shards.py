@@ -1,0 +1,477 @@
+"""WebDataset shards of episodes: writing, decoding one sample, and reading without Ray.
+
+Layout of one sample (one episode) in a tar, all members adjacent, ``<key>`` = the episode id::
+
+    <key>.json          metadata: Episode.metadata() + codec + content_hash (utf-8 JSON)
+    <key>.mp4           frames, codec "h264" / "h264-lossless" (libx264rgb in MP4)
+       or <key>.zst     frames, codec "zstd" (zstd-compressed .npy of the uint8 array)
+    <key>.actions.npy   actions (np.save, no pickle)
+    <key>.reward.npy    optional
+    <key>.done.npy      optional
+
+Shards live under ``<root>/shards/<prefix>-<NNNNNN>.tar`` next to ``<root>/manifest.parquet``; a new
+write uses a new prefix, so appending data never rewrites an existing shard.
+
+:func:`decode_sample` accepts a sample exactly as ``ray.data.read_webdataset`` (Ray 2.60) yields it: a
+dict with ``__key__`` and ``__url__`` (the shard path) plus one entry per member, keyed by the extension
+after the key (``"mp4"``, ``"actions.npy"``, ``"json"``...). With ``decoder=None`` every value is raw
+``bytes``; with Ray's default decoder ``.json`` arrives as a dict and ``.npy`` as an ndarray. Both are
+accepted, but pass ``decoder=None``: Ray's decoder runs inside the read task, so one corrupt ``.npy`` or
+``.json`` would fail the whole read instead of reaching :func:`decode_sample` to be counted and skipped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import tarfile
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Self
+
+import numpy as np
+from pydantic import Field
+from webdataset import TarWriter
+from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+from v2w_core import storage
+from v2w_core.config import StrictConfig
+from v2w_core.data.codec import FRAMES_EXTENSION, LOSSLESS_CODECS, CodecConfig, decode_frames, encode_frames
+from v2w_core.data.episode import FORMAT_VERSION, ActionSpace, Episode
+from v2w_core.data.errors import CorruptSampleError, DataError, ManifestError, ShardError
+from v2w_core.data.manifest import MANIFEST_NAME, Manifest, assign_split
+
+log = logging.getLogger(__name__)
+
+OnError = Literal["skip", "fail"]
+SHARDS_DIR = "shards"
+_TAR_BLOCK = 512
+
+
+# ============================================================================================ encoding
+def encode_sample(episode: Episode, codec: CodecConfig | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The tar members of one episode (``{"__key__": id, ext: bytes}``) and its metadata dict."""
+    codec = codec or CodecConfig()
+    episode.validate()
+    meta = episode.metadata()
+    meta["codec"] = codec.name
+    meta["content_hash"] = episode.content_hash()
+    sample: dict[str, Any] = {
+        "__key__": episode.episode_id,
+        "json": json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8"),
+        codec.extension: encode_frames(episode.frames, codec, fps=episode.fps),
+        "actions.npy": _npy_bytes(episode.actions),
+    }
+    if episode.reward is not None:
+        sample["reward.npy"] = _npy_bytes(episode.reward)
+    if episode.done is not None:
+        sample["done.npy"] = _npy_bytes(episode.done)
+    return sample, meta
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _tar_size(sample: Mapping[str, Any]) -> int:
+    """Bytes the sample occupies in a tar: one header block per member plus data padded to blocks."""
+    return sum(
+        _TAR_BLOCK + -(-len(v) // _TAR_BLOCK) * _TAR_BLOCK for k, v in sample.items() if not k.startswith("__")
+    )
+
+
+# ============================================================================================ decoding
+def decode_sample(sample: Mapping[str, Any], *, shard: str, verify: bool = True) -> Episode:
+    """Turn one WebDataset sample back into a validated :class:`Episode`.
+
+    Raises :class:`CorruptSampleError` (``shard``, ``key``, reason) for anything wrong with it: missing
+    members, undecodable video or arrays, metadata that disagrees with the arrays, an episode that
+    fails validation, and (``verify``, lossless codecs) frames/actions whose hash differs from the one
+    recorded at write time.
+    """
+    key = str(sample.get("__key__", "<no __key__>"))
+
+    def bad(reason: str) -> CorruptSampleError:
+        return CorruptSampleError(shard, key, reason)
+
+    if "__key__" not in sample:
+        raise bad("sample has no __key__ (not a WebDataset sample?)")
+    meta = _load_json(sample, bad)
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise bad(f"format_version {version!r} is not readable by this version (<= {FORMAT_VERSION})")
+    codec = meta.get("codec")
+    if codec not in FRAMES_EXTENSION:
+        raise bad(f"unknown codec {codec!r} in metadata")
+    ext = FRAMES_EXTENSION[codec]
+    if sample.get(ext) is None:
+        raise bad(f"missing frames member {key}.{ext}")
+    try:
+        frames = decode_frames(_as_bytes(sample[ext], f"{key}.{ext}"), codec)
+        expected = (meta["length"], meta["height"], meta["width"], 3)
+        if frames.shape != tuple(expected):
+            raise bad(f"decoded frames have shape {frames.shape} but metadata says {tuple(expected)}")
+        actions = _load_npy(sample, "actions.npy", key, required=True)
+        episode = Episode(
+            episode_id=meta["episode_id"],
+            frames=frames,
+            actions=actions,
+            action_space=ActionSpace.model_validate(meta["action_space"]),
+            domain=meta["domain"],
+            source=meta["source"],
+            fps=float(meta["fps"]),
+            reward=_load_npy(sample, "reward.npy", key, required=bool(meta.get("has_reward"))),
+            done=_load_npy(sample, "done.npy", key, required=bool(meta.get("has_done"))),
+            extra=dict(meta.get("extra") or {}),
+        )
+    except CorruptSampleError:
+        raise
+    except KeyError as err:
+        raise bad(f"metadata lacks field {err}") from None
+    except (DataError, ValueError, TypeError) as err:  # EpisodeError, VideoDecodeError, pydantic, numpy
+        raise bad(str(err)) from err
+    if episode.episode_id != key:
+        raise bad(f"metadata names episode {episode.episode_id!r}, not the sample key")
+    if verify and codec in LOSSLESS_CODECS and meta.get("content_hash") != episode.content_hash():
+        raise bad("content hash mismatch: decoded frames/actions differ from what was written")
+    return episode
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} holds a {type(value).__name__}, expected raw bytes")
+
+
+def _plain(value: Any) -> Any:
+    """Undo pandas/Arrow conversions (arrays for lists, numpy scalars) in Ray-decoded JSON."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _load_json(sample: Mapping[str, Any], bad: Any) -> dict[str, Any]:
+    raw = sample.get("json")
+    if raw is None:
+        raise bad("missing metadata member .json")
+    try:
+        meta = raw if isinstance(raw, Mapping) else json.loads(raw if isinstance(raw, str) else _as_bytes(raw, "json"))
+    except (ValueError, TypeError) as err:
+        raise bad(f"metadata .json is not valid JSON: {err}") from None
+    if not isinstance(meta, Mapping):
+        raise bad(f"metadata .json holds a {type(meta).__name__}, expected an object")
+    return _plain(meta)
+
+
+def _load_npy(sample: Mapping[str, Any], name: str, key: str, *, required: bool) -> np.ndarray | None:
+    value = sample.get(name)
+    if value is None:
+        if required:
+            raise ValueError(f"missing member {key}.{name}")
+        return None
+    if isinstance(value, np.ndarray):
+        return value  # already decoded by Ray's default decoder
+    try:
+        return np.load(io.BytesIO(_as_bytes(value, f"{key}.{name}")), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{key}.{name} is not a readable .npy array: {err}") from None
+
+
+# ============================================================================================= writing
+class ShardWriterConfig(StrictConfig):
+    codec: CodecConfig = CodecConfig()
+    #: Target shard size; a shard is closed before a sample would push it past this (one oversized
+    #: episode still gets a shard of its own).
+    shard_size_mb: float = Field(default=256.0, gt=0)
+    #: Fraction of episodes assigned to the eval split (by a hash of the episode id, see manifest.py).
+    eval_fraction: float = Field(default=0.05, ge=0.0, le=1.0)
+
+
+class ShardWriter:
+    """Packs episodes into size-bounded WebDataset tars under ``<root>/shards/`` (local or ``s3://``).
+
+    Each :meth:`write` returns the episode's manifest row; nothing is added to the manifest here, so a
+    crashed write leaves at worst unreferenced shards, never a manifest that lists missing data. Use
+    :func:`write_episodes` to write and append to the manifest in one go.
+    """
+
+    def __init__(self, root: str, config: ShardWriterConfig | None = None, *, prefix: str | None = None) -> None:
+        self.root = str(root)
+        self.config = config or ShardWriterConfig()
+        self.created_at = datetime.now(UTC)
+        self.prefix = prefix or f"{self.created_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+        if "." in self.prefix or "/" in self.prefix:
+            raise ValueError(f"shard prefix {self.prefix!r} must not contain '.' or '/'")
+        self.rows: list[dict[str, Any]] = []
+        self.shards: list[str] = []  # relative paths of the shards written so far
+        self._index = 0
+        self._stream: Any = None
+        self._tar: TarWriter | None = None
+        self._size = 0
+        self._target = int(self.config.shard_size_mb * 1024 * 1024)
+
+    def write(self, episode: Episode) -> dict[str, Any]:
+        """Append one episode (validated first) to the current shard; returns its manifest row."""
+        sample, meta = encode_sample(episode, self.config.codec)
+        size = _tar_size(sample)
+        if self._tar is not None and self._size + size > self._target:
+            self._close_shard()
+        if self._tar is None:
+            self._open_shard()
+        assert self._tar is not None
+        self._tar.write(sample)
+        self._size += size
+        row = {
+            "episode_id": episode.episode_id,
+            "shard": self.shards[-1],
+            "key": episode.episode_id,
+            "length": episode.length,
+            "height": episode.height,
+            "width": episode.width,
+            "action_type": episode.action_space.type,
+            "action_dim": episode.action_space.dim,
+            "domain": episode.domain,
+            "source": episode.source,
+            "fps": float(episode.fps),
+            "split": assign_split(episode.episode_id, self.config.eval_fraction),
+            "content_hash": meta["content_hash"],
+            "codec": self.config.codec.name,
+            "sample_bytes": size,
+            "created_at": self.created_at,
+        }
+        self.rows.append(row)
+        return row
+
+    def _open_shard(self) -> None:
+        rel = f"{SHARDS_DIR}/{self.prefix}-{self._index:06d}.tar"
+        self._index += 1
+        self._stream = storage.open_output_stream(storage.join(self.root, rel))
+        self._tar = TarWriter(self._stream, encoder=False, mtime=self.created_at.timestamp())
+        self._size = 0
+        self.shards.append(rel)
+        log.info("writing shard %s", storage.join(self.root, rel))
+
+    def _close_shard(self) -> None:
+        tar, stream = self._tar, self._stream
+        self._tar = self._stream = None
+        try:
+            if tar is not None:
+                tar.close()  # writes the end-of-archive blocks; does not close a stream it did not open
+        finally:
+            if stream is not None:
+                stream.close()  # for S3 this completes the upload
+
+    def close(self) -> list[dict[str, Any]]:
+        self._close_shard()
+        return self.rows
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_episodes(
+    episodes: Iterable[Episode],
+    root: str,
+    config: ShardWriterConfig | None = None,
+    *,
+    prefix: str | None = None,
+) -> Manifest:
+    """Write episodes as new shards under ``root`` and append them to ``root/manifest.parquet``.
+
+    Episode ids already in the manifest are rejected before anything is written for them. Returns the
+    updated manifest.
+    """
+    manifest_uri = storage.join(root, MANIFEST_NAME)
+    existing = Manifest.read(manifest_uri) if storage.exists(manifest_uri) else Manifest.empty(root)
+    known = set(existing.episode_ids())
+    with ShardWriter(root, config, prefix=prefix) as writer:
+        for episode in episodes:
+            if episode.episode_id in known:
+                raise ManifestError(
+                    f"episode {episode.episode_id!r} is already in {manifest_uri}; episode ids must be unique "
+                    "(ingest with another seed, or write to another root)"
+                )
+            known.add(episode.episode_id)
+            writer.write(episode)
+    new = Manifest.from_rows(writer.rows, root=root)
+    merged = existing.merge(new)
+    merged.write(manifest_uri)
+    log.info("wrote %d episodes in %d shards; manifest %s now lists %d", len(new), len(writer.shards),
+             manifest_uri, len(merged))  # fmt: skip
+    return merged
+
+
+# ============================================================================================= reading
+@dataclass
+class BadSample:
+    shard: str
+    key: str | None
+    reason: str
+
+
+@dataclass
+class ReadStats:
+    """What a read produced, so nothing disappears silently: ``expected == read + bad`` when reading
+    through a manifest (``reconciles``)."""
+
+    expected: int | None = None
+    read: int = 0
+    bad: list[BadSample] = field(default_factory=list)
+    #: samples found in a shard but not listed in the manifest (ignored, logged).
+    unlisted: int = 0
+
+    @property
+    def num_bad(self) -> int:
+        return len(self.bad)
+
+    @property
+    def reconciles(self) -> bool:
+        return self.expected is None or self.expected == self.read + self.num_bad
+
+    def summary(self) -> str:
+        exp = "?" if self.expected is None else str(self.expected)
+        return f"expected {exp}, read {self.read}, bad {self.num_bad}, unlisted {self.unlisted}"
+
+
+def iter_samples(uri: str) -> Iterator[dict[str, Any]]:
+    """Raw samples of one shard, shaped as Ray yields them (``__key__``, ``__url__``, ext -> bytes).
+
+    Raises :class:`ShardError` for a missing or unreadable/truncated tar (after yielding the complete
+    samples before the damage).
+    """
+    try:
+        stream = storage.open_input_stream(uri)
+    except FileNotFoundError:
+        raise ShardError(uri, "shard does not exist") from None
+    except storage.StorageError as err:
+        raise ShardError(uri, f"cannot open: {err}") from err
+    with stream:
+
+        def files() -> Iterator[dict[str, Any]]:
+            for item in tar_file_iterator(stream):
+                item["__url__"] = uri
+                yield item
+
+        try:
+            yield from group_by_keys(files())
+        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+            raise ShardError(uri, f"unreadable tar (truncated or corrupt?): {err}") from err
+
+
+def read_shard(
+    uri: str, *, on_error: OnError = "fail", stats: ReadStats | None = None, verify: bool = True
+) -> Iterator[Episode]:
+    """Episodes of one shard without Ray or a manifest; bad samples are raised or (``skip``) recorded."""
+    stats = stats if stats is not None else ReadStats()
+    yield from _read_one_shard(uri, None, on_error=on_error, stats=stats, verify=verify)
+
+
+def iter_episodes(
+    manifest: Manifest,
+    *,
+    split: str | None = None,
+    on_error: OnError = "fail",
+    stats: ReadStats | None = None,
+    verify: bool = True,
+) -> Iterator[Episode]:
+    """Every episode the manifest lists (optionally one split), shard by shard.
+
+    With ``on_error="skip"`` a bad sample, a missing shard or a truncated tar is logged with shard and
+    key and recorded in ``stats`` instead of raised; listed episodes that never show up are recorded as
+    bad too, so ``stats.reconciles`` holds at the end.
+    """
+    stats = stats if stats is not None else ReadStats()
+    selected = manifest.select(split=split) if split else manifest
+    stats.expected = (stats.expected or 0) + len(selected)
+    for shard, rows in selected.rows_by_shard().items():
+        yield from _read_one_shard(
+            selected.shard_uri(shard), {r["key"]: r for r in rows}, on_error=on_error, stats=stats, verify=verify
+        )
+
+
+def _read_one_shard(
+    uri: str,
+    expected: dict[str, dict[str, Any]] | None,
+    *,
+    on_error: OnError,
+    stats: ReadStats,
+    verify: bool,
+) -> Iterator[Episode]:
+    pending = dict(expected) if expected is not None else None
+
+    def record(key: str | None, reason: str, err: Exception) -> None:
+        if on_error == "fail":
+            raise err
+        stats.bad.append(BadSample(uri, key, reason))
+        log.warning("skipping bad sample: shard=%s key=%s: %s", uri, key, reason)
+
+    try:
+        for sample in iter_samples(uri):
+            key = str(sample["__key__"])
+            if pending is not None:
+                if key not in pending:
+                    stats.unlisted += 1
+                    log.warning("shard %s holds sample %s that the manifest does not list; ignored", uri, key)
+                    continue
+                row = pending.pop(key)
+            try:
+                episode = decode_sample(sample, shard=uri, verify=verify)
+                if pending is not None:
+                    _check_against_row(episode, row, uri, verify=verify)
+            except CorruptSampleError as err:
+                record(key, err.reason, err)
+                continue
+            stats.read += 1
+            yield episode
+    except ShardError as err:
+        if on_error == "fail":
+            raise
+        if pending is None:
+            record(None, err.reason, err)
+        shard_failure: str | None = err.reason
+    else:
+        shard_failure = None
+    if pending:
+        reason = shard_failure or "listed in the manifest but missing from the shard"
+        if on_error == "fail":
+            key = next(iter(pending))
+            raise CorruptSampleError(uri, key, f"{reason} ({len(pending)} missing)")
+        for key in pending:
+            record(key, reason, CorruptSampleError(uri, key, reason))
+
+
+def _check_against_row(episode: Episode, row: Mapping[str, Any], shard: str, *, verify: bool) -> None:
+    if episode.length != row["length"]:
+        raise CorruptSampleError(shard, episode.episode_id,
+                                 f"has {episode.length} frames but the manifest says {row['length']}")  # fmt: skip
+    if verify and row["codec"] in LOSSLESS_CODECS and episode.content_hash() != row["content_hash"]:
+        raise CorruptSampleError(shard, episode.episode_id, "content hash differs from the manifest's")
+
+
+__all__ = [
+    "BadSample",
+    "OnError",
+    "ReadStats",
+    "ShardWriter",
+    "ShardWriterConfig",
+    "decode_sample",
+    "encode_sample",
+    "iter_episodes",
+    "iter_samples",
+    "read_shard",
+    "write_episodes",
+]

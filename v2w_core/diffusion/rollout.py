@@ -1,0 +1,201 @@
+"""Autoregressive rollout of a causal world model with causal action guidance (DESIGN §1.3–1.4).
+
+Alignment. ``context`` holds frames x_0 … x_{K−1} (B, K, C, H, W) and ``actions`` the *recorded*
+actions, ``actions[:, i]`` taken at frame i (the episode convention), so frame i+1 is its result.
+Generated frame K+j (j = 0 … N−1) is conditioned on a_{K+j−1}; the last action used is a_{K+N−2}, so
+``actions`` needs at least K+N−1 entries along dim 1 (extra trailing entries are ignored). The first
+context frame gets the null action (its cause is not in the input); a rollout that starts mid-episode
+and wants x_0 conditioned too passes one more leading frame of context.
+
+Per generated frame:
+  1. The window is the newest ≤ ``window − 1`` clean frames (oldest dropped) plus the new frame.
+  2. History frames are noised to ``history_noise_level`` (forward process q(x_t | x_0), fresh noise)
+     and are never denoised; the new frame starts from pure noise (t = 999 at zero terminal SNR).
+  3. DDIM (diffusers' trailing timesteps, :func:`~v2w_core.diffusion.schedule.ddim_step`) denoises only
+     the new frame. With guidance, the conditional and unconditional branches are one batch of 2·B
+     copies of the new frame, ``[cond; uncond]``; they differ only in the new frame's action mask
+     (the unconditional branch drops the newest action only, history actions stay).
+
+Two paths compute the same thing:
+  * ``full``: a forward over the whole window at every DDIM step (the reference; also supports the
+    paper's option of drawing fresh history noise at every step, ``history_noise="per_step"``);
+  * ``streaming``: ``model.encode_history`` once per generated frame, then ``model.step_newest`` on the
+    new frame alone at every step. Valid because a causal model's history activations do not depend
+    on the new frame, *and* the noised history is fixed for the whole frame (``history_noise=
+    "per_frame"``). Within a generated frame it is exact up to float reassociation; when the window
+    slides the history is re-encoded from scratch, so streaming stays equal to ``full`` with
+    ``per_frame`` history noise at every frame (nothing is carried across frames but clean pixels).
+
+Random draws, both paths, in this order per generated frame: history noise (B, H, …) if the level is
+> 0, the new frame's initial noise (B, 1, …), then per DDIM step [history noise again if per_step]
+and the η-noise (B, 1, …) if η > 0. Same generator state → same frames on either path.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, model_validator
+
+from v2w_core.config import StrictConfig
+from v2w_core.diffusion.guidance import combine_guidance
+from v2w_core.diffusion.schedule import NoiseSchedule, NoiseScheduleConfig, ddim_step
+from v2w_core.models.actions import align_actions
+
+logger = logging.getLogger(__name__)
+
+
+class RolloutConfig(StrictConfig):
+    """Sampler settings. Defaults are the paper's (DESIGN §1.3–1.4) plus the streaming cache."""
+
+    num_inference_steps: int = Field(50, ge=1, le=1000)
+    eta: float = Field(1.0, ge=0.0, le=1.0)
+    history_noise_level: int = Field(20, ge=0, le=999)
+    # per_frame: history noised once per generated frame (streaming-compatible);
+    # per_step: fresh history noise at every DDIM step (the paper's sampler; full path only).
+    history_noise: Literal["per_frame", "per_step"] = "per_frame"
+    window: int = Field(16, ge=2)
+    # None = no guidance (one branch, all actions). A number s runs both branches, even s = 1.
+    guidance_scale: float | None = 2.5
+    guidance_rescale: float = Field(0.7, ge=0.0, le=1.0)
+    mode: Literal["streaming", "full"] = "streaming"
+    schedule: NoiseScheduleConfig = NoiseScheduleConfig()
+
+    @model_validator(mode="after")
+    def _streaming_needs_fixed_history(self) -> RolloutConfig:
+        if self.mode == "streaming" and self.history_noise == "per_step":
+            raise ValueError(
+                "history_noise='per_step' redraws the history at every step, which invalidates the streaming "
+                "cache; use mode='full' with it, or history_noise='per_frame' with streaming"
+            )
+        return self
+
+
+def _randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    gen_device = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=like.dtype).to(like.device)
+
+
+def _check_inputs(model: Any, context: torch.Tensor, actions: torch.Tensor | None, num_frames: int) -> None:
+    if context.ndim != 5:
+        raise ValueError(f"context must be (B, K, C, H, W) frames, got shape {tuple(context.shape)}")
+    b, k = context.shape[:2]
+    if k < 1:
+        raise ValueError("context needs at least one frame (K >= 1)")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    cfg = getattr(model, "config", None)
+    if cfg is not None and getattr(cfg, "causal_mode", None) == "none":
+        raise ValueError("rollout needs a causal model: call v2w_core.models.causalize(model) first")
+    if actions is None:
+        return
+    if actions.ndim < 2 or actions.shape[0] != b:
+        raise ValueError(
+            f"actions must be (B, T, ...) with B = {b} like the context, got shape {tuple(actions.shape)}"
+        )
+    need = k + num_frames - 1
+    if actions.shape[1] < need:
+        raise ValueError(
+            f"actions too short: {k} context frames + {num_frames} generated frames need the recorded actions "
+            f"a_0 … a_{need - 1} ({need} entries, actions[:, i] taken at frame i), got {actions.shape[1]}; "
+            f"pass more actions or generate at most {actions.shape[1] - k + 1} frames"
+        )
+
+
+def _concat_or_none(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if parts[0] is None else torch.cat(parts, dim=0)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def rollout(
+    model: Any,
+    context: torch.Tensor,
+    actions: torch.Tensor | None,
+    num_frames: int,
+    config: RolloutConfig | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate ``num_frames`` frames after ``context`` (B, K, C, H, W) → (B, num_frames, C, H, W).
+
+    ``actions`` are recorded actions (B, ≥ K+N−1, ...) (see module docstring for the alignment) or
+    ``None`` for an action-free rollout (then guidance is off: there is no action to guide by).
+    ``B`` independent rollouts run as one batch; ``generator`` makes them reproducible.
+    """
+    cfg = config or RolloutConfig()
+    _check_inputs(model, context, actions, num_frames)
+    b, k = context.shape[:2]
+    frame_shape = tuple(context.shape[2:])
+    device = context.device
+    schedule = NoiseSchedule(cfg.schedule)
+    ddim = schedule.ddim(cfg.num_inference_steps)
+    timesteps = [int(t) for t in ddim.timesteps]
+
+    aligned = keep = None
+    if actions is not None:
+        # Global alignment over all K+N frames: frame i carries a_{i-1}; frame 0 null.
+        recorded = actions[:, : k + num_frames - 1].to(device)
+        pad = torch.zeros_like(recorded[:, :1])  # a_{K+N-1} would lead past the rollout; never used
+        aligned, keep = align_actions(torch.cat([recorded, pad], dim=1))
+    guided = cfg.guidance_scale is not None and aligned is not None
+    n_branch = 2 if guided else 1
+
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    history = context[:, -(cfg.window - 1) :]
+    outputs: list[torch.Tensor] = []
+    try:
+        for j in range(num_frames):
+            g0 = k + j  # global index of the frame being generated
+            fh = history.shape[1]
+            lo = g0 - fh
+            t_hist = torch.full((b, fh), cfg.history_noise_level, dtype=torch.long, device=device)
+            if aligned is not None:
+                a_win, m_win = aligned[:, lo : g0 + 1], keep[:, lo : g0 + 1]
+                m_uncond = m_win.clone()
+                m_uncond[:, -1] = False
+                branch_masks = [m_win, m_uncond] if guided else [m_win]
+                a_hist, m_hist = a_win[:, :-1], m_win[:, :-1]
+                a_new = torch.cat([a_win[:, -1:]] * n_branch)
+                m_new = torch.cat([m[:, -1:] for m in branch_masks])
+                a_full = torch.cat([a_win] * n_branch)
+                m_full = torch.cat(branch_masks)
+            else:
+                a_hist = m_hist = a_new = m_new = a_full = m_full = None
+
+            def noised_history() -> torch.Tensor:
+                if cfg.history_noise_level == 0:
+                    return history
+                return schedule.add_noise(history, _randn(history.shape, history, generator), t_hist)
+
+            x_hist = noised_history()
+            x = _randn((b, 1, *frame_shape), context, generator)
+            cache = None
+            if cfg.mode == "streaming":
+                cache = model.encode_history(x_hist, t_hist, a_hist, m_hist)
+
+            for t in timesteps:
+                t_new = torch.full((n_branch * b, 1), t, dtype=torch.long, device=device)
+                if cfg.mode == "streaming":
+                    v = model.step_newest(torch.cat([x] * n_branch), t_new, a_new, m_new, cache)
+                else:
+                    if cfg.history_noise == "per_step" and t != timesteps[0]:
+                        x_hist = noised_history()
+                    xw = torch.cat([x_hist, x], dim=1)
+                    tw = torch.cat([t_hist.repeat(n_branch, 1), t_new], dim=1)
+                    v = model(torch.cat([xw] * n_branch), tw, a_full, m_full)[:, -1:]
+                if guided:
+                    v_cond, v_uncond = v.chunk(2)
+                    v = combine_guidance(v_cond, v_uncond, cfg.guidance_scale, cfg.guidance_rescale)
+                z = _randn(x.shape, x, generator) if cfg.eta > 0 else None
+                x = ddim_step(ddim, v, t, x, eta=cfg.eta, variance_noise=z)
+            outputs.append(x)
+            history = torch.cat([history, x], dim=1)[:, -(cfg.window - 1) :]
+            logger.debug("rollout: generated frame %d/%d (window %d)", j + 1, num_frames, fh + 1)
+    finally:
+        if was_training:
+            model.train()
+    return torch.cat(outputs, dim=1)

@@ -1,0 +1,387 @@
+"""Causalization of a pretrained bidirectional video UNet (Vid2World §1.1).
+
+A causal model's output at frame t must not change when frames > t change. In the diffusers video UNets
+exactly three kinds of layer look across frames, and each gets a causal replacement that keeps the
+pretrained weights:
+
+* temporal self-attention -> :class:`CausalTemporalAttnProcessor` (lower-triangular mask), installed
+  with diffusers' ``Attention.set_processor`` so the attention modules and their weights stay diffusers';
+* temporal convolutions (``Conv3d`` with kernel ``(k, 1, 1)``) -> :class:`CausalTemporalConv`, left padding
+  only, with the weights transferred by one of three rules (shift | masked | extrapolative);
+* GroupNorm applied to 5-D ``(B, C, F, H, W)`` tensors inside ``TemporalConvLayer``,
+  ``TransformerTemporalModel`` and SVD's ``TemporalResnetBlock``: diffusers normalises over *all* frames
+  there, so the statistics of frame t would include the future. :class:`FrameGroupNorm` keeps the same
+  affine weights but takes statistics per frame.
+
+Other cross-frame ops, checked module by module: SVD's ``AlphaBlender`` mixes per frame (fine); SVD's
+frame-position embedding (``TransformerSpatioTemporalModel.time_pos_embed`` of ``arange(F)``) uses
+absolute indices from 0, so it is causal, and is wrapped in :class:`FramePositionProj` only so that
+streaming can give the newest frame its true index; SVD's ``time_context`` takes frame 0's
+cross-attention context for every frame, which is harmless because the world model feeds the same null
+context to every frame. ``BasicTransformerBlock`` positional embeddings are not used by either family and
+are rejected if present.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import BasicTransformerBlock, TemporalBasicTransformerBlock
+from diffusers.models.attention_processor import Attention
+from diffusers.models.resnet import TemporalConvLayer, TemporalResnetBlock
+from diffusers.models.transformers.transformer_temporal import (
+    TransformerSpatioTemporalModel,
+    TransformerTemporalModel,
+)
+from einops import rearrange
+from torch import nn
+
+from v2w_core.models.streaming import StreamState
+
+logger = logging.getLogger(__name__)
+
+CausalMode = Literal["shift", "masked", "extrapolative"]
+CAUSAL_MODES: tuple[str, ...] = ("shift", "masked", "extrapolative")
+
+# Modules whose GroupNorms see 5-D (B, C, F, H, W) tensors, i.e. normalise across frames.
+_FRAME_MIXING_NORM_PARENTS = (TemporalConvLayer, TransformerTemporalModel, TemporalResnetBlock)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in CAUSAL_MODES:
+        raise ValueError(f"unknown causal mode {mode!r}; expected one of {', '.join(CAUSAL_MODES)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Weight transfer
+# --------------------------------------------------------------------------------------------------
+
+
+def extrapolation_coefficients(num_future: int, window: int) -> torch.Tensor:
+    """γ[i-1, j] = weight of past frame τ_j in the least-squares linear extrapolation of x_{t+i}.
+
+    Past offsets τ_j = -window+1, ..., 0 (column j in that order), future offsets i = 1..num_future:
+    γ_{i,j} = 1/p + (i - μ)(τ_j - μ) / S with μ = mean(τ), S = Σ (τ_j - μ)². A window of 1 has no slope
+    to fit, so it extrapolates by holding the last frame (γ = 1). Float64, shape (num_future, window).
+    """
+    if window < 1:
+        raise ValueError(f"extrapolation_window must be >= 1, got {window}")
+    tau = torch.arange(-window + 1, 1, dtype=torch.float64)
+    future = torch.arange(1, num_future + 1, dtype=torch.float64)
+    if window == 1:
+        return torch.ones(num_future, 1, dtype=torch.float64)
+    mu = tau.mean()
+    s = ((tau - mu) ** 2).sum()
+    return 1.0 / window + (future[:, None] - mu) * (tau[None, :] - mu) / s
+
+
+def causal_kernel_length(kernel: int, mode: str, window: int) -> int:
+    """Length L of the causal kernel (taps t-L+1 .. t): k, or p when the extrapolation window is longer."""
+    check_mode(mode)
+    return max(kernel, window) if mode == "extrapolative" else kernel
+
+
+def transfer_temporal_weight(weight: torch.Tensor, mode: str, window: int = 2) -> torch.Tensor:
+    """Turn a centred temporal kernel (..., k, ...) on dim 2 into a causal one of length L.
+
+    ``weight`` is a Conv3d weight (out, in, k, kh, kw) whose tap a multiplies x_{t+a-m}, m = (k-1)//2.
+    The result's tap a multiplies x_{t+a-(L-1)}.
+
+    * shift: the same taps on the window ending at t: [w₋ₘ..wₘ] on [t-2m..t];
+    * masked: future taps dropped: w'_j = w_j for j <= 0;
+    * extrapolative: each future x_{t+i} replaced by its linear extrapolation from the last p frames and
+      folded onto those taps: w'_j = w_j·1[j <= 0] + Σ_i γ_{i,j} w_i.
+    """
+    check_mode(mode)
+    k = weight.shape[2]
+    if k % 2 != 1:
+        raise ValueError(f"temporal kernel size must be odd to have a centre tap, got {k}")
+    m = (k - 1) // 2
+    length = causal_kernel_length(k, mode, window)
+    w = weight.detach().to(torch.float64)
+    out = torch.zeros((*w.shape[:2], length, *w.shape[3:]), dtype=torch.float64, device=w.device)
+
+    def tap(offset: int) -> int:  # index in the causal kernel of input offset (<= 0) from t
+        return offset + length - 1
+
+    if mode == "shift":
+        out[:, :, length - k :] = w
+    else:
+        for j in range(-m, 1):
+            out[:, :, tap(j)] += w[:, :, j + m]
+        if mode == "extrapolative" and m > 0:
+            gamma = extrapolation_coefficients(m, window)
+            for i in range(1, m + 1):
+                for col, tau in enumerate(range(-window + 1, 1)):
+                    out[:, :, tap(tau)] += gamma[i - 1, col] * w[:, :, i + m]
+    return out.to(weight.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Causal layers
+# --------------------------------------------------------------------------------------------------
+
+
+class CausalTemporalConv(nn.Conv3d):
+    """Temporal Conv3d (kernel (L, 1, 1)) with left padding only: frame t sees frames t-L+1..t.
+
+    A subclass of ``nn.Conv3d`` so the state-dict keys (``weight``, ``bias``) stay those of the conv it
+    replaces. In streaming it records / replays the last L-1 frames of its input.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        length: int,
+        *,
+        bias: bool,
+        stream: StreamState,
+        stream_key: str,
+        mode: str,
+        source_kernel: int,
+        extrapolation_window: int,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(in_channels, out_channels, (length, 1, 1), padding=0, bias=bias, device=device, dtype=dtype)
+        self.stream = stream
+        self.stream_key = stream_key
+        self.mode = mode
+        self.source_kernel = source_kernel
+        self.extrapolation_window = extrapolation_window
+
+    @classmethod
+    def from_conv(
+        cls, conv: nn.Conv3d, mode: str, window: int, stream: StreamState, stream_key: str
+    ) -> CausalTemporalConv:
+        k, kh, kw = conv.kernel_size
+        if (kh, kw) != (1, 1) or conv.stride != (1, 1, 1) or conv.dilation != (1, 1, 1) or conv.groups != 1:
+            raise NotImplementedError(
+                f"{stream_key}: only temporal convs with kernel (k, 1, 1), stride 1, dilation 1, groups 1 can "
+                f"be causalized, got kernel {conv.kernel_size}, stride {conv.stride}"
+            )
+        if conv.padding != ((k - 1) // 2, 0, 0) or conv.padding_mode != "zeros":
+            raise NotImplementedError(f"{stream_key}: expected centred zero padding, got {conv.padding}")
+        new = cls(
+            conv.in_channels,
+            conv.out_channels,
+            causal_kernel_length(k, mode, window),
+            bias=conv.bias is not None,
+            stream=stream,
+            stream_key=stream_key,
+            mode=mode,
+            source_kernel=k,
+            extrapolation_window=window,
+            device=conv.weight.device,
+            dtype=conv.weight.dtype,
+        )
+        with torch.no_grad():
+            new.weight.copy_(transfer_temporal_weight(conv.weight, mode, window))
+            if conv.bias is not None:
+                new.bias.copy_(conv.bias)
+        new.weight.requires_grad_(conv.weight.requires_grad)
+        return new
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, causal={self.mode}, source_kernel={self.source_kernel}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.kernel_size[0] - 1
+        if self.stream.mode == "replay":
+            (past,) = self.stream.history(self.stream_key)
+            x = torch.cat([past.to(x.dtype), x], dim=2)
+        else:
+            x = F.pad(x, (0, 0, 0, 0, pad, 0))
+            self.stream.record(self.stream_key, x[:, :, x.shape[2] - pad :])
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics are per frame on 5-D (B, C, F, H, W) input; identical on 4-D input.
+
+    Same parameters (and state-dict keys) as the GroupNorm it replaces. Per-frame statistics are what
+    make the temporal blocks causal *and* streamable: frame t's normalisation depends on frame t alone.
+    """
+
+    @classmethod
+    def from_group_norm(cls, norm: nn.GroupNorm) -> FrameGroupNorm:
+        new = cls(norm.num_groups, norm.num_channels, eps=norm.eps, affine=norm.affine, device="meta")
+        if norm.affine:
+            new.weight = norm.weight
+            new.bias = norm.bias
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            return super().forward(x)
+        frames = x.shape[2]
+        y = super().forward(rearrange(x, "b c f h w -> (b f) c h w"))
+        return rearrange(y, "(b f) c h w -> b c f h w", f=frames)
+
+
+class FramePositionProj(nn.Module):
+    """Wraps SVD's frame-index sinusoidal projection to add the streaming frame offset.
+
+    In a full forward frame indices are ``arange(F)``; when the newest frame runs alone its index must
+    be the history length, not 0. Holds no parameters, so the state dict is unchanged.
+    """
+
+    def __init__(self, inner: nn.Module, stream: StreamState) -> None:
+        super().__init__()
+        self.inner = inner
+        self.stream = stream
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.inner(positions + self.stream.frame_offset)
+
+
+class CausalTemporalAttnProcessor:
+    """diffusers attention processor for temporal self-attention with a causal (lower-triangular) mask.
+
+    Input is (B·H·W, F, C): each spatial position attends over its own frames. In streaming "record" mode
+    the per-head keys/values are stored; in "replay" mode the newest frame's query attends to the cached
+    history keys/values plus its own, which is the last row of the causal attention.
+    """
+
+    def __init__(self, stream: StreamState, stream_key: str) -> None:
+        self.stream = stream
+        self.stream_key = stream_key
+
+    def __call__(
+        self,
+        attn: Attention,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise NotImplementedError(
+                f"{self.stream_key}: the causal temporal processor handles self-attention without masks only"
+            )
+        if hidden_states.ndim != 3:
+            raise ValueError(f"{self.stream_key}: expected (B*H*W, F, C) hidden states, got {hidden_states.shape}")
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        q = rearrange(attn.to_q(hidden_states), "n f (h d) -> n h f d", h=attn.heads)
+        k = rearrange(attn.to_k(hidden_states), "n f (h d) -> n h f d", h=attn.heads)
+        v = rearrange(attn.to_v(hidden_states), "n f (h d) -> n h f d", h=attn.heads)
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+
+        if self.stream.mode == "replay":
+            k_hist, v_hist = self.stream.history(self.stream_key)
+            k = torch.cat([k_hist.to(k.dtype), k], dim=2)
+            v = torch.cat([v_hist.to(v.dtype), v], dim=2)
+            # The new frames come after every cached frame; mask only among the new frames themselves.
+            new, total = q.shape[2], k.shape[2]
+            mask = None
+            if new > 1:
+                mask = torch.ones(new, total, dtype=torch.bool, device=q.device).tril(total - new)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
+        else:
+            self.stream.record(self.stream_key, k, v)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scale)
+
+        out = rearrange(out, "n h f d -> n f (h d)").to(q.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+
+# --------------------------------------------------------------------------------------------------
+# Model surgery
+# --------------------------------------------------------------------------------------------------
+
+
+def _temporal_self_attentions(block: nn.Module) -> list[Attention]:
+    found = [block.attn1]
+    attn2 = getattr(block, "attn2", None)
+    if attn2 is not None and not attn2.is_cross_attention:
+        found.append(attn2)
+    return found
+
+
+def causalize_unet(unet: nn.Module, stream: StreamState, mode: str, extrapolation_window: int = 2) -> dict[str, int]:
+    """Module surgery on a diffusers video UNet in place; returns counts of what was replaced.
+
+    Used by :func:`causalize` and when a saved causal model is rebuilt from its config.
+    """
+    check_mode(mode)
+    if extrapolation_window < 1:
+        raise ValueError(f"extrapolation_window must be >= 1, got {extrapolation_window}")
+    counts = {"temporal_convs": 0, "frame_norms": 0, "temporal_attentions": 0, "frame_positions": 0}
+
+    def visit(module: nn.Module, prefix: str, in_temporal: bool) -> None:
+        for name, child in list(module.named_children()):
+            path = f"{prefix}{name}"
+            if isinstance(child, CausalTemporalConv | FrameGroupNorm | FramePositionProj):
+                raise RuntimeError(f"{path} is already causal; causalize a bidirectional model only once")
+            if isinstance(child, nn.Conv3d):
+                if child.kernel_size[0] > 1:
+                    module.add_module(name, CausalTemporalConv.from_conv(child, mode, extrapolation_window, stream, path))
+                    counts["temporal_convs"] += 1
+                elif child.kernel_size[1:] != (1, 1):
+                    raise NotImplementedError(f"{path}: spatial Conv3d kernels are not supported")
+                continue
+            if type(child) is nn.GroupNorm and in_temporal:
+                module.add_module(name, FrameGroupNorm.from_group_norm(child))
+                counts["frame_norms"] += 1
+                continue
+            if isinstance(child, BasicTransformerBlock) and in_temporal:
+                if child.pos_embed is not None:
+                    raise NotImplementedError(f"{path}: temporal positional embeddings are not supported")
+            if isinstance(child, BasicTransformerBlock | TemporalBasicTransformerBlock) and in_temporal:
+                for attn_name in ("attn1", "attn2"):
+                    attn = getattr(child, attn_name, None)
+                    if attn is not None and attn in _temporal_self_attentions(child):
+                        attn.set_processor(CausalTemporalAttnProcessor(stream, f"{path}.{attn_name}"))
+                        counts["temporal_attentions"] += 1
+            if isinstance(child, TransformerSpatioTemporalModel):
+                child.time_proj = FramePositionProj(child.time_proj, stream)
+                counts["frame_positions"] += 1
+                # Only the temporal blocks are temporal; the spatial blocks stay untouched.
+                for blk_i, blk in enumerate(child.temporal_transformer_blocks):
+                    visit_block = f"{path}.temporal_transformer_blocks.{blk_i}"
+                    for attn_name in ("attn1", "attn2"):
+                        attn = getattr(blk, attn_name, None)
+                        if attn is not None and attn in _temporal_self_attentions(blk):
+                            attn.set_processor(CausalTemporalAttnProcessor(stream, f"{visit_block}.{attn_name}"))
+                            counts["temporal_attentions"] += 1
+                continue
+            visit(child, f"{path}.", in_temporal or isinstance(child, _FRAME_MIXING_NORM_PARENTS))
+
+    visit(unet, "", False)
+    if counts["temporal_convs"] == 0 and counts["temporal_attentions"] == 0:
+        raise ValueError(f"{type(unet).__name__} has no temporal layers to causalize")
+    logger.info("causalized %s (%s, window %d): %s", type(unet).__name__, mode, extrapolation_window, counts)
+    return counts
+
+
+def causalize(model: Any, mode: str = "extrapolative", extrapolation_window: int = 2) -> Any:
+    """Make a bidirectional :class:`~v2w_core.models.world_model.WorldModel` causal, in place.
+
+    Temporal attention gets a causal mask, temporal convs become :class:`CausalTemporalConv` with weights
+    transferred by ``mode`` (shift | masked | extrapolative; extrapolative fits a line through the last
+    ``extrapolation_window`` frames), and cross-frame GroupNorms become per-frame. Spatial layers are not
+    touched. The model's config records the mode so save/load rebuilds the same structure. Returns
+    ``model`` for chaining.
+    """
+    check_mode(mode)
+    if model.config.causal_mode != "none":
+        raise RuntimeError(f"model is already causal ({model.config.causal_mode}); causalize a bidirectional model")
+    causalize_unet(model.unet, model.stream_state, mode, extrapolation_window)
+    model._set_causal(mode, extrapolation_window)
+    return model

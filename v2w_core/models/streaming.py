@@ -1,0 +1,100 @@
+"""Streaming state for autoregressive rollout with a causal world model.
+
+Once the model is causal, a history frame's activations never depend on later frames. The rollout can
+therefore run the history once per generated frame (:meth:`WorldModel.encode_history`, "record" mode)
+and then every denoising step on the newest frame alone (:meth:`WorldModel.step_newest`, "replay" mode).
+
+Only the temporal layers look across frames, so only they need state, and they are all ours after
+:func:`~v2w_core.models.causalize.causalize`:
+
+* causal temporal convolutions cache the last ``L-1`` frames of their *input* (``L`` = causal kernel
+  length), zero-padded on the left when the history is shorter, exactly as the full forward pads;
+* causal temporal self-attention caches its keys and values (after projection, per head);
+* frame-position embeddings (SVD's ``time_pos_embed``) need the index of the newest frame, which is the
+  history length.
+
+Everything else (spatial convs, spatial/cross attention, per-frame GroupNorm, AlphaBlender) is per frame,
+so running the newest frame alone is exact for it. See docs/streaming.md for what stays exact when the
+rollout window slides.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+StreamMode = Literal["off", "record", "replay"]
+
+
+@dataclass
+class HistoryCache:
+    """Per-layer state of one history, for batch ``batch_size`` and ``num_frames`` frames.
+
+    ``entries`` maps a causal layer's module path to the tensors it recorded, batch-major in the first
+    dimension. :meth:`tiled` repeats them ``n`` times in ``torch.cat([c] * n)`` order so that a newest-frame
+    batch of ``n * batch_size`` (e.g. the conditional and unconditional guidance branches) shares one
+    history; tiled copies are memoised because every denoising step asks for the same ones.
+    """
+
+    batch_size: int
+    num_frames: int
+    entries: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    _tiled: dict[tuple[str, int], tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
+
+    def put(self, key: str, *tensors: torch.Tensor) -> None:
+        if key in self.entries:
+            raise RuntimeError(
+                f"layer {key!r} ran twice in one history forward; streaming needs each causal layer once"
+            )
+        self.entries[key] = tuple(t.detach() for t in tensors)
+
+    def tiled(self, key: str, n: int) -> tuple[torch.Tensor, ...]:
+        if key not in self.entries:
+            raise KeyError(
+                f"history cache has no entry for layer {key!r}: it was made by a different model or before "
+                "causalization"
+            )
+        if n == 1:
+            return self.entries[key]
+        memo = self._tiled.get((key, n))
+        if memo is None:
+            memo = tuple(torch.cat([t] * n, dim=0) for t in self.entries[key])
+            self._tiled[(key, n)] = memo
+        return memo
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for ts in self.entries.values() for t in ts)
+
+
+class StreamState:
+    """One per model, shared by all its causal layers: says whether a forward records or replays.
+
+    A plain object rather than a module so it is not part of the state dict; deep copies of the model
+    (EMA) keep one shared instance per copy because ``copy.deepcopy`` memoises shared references.
+    """
+
+    def __init__(self) -> None:
+        self.mode: StreamMode = "off"
+        self.cache: HistoryCache | None = None
+        self.repeats: int = 1
+
+    @property
+    def frame_offset(self) -> int:
+        """Index of the first frame of the current forward within the whole window."""
+        if self.mode == "replay" and self.cache is not None:
+            return self.cache.num_frames
+        return 0
+
+    def record(self, key: str, *tensors: torch.Tensor) -> None:
+        if self.mode == "record":
+            assert self.cache is not None
+            self.cache.put(key, *tensors)
+
+    def history(self, key: str) -> tuple[torch.Tensor, ...]:
+        assert self.mode == "replay" and self.cache is not None
+        return self.cache.tiled(key, self.repeats)

@@ -1,0 +1,429 @@
+"""The world model: a diffusers video UNet driven by our own per-frame top-level forward.
+
+diffusers' ``UNet3DConditionModel`` and ``UNetSpatioTemporalConditionModel`` embed *one* timestep per
+clip and broadcast it to every frame with ``repeat_interleave``. Diffusion forcing needs a noise level
+per frame and Vid2World an action per frame, so this module replaces only the top of their forward:
+per-frame embeddings (B·F, D) = time_embedding(time_proj(t_f)) + action_embedding(a_f), then the base's
+own blocks (conv_in, transformer_in, down/mid/up blocks, conv_out) with their pretrained weights.
+Conditioning the base expects but a world model does not have (text / CLIP image context, SVD's
+added_time_ids and conditioning-latent channels) is fed as a learned or fixed null, identical for every
+frame, so pretrained weights still apply and no information flows between frames through it.
+
+The model predicts v (v-prediction) for every frame. See :mod:`v2w_core.models.causalize` for the causal
+structure and :mod:`v2w_core.models.streaming` for the rollout cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+import torch
+from diffusers import UNet3DConditionModel, UNetSpatioTemporalConditionModel
+from pydantic import Field
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from v2w_core.config import StrictConfig
+from v2w_core.models.actions import ActionEncoder, ActionSpec, check_action_mask
+from v2w_core.models.causalize import causalize_unet, check_mode
+from v2w_core.models.streaming import HistoryCache, StreamState
+
+logger = logging.getLogger(__name__)
+
+Family = Literal["unet3d", "svd"]
+BASE_CLASSES: dict[str, type[nn.Module]] = {
+    "unet3d": UNet3DConditionModel,
+    "svd": UNetSpatioTemporalConditionModel,
+}
+FAMILY_OF_CLASS = {cls.__name__: fam for fam, cls in BASE_CLASSES.items()}
+
+
+class WorldModelConfig(StrictConfig):
+    """Everything needed to rebuild a world model (recorded in its config.json).
+
+    ``base`` holds the diffusers constructor arguments of the UNet. ``causal_mode`` is "none" for the
+    bidirectional base (pretraining) and the causalization mode afterwards.
+    """
+
+    family: Family
+    base: dict[str, Any]
+    data_channels: int = Field(3, gt=0)
+    sample_size: tuple[int, int] = (64, 64)
+    action_space: ActionSpec | None = None
+    action_hidden_dims: tuple[int, int] | None = None
+    causal_mode: Literal["none", "shift", "masked", "extrapolative"] = "none"
+    extrapolation_window: int = Field(2, ge=1)
+    context_tokens: int = Field(1, ge=1)
+    added_time_ids: tuple[float, ...] = (6.0, 127.0, 0.02)
+    gradient_checkpointing: bool = False
+
+
+def build_base(family: str, base: dict[str, Any]) -> nn.Module:
+    """Instantiate the diffusers UNet of ``family`` from its constructor arguments."""
+    if family not in BASE_CLASSES:
+        raise ValueError(f"unknown model family {family!r}; expected one of {sorted(BASE_CLASSES)}")
+    cls = BASE_CLASSES[family]
+    return cls.from_config({k: v for k, v in base.items() if not k.startswith("_")})
+
+
+def base_config_dict(unet: nn.Module) -> dict[str, Any]:
+    """A diffusers model's constructor arguments as plain JSON-able data (tuples become lists)."""
+    out: dict[str, Any] = {}
+    for key, value in dict(unet.config).items():
+        if key.startswith("_"):
+            continue
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+class WorldModel(nn.Module):
+    """Action-conditioned video denoiser with per-frame timesteps; causal after :func:`causalize`.
+
+    ``forward(x, timesteps, actions, action_mask)`` maps a (B, F, C, H, W) clip with one noise level per
+    frame to a (B, F, C, H, W) v-prediction. Constructing from a config whose ``causal_mode`` is not
+    "none" applies the causal structure immediately (the weights are transferred from whatever the UNet
+    holds, then usually overwritten by a loaded state dict).
+    """
+
+    def __init__(self, config: WorldModelConfig, unet: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.stream_state = StreamState()
+        self.unet = unet if unet is not None else build_base(config.family, config.base)
+        expected = BASE_CLASSES[config.family]
+        if not isinstance(self.unet, expected):
+            raise TypeError(f"family {config.family!r} needs a {expected.__name__}, got {type(self.unet).__name__}")
+        self._check_channels()
+
+        self.time_embed_dim: int = self.unet.time_embedding.linear_2.out_features
+        cross_dim = self.unet.config.cross_attention_dim
+        if isinstance(cross_dim, list | tuple):
+            if len(set(cross_dim)) != 1:
+                raise NotImplementedError(f"per-block cross_attention_dim {cross_dim} is not supported")
+            cross_dim = cross_dim[0]
+        # Null cross-attention context (the base's text / CLIP-image slot), shared by every frame.
+        self.null_context = nn.Parameter(torch.zeros(config.context_tokens, cross_dim))
+        cond = self._cond_channels()
+        self.null_cond = nn.Parameter(torch.zeros(cond)) if cond else None
+        if config.family == "svd":
+            ids = torch.tensor(config.added_time_ids, dtype=torch.float32)
+            expected_in = len(ids) * self.unet.config.addition_time_embed_dim
+            if expected_in != self.unet.config.projection_class_embeddings_input_dim:
+                raise ValueError(
+                    f"added_time_ids has {len(ids)} values but the SVD base expects "
+                    f"{self.unet.config.projection_class_embeddings_input_dim // self.unet.config.addition_time_embed_dim}"
+                )
+            self.register_buffer("added_time_ids", ids, persistent=False)
+
+        self.action_encoder: ActionEncoder | None = None
+        if config.action_space is not None:
+            self.action_encoder = self._make_action_encoder(config.action_space)
+        if config.causal_mode != "none":
+            causalize_unet(self.unet, self.stream_state, config.causal_mode, config.extrapolation_window)
+
+    # ------------------------------------------------------------------ construction helpers
+
+    @classmethod
+    def from_base(
+        cls,
+        unet: nn.Module,
+        *,
+        data_channels: int | None = None,
+        action_space: ActionSpec | None = None,
+        **overrides: Any,
+    ) -> WorldModel:
+        """Wrap a (pretrained) diffusers UNet as a bidirectional world model, keeping its weights."""
+        family = FAMILY_OF_CLASS.get(type(unet).__name__)
+        if family is None:
+            raise TypeError(f"unsupported base {type(unet).__name__}; expected one of {sorted(FAMILY_OF_CLASS)}")
+        config = WorldModelConfig(
+            family=family,
+            base=base_config_dict(unet),
+            data_channels=data_channels if data_channels is not None else unet.config.out_channels,
+            action_space=action_space,
+            **overrides,
+        )
+        return cls(config, unet)
+
+    def _check_channels(self) -> None:
+        cfg, c = self.unet.config, self.config.data_channels
+        if cfg.out_channels != c:
+            raise ValueError(f"base out_channels {cfg.out_channels} != data_channels {c}")
+        if self.config.family == "unet3d" and cfg.in_channels != c:
+            raise ValueError(f"UNet3D in_channels {cfg.in_channels} != data_channels {c}")
+        if self.config.family == "svd" and cfg.in_channels < c:
+            raise ValueError(f"SVD in_channels {cfg.in_channels} < data_channels {c}")
+
+    def _cond_channels(self) -> int:
+        """Extra input channels SVD expects (the conditioning-image latent), fed a learned null."""
+        return self.unet.config.in_channels - self.config.data_channels if self.config.family == "svd" else 0
+
+    def _make_action_encoder(self, spec: ActionSpec) -> ActionEncoder:
+        hidden = self.config.action_hidden_dims
+        if hidden is None:
+            c0 = self.time_embed_dim // 4
+            hidden = (c0, self.time_embed_dim)
+        param = next(self.unet.parameters())
+        return ActionEncoder(spec, self.time_embed_dim, hidden).to(device=param.device, dtype=param.dtype)
+
+    def set_action_space(self, spec: ActionSpec | Any) -> None:
+        """Add an action encoder (zero-initialised output: predictions are unchanged until it trains)."""
+        spec = ActionSpec.from_space(spec)
+        if self.action_encoder is not None:
+            raise RuntimeError(f"model already has an action encoder for {self.action_encoder.spec}")
+        self.action_encoder = self._make_action_encoder(spec)
+        self.config = self.config.model_copy(update={"action_space": spec})
+
+    def _set_causal(self, mode: str, window: int) -> None:
+        check_mode(mode)
+        self.config = self.config.model_copy(update={"causal_mode": mode, "extrapolation_window": window})
+
+    @property
+    def is_causal(self) -> bool:
+        return self.config.causal_mode != "none"
+
+    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Checkpoint activations block by block (``torch.utils.checkpoint``) while training."""
+        self.config = self.config.model_copy(update={"gradient_checkpointing": enabled})
+
+    # ------------------------------------------------------------------ forward
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        actions: torch.Tensor | None = None,
+        action_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """v-prediction for every frame.
+
+        Args:
+            x: noisy clip (B, F, C, H, W).
+            timesteps: per-frame noise levels (B, F), integer (or float) diffusion steps.
+            actions: per-frame actions already aligned (frame t carries a_{t-1}): (B, F, dim) float for
+                continuous, (B, F) integer ids for discrete, (B, F, dim) for multi-hot; None = all null.
+            action_mask: (B, F) bool, False -> that frame uses the null action embedding.
+        """
+        batch, frames = self._check_inputs(x, timesteps, actions, action_mask)
+        emb = self._frame_embeddings(timesteps, actions, action_mask, batch, frames)
+        sample = x.flatten(0, 1)
+        if self.config.family == "unet3d":
+            out = self._run_unet3d(sample, emb, batch, frames)
+        else:
+            out = self._run_svd(sample, emb, batch, frames)
+        return out.reshape(batch, frames, *out.shape[1:])
+
+    def _check_inputs(
+        self, x: torch.Tensor, timesteps: torch.Tensor, actions: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> tuple[int, int]:
+        if not isinstance(x, torch.Tensor) or x.ndim != 5:
+            raise ValueError(f"x must be a (B, F, C, H, W) tensor, got shape {getattr(x, 'shape', type(x))}")
+        if not x.dtype.is_floating_point:
+            raise ValueError(f"x must be floating point, got dtype {x.dtype}")
+        batch, frames, channels = x.shape[:3]
+        if channels != self.config.data_channels:
+            raise ValueError(
+                f"x has {channels} channels but the model expects {self.config.data_channels} "
+                "(x must be (B, F, C, H, W), frames before channels)"
+            )
+        if not isinstance(timesteps, torch.Tensor) or timesteps.shape != (batch, frames):
+            raise ValueError(
+                f"timesteps must be a (B, F) = ({batch}, {frames}) tensor, one per frame, got "
+                f"{getattr(timesteps, 'shape', type(timesteps))}"
+            )
+        if timesteps.dtype == torch.bool or timesteps.is_complex():
+            raise ValueError(f"timesteps must be integer or float, got dtype {timesteps.dtype}")
+        if actions is not None:
+            if self.action_encoder is None:
+                raise ValueError("actions were given but the model has no action space (call set_action_space)")
+            if actions.ndim < 2 or actions.shape[:2] != (batch, frames):
+                raise ValueError(
+                    f"actions must have one entry per frame: leading dims (B, F) = ({batch}, {frames}), got "
+                    f"{tuple(actions.shape)}"
+                )
+            self.action_encoder.check(actions, batch, frames)
+        check_action_mask(mask, batch, frames)
+        return batch, frames
+
+    def _frame_embeddings(
+        self,
+        timesteps: torch.Tensor,
+        actions: torch.Tensor | None,
+        mask: torch.Tensor | None,
+        batch: int,
+        frames: int,
+    ) -> torch.Tensor:
+        """(B·F, D): each frame's own timestep embedding plus its own action embedding."""
+        unet = self.unet
+        dtype = self.null_context.dtype
+        t = timesteps.reshape(-1)
+        emb = unet.time_embedding(unet.time_proj(t).to(dtype))
+        if self.config.family == "svd":
+            ids = self.added_time_ids.to(device=emb.device)
+            aug = unet.add_time_proj(ids).reshape(1, -1).to(dtype)
+            emb = emb + unet.add_embedding(aug)
+        if self.action_encoder is not None:
+            emb = emb + self.action_encoder(actions, mask, batch, frames).reshape(batch * frames, -1)
+        return emb
+
+    def _checkpointing(self) -> bool:
+        return (
+            self.config.gradient_checkpointing
+            and self.training
+            and torch.is_grad_enabled()
+            and self.stream_state.mode == "off"
+        )
+
+    def _call(self, module: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._checkpointing():
+            return checkpoint(functools.partial(module, **kwargs), *args, use_reentrant=False)
+        return module(*args, **kwargs)
+
+    def _context(self, n: int) -> torch.Tensor:
+        return self.null_context[None].expand(n, -1, -1)
+
+    def _run_unet3d(self, sample: torch.Tensor, emb: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        unet = self.unet
+        ctx = self._context(sample.shape[0])
+        up_factor = 2**unet.num_upsamplers
+        forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
+
+        h = unet.conv_in(sample)
+        h = self._call(unet.transformer_in, h, num_frames=frames, return_dict=False)[0]
+        skips: tuple[torch.Tensor, ...] = (h,)
+        for block in unet.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                h, res = self._call(block, h, emb, encoder_hidden_states=ctx, num_frames=frames)
+            else:
+                h, res = self._call(block, h, emb, num_frames=frames)
+            skips += res
+        h = self._call(unet.mid_block, h, emb, encoder_hidden_states=ctx, num_frames=frames)
+        for i, block in enumerate(unet.up_blocks):
+            res = skips[-len(block.resnets) :]
+            skips = skips[: -len(block.resnets)]
+            upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None
+            if getattr(block, "has_cross_attention", False):
+                h = self._call(
+                    block, h, res, emb, encoder_hidden_states=ctx, upsample_size=upsample_size, num_frames=frames
+                )
+            else:
+                h = self._call(block, h, res, emb, upsample_size=upsample_size, num_frames=frames)
+        if unet.conv_norm_out is not None:
+            h = unet.conv_act(unet.conv_norm_out(h))
+        return unet.conv_out(h)
+
+    def _run_svd(self, sample: torch.Tensor, emb: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        unet = self.unet
+        ctx = self._context(sample.shape[0])
+        if self.null_cond is not None:
+            cond = self.null_cond.to(sample.dtype)[None, :, None, None].expand(
+                sample.shape[0], -1, *sample.shape[-2:]
+            )
+            sample = torch.cat([sample, cond], dim=1)
+        up_factor = 2**unet.num_upsamplers
+        forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
+        indicator = torch.zeros(batch, frames, dtype=sample.dtype, device=sample.device)
+
+        h = unet.conv_in(sample)
+        skips: tuple[torch.Tensor, ...] = (h,)
+        for block in unet.down_blocks:
+            if getattr(block, "has_cross_attention", False):
+                h, res = self._call(block, h, emb, encoder_hidden_states=ctx, image_only_indicator=indicator)
+            else:
+                h, res = self._call(block, h, emb, image_only_indicator=indicator)
+            skips += res
+        h = self._call(unet.mid_block, h, emb, encoder_hidden_states=ctx, image_only_indicator=indicator)
+        for i, block in enumerate(unet.up_blocks):
+            res = skips[-len(block.resnets) :]
+            skips = skips[: -len(block.resnets)]
+            upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None
+            if getattr(block, "has_cross_attention", False):
+                h = self._call(
+                    block,
+                    h,
+                    res,
+                    emb,
+                    encoder_hidden_states=ctx,
+                    upsample_size=upsample_size,
+                    image_only_indicator=indicator,
+                )
+            else:
+                h = self._call(block, h, res, emb, upsample_size=upsample_size, image_only_indicator=indicator)
+        h = unet.conv_act(unet.conv_norm_out(h))
+        return unet.conv_out(h)
+
+    # ------------------------------------------------------------------ streaming
+
+    @contextlib.contextmanager
+    def _streaming(self, mode: str, cache: HistoryCache, repeats: int) -> Iterator[None]:
+        state = self.stream_state
+        if state.mode != "off":
+            raise RuntimeError("a streaming forward is already running on this model")
+        state.mode, state.cache, state.repeats = mode, cache, repeats  # type: ignore[assignment]
+        try:
+            yield
+        finally:
+            state.mode, state.cache, state.repeats = "off", None, 1
+
+    def _require_causal(self, what: str) -> None:
+        if not self.is_causal:
+            raise RuntimeError(
+                f"{what} needs a causal model (the history's activations must not depend on the newest frame); "
+                "call causalize(model, mode) first"
+            )
+
+    @torch.no_grad()
+    def encode_history(
+        self,
+        x_hist: torch.Tensor,
+        t_hist: torch.Tensor,
+        a_hist: torch.Tensor | None = None,
+        mask_hist: torch.Tensor | None = None,
+    ) -> HistoryCache:
+        """Run the history (B, F_h, C, H, W) once and cache what the newest frame needs from it.
+
+        Cached per causal layer: temporal-conv inputs (last L-1 frames) and temporal-attention keys and
+        values. Valid for every denoising step of the next frame as long as the history is unchanged.
+        """
+        self._require_causal("encode_history")
+        if x_hist.ndim != 5:
+            raise ValueError(f"x_hist must be (B, F, C, H, W), got shape {tuple(x_hist.shape)}")
+        cache = HistoryCache(batch_size=x_hist.shape[0], num_frames=x_hist.shape[1])
+        with self._streaming("record", cache, 1):
+            self.forward(x_hist, t_hist, a_hist, mask_hist)
+        logger.debug("encoded history: %d frames, %.1f MiB", cache.num_frames, cache.nbytes() / 2**20)
+        return cache
+
+    def step_newest(
+        self,
+        x_new: torch.Tensor,
+        t_new: torch.Tensor,
+        a_new: torch.Tensor | None,
+        mask_new: torch.Tensor | None,
+        cache: HistoryCache,
+    ) -> torch.Tensor:
+        """v-prediction for the newest frame (n·B, 1, C, H, W) given a cached history of batch B.
+
+        Equals the last frame of ``forward`` over history + newest frame. A batch of n·B shares the
+        history: row i·B + b of ``x_new`` continues history row b (``torch.cat([h] * n)`` order), so the
+        conditional and unconditional guidance branches run as one batch.
+        """
+        self._require_causal("step_newest")
+        if not isinstance(cache, HistoryCache):
+            raise TypeError(f"cache must be a HistoryCache from encode_history, got {type(cache).__name__}")
+        if x_new.ndim != 5 or x_new.shape[1] != 1:
+            raise ValueError(f"x_new must be (n*B, 1, C, H, W), one new frame, got shape {tuple(x_new.shape)}")
+        if x_new.shape[0] % cache.batch_size:
+            raise ValueError(
+                f"x_new batch {x_new.shape[0]} is not a multiple of the history batch {cache.batch_size}"
+            )
+        repeats = x_new.shape[0] // cache.batch_size
+        with self._streaming("replay", cache, repeats):
+            return self.forward(x_new, t_new, a_new, mask_new)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
