@@ -177,6 +177,11 @@ class StackConfig:
         digest = hashlib.sha1(str(self.stack_dir).encode()).hexdigest()[:10]
         return Path("/tmp") / f"v2w-ray-{digest}"
 
+    @property
+    def ray_token_path(self) -> Path:
+        """Ray token-auth secret of this stack (file mode 0600); clients point RAY_AUTH_TOKEN_PATH at it."""
+        return self.stack_dir / "ray_auth_token"
+
     def client_env(self, services: Iterable[str] = SERVICES) -> dict[str, str]:
         """Environment variables a client process needs to use these services (contains the secret)."""
         services = set(services)
@@ -195,6 +200,8 @@ class StackConfig:
             env["RAY_ADDRESS"] = self.ray_address
             env["V2W_RAY_PORT"] = str(self.ray_port)
             env["V2W_RAY_DASHBOARD_PORT"] = str(self.ray_dashboard_port)
+            env["RAY_AUTH_MODE"] = "token"
+            env["RAY_AUTH_TOKEN_PATH"] = str(self.ray_token_path)
         return env
 
 
@@ -368,6 +375,15 @@ def _port_open(port: int, host: str = LOOPBACK, timeout: float = 0.5) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def free_port(preferred: int | None = None) -> int:
+    """``preferred`` if nothing listens on it, else a port the OS reports free (tests, parallel stacks)."""
+    if preferred is not None and _port_bindable(preferred):
+        return preferred
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
 def _port_bindable(port: int) -> bool:
     """Whether nothing listens on ``port`` (on loopback or on all interfaces)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -379,9 +395,10 @@ def _port_bindable(port: int) -> bool:
     return not _port_open(port)
 
 
-def _http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
+def _http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, b""
@@ -397,7 +414,7 @@ def _s3_client(cfg: StackConfig) -> Any:
         region_name=cfg.region,
         aws_access_key_id=cfg.access_key,
         aws_secret_access_key=cfg.secret_key,
-        config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=5),
+        config=Config(retries={"total_max_attempts": 1}, connect_timeout=2, read_timeout=5),
     )
 
 
@@ -417,7 +434,10 @@ def check_health(cfg: StackConfig, service: str) -> tuple[bool, str]:
         if service == "ray":
             if not _port_open(cfg.ray_dashboard_port) or not _port_open(cfg.ray_port):
                 return False, "port closed"
-            code, body = _http_get(cfg.ray_dashboard_url + "/api/version")
+            headers = {}
+            if cfg.ray_token_path.exists():
+                headers["Authorization"] = "Bearer " + cfg.ray_token_path.read_text().strip()
+            code, body = _http_get(cfg.ray_dashboard_url + "/api/version", headers=headers)
             if code != 200:
                 return False, f"/api/version -> {code}"
             version = json.loads(body).get("ray_version", "?")
@@ -445,8 +465,16 @@ def _service_env(cfg: StackConfig, service: str) -> dict[str, str]:
         env["V2W_BUCKET"] = cfg.bucket
     if service == "ray":
         env.pop("RAY_ADDRESS", None)  # `ray start --head` must not try to join another cluster
+        # Job entrypoints say `python ...`: make that this environment's interpreter even when the
+        # stack was started as `.venv/bin/python -m infra.stack` without activating the venv.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep node IP = 127.0.0.1 (see module doc)
         env["RAY_USAGE_STATS_ENABLED"] = "0"
+        env["RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S"] = "1"  # nothing to drain on a local head; stop fast
+        # Token auth on, with this stack's own token (not ~/.ray/auth_token, which other clusters share).
+        env["RAY_AUTH_MODE"] = "token"
+        env["RAY_AUTH_TOKEN_PATH"] = str(cfg.ray_token_path)
+        env.pop("RAY_AUTH_TOKEN", None)
         env["MLFLOW_TRACKING_URI"] = cfg.mlflow_uri
     return env
 
@@ -510,6 +538,12 @@ def _launch(cfg: StackConfig, service: str) -> dict[str, Any]:
     logfile.parent.mkdir(parents=True, exist_ok=True)
     if service == "ray":
         cfg.ray_temp_dir.mkdir(parents=True, exist_ok=True)
+        if not cfg.ray_token_path.exists():
+            import secrets
+
+            fd = os.open(cfg.ray_token_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(secrets.token_hex(32))
     # An empty working directory: Ray jobs submitted without --working-dir run here, and a directory
     # such as ray-tmp/ next to them must not shadow ``import ray``.
     workdir = cfg.stack_dir / "run"
@@ -648,15 +682,16 @@ def _stop_one(cfg: StackConfig, service: str, rec: dict[str, Any] | None, timeou
         return False
     pids = session_pids(sid)
     log.info("stack: stopping %s (session %d, %d processes)", service, sid, len(pids))
-    for pid in pids:
+    # `ray start --block` tears its node down in order on SIGTERM; the others get it all at once.
+    first = [sid] if service == "ray" and sid in pids else pids
+    for pid in first:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(sid)
-        if not session_pids(sid):
-            break
-        time.sleep(0.2)
+    if not _wait_session_gone(sid, timeout):
+        for pid in session_pids(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        _wait_session_gone(sid, 3.0)
     for pid in session_pids(sid):
         with contextlib.suppress(ProcessLookupError):
             log.warning("stack: %s pid %d ignored SIGTERM; killing", service, pid)
@@ -666,6 +701,16 @@ def _stop_one(cfg: StackConfig, service: str, rec: dict[str, Any] | None, timeou
     if service == "ray":
         shutil.rmtree(cfg.ray_temp_dir, ignore_errors=True)
     return True
+
+
+def _wait_session_gone(sid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(sid)
+        if not session_pids(sid):
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def _reap(pid: int) -> None:

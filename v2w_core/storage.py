@@ -45,6 +45,9 @@ DEFAULT_MAX_ATTEMPTS = int(os.environ.get("V2W_S3_MAX_ATTEMPTS", "5"))
 #: First backoff delay in seconds; doubled after every failed attempt, with jitter, capped below.
 DEFAULT_BACKOFF_S = float(os.environ.get("V2W_S3_BACKOFF_S", "0.2"))
 MAX_BACKOFF_S = 5.0
+#: Attempts of pyarrow's own (AWS SDK) retry strategy, the only retry layer inside Ray Data / parquet
+#: readers. Its backoff is the SDK's (an unreachable endpoint costs ~10 s at 5 attempts), hence 3.
+ARROW_MAX_ATTEMPTS = int(os.environ.get("V2W_S3_ARROW_MAX_ATTEMPTS", "3"))
 
 _ENDPOINT_VARS = ("V2W_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _CREDENTIAL_HINT = (
@@ -352,7 +355,7 @@ def _boto_client(settings: S3Settings) -> Any:
             from botocore.config import Config
 
             config = Config(
-                retries={"max_attempts": 1, "mode": "standard"},
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=60,
                 s3={"addressing_style": "path"},
@@ -387,7 +390,7 @@ def s3_filesystem(settings: S3Settings | None = None) -> pafs.S3FileSystem:
             kwargs: dict[str, Any] = {
                 "region": settings.region,
                 "scheme": settings.scheme,
-                "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=DEFAULT_MAX_ATTEMPTS),
+                "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=ARROW_MAX_ATTEMPTS),
                 "connect_timeout": 5,
                 "request_timeout": 60,
             }
@@ -436,7 +439,10 @@ def _check_bucket(client: Any, settings: S3Settings, bucket: str, uri: str) -> N
     key = (*settings._cache_key(), bucket)
     if key in _known_buckets:
         return
-    with_retries(lambda: client.head_bucket(Bucket=bucket), uri=f"s3://{bucket}", settings=settings)
+    try:
+        with_retries(lambda: client.head_bucket(Bucket=bucket), uri=f"s3://{bucket}", settings=settings)
+    except NotFoundError:
+        raise NotFoundError(f"{uri}: bucket s3://{bucket} does not exist") from None
     _known_buckets.add(key)
 
 
@@ -635,8 +641,17 @@ def open_input_stream(uri: str | os.PathLike[str]) -> IO[bytes]:
         except FileNotFoundError:
             raise NotFoundError(f"{uri}: file does not exist") from None
     uri = str(uri)
+    bucket, key = split_s3(uri)
+    settings = _resolved_settings()
+    client = _boto_client(settings)
+    # A HEAD through boto first: one retry layer (ours) and precise errors (missing bucket vs key,
+    # credentials, unreachable) before pyarrow, whose SDK retries are slow to give up.
+    try:
+        with_retries(lambda: client.head_object(Bucket=bucket, Key=key), uri=uri, settings=settings)
+    except NotFoundError:
+        _check_bucket(client, settings, bucket, uri)
+        raise NotFoundError(f"{uri}: object does not exist") from None
     fs, path = get_filesystem(uri)
-    settings = s3_settings()
     return with_retries(lambda: fs.open_input_file(path), uri=uri, settings=settings)  # type: ignore[return-value]
 
 

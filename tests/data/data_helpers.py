@@ -27,12 +27,16 @@ def smooth_frames(t: int, h: int = 32, w: int = 32, seed: int = 0) -> np.ndarray
     return frames
 
 
-def make_episode(kind: str = "continuous", *, episode_id: str | None = None, t: int = 6, seed: int = 0) -> Episode:
+def make_episode(
+    kind: str = "continuous", *, episode_id: str | None = None, t: int = 6, seed: int = 0
+) -> Episode:
     """A small valid episode of the given action type, with reward/done and extra metadata."""
     rng = np.random.default_rng(seed)
     frames = smooth_frames(t, seed=seed)
     if kind == "continuous":
-        space = ActionSpace(type="continuous", dim=3, low=[-1, -1, 0], high=[1, 1, 2], names=["x", "y", "grip"])
+        space = ActionSpace(
+            type="continuous", dim=3, low=[-1, -1, 0], high=[1, 1, 2], names=["x", "y", "grip"]
+        )
         actions = rng.uniform([-1, -1, 0], [1, 1, 2], size=(t, 3)).astype(np.float32)
     elif kind == "discrete":
         space = ActionSpace(type="discrete", dim=7)
@@ -43,7 +47,7 @@ def make_episode(kind: str = "continuous", *, episode_id: str | None = None, t: 
     else:
         raise ValueError(kind)
     return Episode(
-        episode_id=episode_id or f"{kind}-ep{seed}",
+        episode_id=episode_id if episode_id is not None else f"{kind}-ep{seed}",
         frames=frames,
         actions=actions,
         action_space=space,
@@ -79,7 +83,9 @@ def npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def assert_episodes_equal(a: Episode, b: Episode, *, exact_frames: bool = True, frame_mae: float = 0.0) -> None:
+def assert_episodes_equal(
+    a: Episode, b: Episode, *, exact_frames: bool = True, frame_mae: float = 0.0
+) -> None:
     assert a.episode_id == b.episode_id
     if exact_frames:
         np.testing.assert_array_equal(a.frames, b.frames)

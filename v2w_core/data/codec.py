@@ -49,7 +49,9 @@ class CodecConfig(StrictConfig):
     #: x264 constant rate factor for lossy ``h264`` (0 = lossless, 51 = worst); 8 is visually lossless.
     crf: int = Field(default=8, ge=0, le=51)
     #: x264 speed/size trade-off; encoding is done once, decoding every epoch, so prefer smaller files.
-    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"] = "medium"
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower"] = (
+        "medium"
+    )
     zstd_level: int = Field(default=3, ge=1, le=22)
 
     @property

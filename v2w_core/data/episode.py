@@ -60,8 +60,10 @@ class ActionSpace(StrictConfig):
                 raise ValueError(f"{bound_name} has {len(bound)} entries but dim is {self.dim}")
             if not all(np.isfinite(bound)):
                 raise ValueError(f"{bound_name} must be finite (leave it out for an unbounded action)")
-        if self.low is not None and self.high is not None and any(
-            lo > hi for lo, hi in zip(self.low, self.high, strict=True)
+        if (
+            self.low is not None
+            and self.high is not None
+            and any(lo > hi for lo, hi in zip(self.low, self.high, strict=True))
         ):
             raise ValueError("low must be <= high in every dimension")
         return self
@@ -136,7 +138,9 @@ class Episode:
         if not isinstance(self.source, str) or not self.source:
             raise EpisodeError(eid, "source is empty", "name the simulator or data set it came from")
         if not isinstance(self.fps, (int, float)) or not np.isfinite(self.fps) or self.fps <= 0:
-            raise EpisodeError(eid, f"fps is {self.fps!r}", "give the recording's frame rate as a positive number")
+            raise EpisodeError(
+                eid, f"fps is {self.fps!r}", "give the recording's frame rate as a positive number"
+            )
         self._validate_frames()
         self._validate_actions()
         self._validate_optional("reward", np.dtype(np.float32), "float32")
@@ -159,7 +163,9 @@ class Episode:
             raise EpisodeError(eid, f"frames have shape {frames.shape}, expected (T, H, W, 3) RGB",
                                "stack frames along axis 0 in channels-last RGB order")  # fmt: skip
         if min(frames.shape[:3]) < 1:
-            raise EpisodeError(eid, f"frames have shape {frames.shape}", "an episode needs at least one frame of size >= 1x1")
+            raise EpisodeError(
+                eid, f"frames have shape {frames.shape}", "an episode needs at least one frame of size >= 1x1"
+            )
 
     def _validate_actions(self) -> None:
         eid, actions, space = self.episode_id, self.actions, self.action_space

@@ -106,7 +106,9 @@ class Manifest:
         try:
             data = storage.read_bytes(uri)
         except FileNotFoundError:
-            raise ManifestError(f"no manifest at {uri}; ingest data there first (v2w-ingest --out ...)") from None
+            raise ManifestError(
+                f"no manifest at {uri}; ingest data there first (v2w-ingest --out ...)"
+            ) from None
         try:
             table = pq.read_table(io.BytesIO(data))
         except (pa.ArrowInvalid, OSError) as err:
@@ -166,7 +168,8 @@ class Manifest:
         table = other.table
         if other.root != self.root:
             shards = [s if _is_absolute(s) else other.shard_uri(s) for s in table.column("shard").to_pylist()]
-            table = table.set_column(table.schema.get_field_index("shard"), "shard", pa.array(shards, pa.string()))
+            idx = table.schema.get_field_index("shard")
+            table = table.set_column(idx, MANIFEST_SCHEMA.field("shard"), pa.array(shards, pa.string()))
         merged = Manifest(pa.concat_tables([self.table, table]), self.root)
         dupes = [k for k, n in Counter(merged.episode_ids()).items() if n > 1]
         if dupes:

@@ -18,6 +18,11 @@ after the key (``"mp4"``, ``"actions.npy"``, ``"json"``...). With ``decoder=None
 ``bytes``; with Ray's default decoder ``.json`` arrives as a dict and ``.npy`` as an ndarray. Both are
 accepted, but pass ``decoder=None``: Ray's decoder runs inside the read task, so one corrupt ``.npy`` or
 ``.json`` would fail the whole read instead of reaching :func:`decode_sample` to be counted and skipped.
+
+The tars are written and read with the standard library's ``tarfile`` following webdataset's conventions
+(its ``TarWriter`` is a thin wrapper over the same calls): the ``webdataset`` 1.0 package imports torch
+when imported, which cost 3-15 s per process here (ingest jobs, data workers). Compatibility with the
+webdataset package's own reader and with Ray's ``read_webdataset`` is tested.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import tarfile
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
@@ -34,8 +40,6 @@ from typing import Any, Literal, Self
 
 import numpy as np
 from pydantic import Field
-from webdataset import TarWriter
-from webdataset.tariterators import group_by_keys, tar_file_iterator
 
 from v2w_core import storage
 from v2w_core.config import StrictConfig
@@ -49,10 +53,16 @@ log = logging.getLogger(__name__)
 OnError = Literal["skip", "fail"]
 SHARDS_DIR = "shards"
 _TAR_BLOCK = 512
+#: Read/write shards in large chunks: on S3 every read of the underlying file is a ranged GET.
+_IO_BUFSIZE = 4 * 1024 * 1024
+#: Sample key and extension of a tar member, the rule of webdataset's and Ray's readers.
+_KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 
 
 # ============================================================================================ encoding
-def encode_sample(episode: Episode, codec: CodecConfig | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+def encode_sample(
+    episode: Episode, codec: CodecConfig | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The tar members of one episode (``{"__key__": id, ext: bytes}``) and its metadata dict."""
     codec = codec or CodecConfig()
     episode.validate()
@@ -81,7 +91,9 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 def _tar_size(sample: Mapping[str, Any]) -> int:
     """Bytes the sample occupies in a tar: one header block per member plus data padded to blocks."""
     return sum(
-        _TAR_BLOCK + -(-len(v) // _TAR_BLOCK) * _TAR_BLOCK for k, v in sample.items() if not k.startswith("__")
+        _TAR_BLOCK + -(-len(v) // _TAR_BLOCK) * _TAR_BLOCK
+        for k, v in sample.items()
+        if not k.startswith("__")
     )
 
 
@@ -124,7 +136,7 @@ def decode_sample(sample: Mapping[str, Any], *, shard: str, verify: bool = True)
             action_space=ActionSpace.model_validate(meta["action_space"]),
             domain=meta["domain"],
             source=meta["source"],
-            fps=float(meta["fps"]),
+            fps=meta["fps"],
             reward=_load_npy(sample, "reward.npy", key, required=bool(meta.get("has_reward"))),
             done=_load_npy(sample, "done.npy", key, required=bool(meta.get("has_done"))),
             extra=dict(meta.get("extra") or {}),
@@ -166,7 +178,11 @@ def _load_json(sample: Mapping[str, Any], bad: Any) -> dict[str, Any]:
     if raw is None:
         raise bad("missing metadata member .json")
     try:
-        meta = raw if isinstance(raw, Mapping) else json.loads(raw if isinstance(raw, str) else _as_bytes(raw, "json"))
+        meta = (
+            raw
+            if isinstance(raw, Mapping)
+            else json.loads(raw if isinstance(raw, str) else _as_bytes(raw, "json"))
+        )
     except (ValueError, TypeError) as err:
         raise bad(f"metadata .json is not valid JSON: {err}") from None
     if not isinstance(meta, Mapping):
@@ -206,7 +222,9 @@ class ShardWriter:
     :func:`write_episodes` to write and append to the manifest in one go.
     """
 
-    def __init__(self, root: str, config: ShardWriterConfig | None = None, *, prefix: str | None = None) -> None:
+    def __init__(
+        self, root: str, config: ShardWriterConfig | None = None, *, prefix: str | None = None
+    ) -> None:
         self.root = str(root)
         self.config = config or ShardWriterConfig()
         self.created_at = datetime.now(UTC)
@@ -217,7 +235,7 @@ class ShardWriter:
         self.shards: list[str] = []  # relative paths of the shards written so far
         self._index = 0
         self._stream: Any = None
-        self._tar: TarWriter | None = None
+        self._tar: tarfile.TarFile | None = None
         self._size = 0
         self._target = int(self.config.shard_size_mb * 1024 * 1024)
 
@@ -230,7 +248,7 @@ class ShardWriter:
         if self._tar is None:
             self._open_shard()
         assert self._tar is not None
-        self._tar.write(sample)
+        _add_sample(self._tar, sample, mtime=self.created_at.timestamp())
         self._size += size
         row = {
             "episode_id": episode.episode_id,
@@ -257,7 +275,9 @@ class ShardWriter:
         rel = f"{SHARDS_DIR}/{self.prefix}-{self._index:06d}.tar"
         self._index += 1
         self._stream = storage.open_output_stream(storage.join(self.root, rel))
-        self._tar = TarWriter(self._stream, encoder=False, mtime=self.created_at.timestamp())
+        self._tar = tarfile.open(  # noqa: SIM115 - closed in _close_shard, after the samples of a shard
+            fileobj=self._stream, mode="w|", bufsize=_IO_BUFSIZE, format=tarfile.PAX_FORMAT
+        )
         self._size = 0
         self.shards.append(rel)
         log.info("writing shard %s", storage.join(self.root, rel))
@@ -267,7 +287,7 @@ class ShardWriter:
         self._tar = self._stream = None
         try:
             if tar is not None:
-                tar.close()  # writes the end-of-archive blocks; does not close a stream it did not open
+                tar.close()  # writes the end-of-archive blocks; leaves the stream it was given open
         finally:
             if stream is not None:
                 stream.close()  # for S3 this completes the upload
@@ -360,16 +380,51 @@ def iter_samples(uri: str) -> Iterator[dict[str, Any]]:
     except storage.StorageError as err:
         raise ShardError(uri, f"cannot open: {err}") from err
     with stream:
-
-        def files() -> Iterator[dict[str, Any]]:
-            for item in tar_file_iterator(stream):
-                item["__url__"] = uri
-                yield item
-
         try:
-            yield from group_by_keys(files())
-        except (tarfile.TarError, EOFError, OSError, ValueError) as err:
+            yield from _group_members(stream, uri)
+        except (tarfile.TarError, EOFError, OSError) as err:
             raise ShardError(uri, f"unreadable tar (truncated or corrupt?): {err}") from err
+
+
+def _add_sample(tar: tarfile.TarFile, sample: Mapping[str, Any], *, mtime: float) -> None:
+    """Members ``<key>.<ext>`` in sorted order, adjacent, read-only: webdataset's TarWriter conventions."""
+    key = sample["__key__"]
+    for ext in sorted(k for k in sample if not k.startswith("__")):
+        data = sample[ext]
+        info = tarfile.TarInfo(f"{key}.{ext}")
+        info.size, info.mtime, info.mode = len(data), mtime, 0o444
+        info.uname = info.gname = "bigdata"
+        tar.addfile(info, io.BytesIO(data))
+
+
+def _group_members(stream: Any, uri: str) -> Iterator[dict[str, Any]]:
+    """Group adjacent tar members into samples by key, with webdataset's/Ray's rule: the key is the
+    member name up to the first dot of its basename, the rest is the extension."""
+    with tarfile.open(fileobj=stream, mode="r|*", bufsize=_IO_BUFSIZE) as tar:  # big reads: few S3 GETs
+        current: dict[str, Any] | None = None
+        seen: set[str] = set()
+        for info in tar:
+            match = _KEY_RE.match(info.name)
+            if not info.isreg() or match is None:
+                continue
+            key, ext = match.groups()
+            member = tar.extractfile(info)
+            data = member.read() if member is not None else b""
+            tar.members = []  # streaming: do not keep every TarInfo of a large shard
+            if current is None or key != current["__key__"]:
+                if current is not None:
+                    yield current
+                if key in seen:
+                    raise ShardError(
+                        uri, f"members of sample {key!r} are not adjacent (not a WebDataset tar)"
+                    )
+                seen.add(key)
+                current = {"__key__": key, "__url__": uri}
+            if ext in current:
+                raise ShardError(uri, f"duplicate member {info.name}")
+            current[ext] = data
+        if current is not None:
+            yield current
 
 
 def read_shard(
@@ -399,7 +454,11 @@ def iter_episodes(
     stats.expected = (stats.expected or 0) + len(selected)
     for shard, rows in selected.rows_by_shard().items():
         yield from _read_one_shard(
-            selected.shard_uri(shard), {r["key"]: r for r in rows}, on_error=on_error, stats=stats, verify=verify
+            selected.shard_uri(shard),
+            {r["key"]: r for r in rows},
+            on_error=on_error,
+            stats=stats,
+            verify=verify,
         )
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from diffusers import UNet3DConditionModel, UNetSpatioTemporalConditionModel
 from pydantic import Field
 from torch import nn
@@ -52,6 +53,7 @@ class WorldModelConfig(StrictConfig):
     family: Family
     base: dict[str, Any]
     data_channels: int = Field(3, gt=0)
+    patch_size: int = Field(1, ge=1)
     sample_size: tuple[int, int] = (64, 64)
     action_space: ActionSpec | None = None
     action_hidden_dims: tuple[int, int] | None = None
@@ -150,17 +152,19 @@ class WorldModel(nn.Module):
         return cls(config, unet)
 
     def _check_channels(self) -> None:
-        cfg, c = self.unet.config, self.config.data_channels
+        cfg, c = self.unet.config, self.config.data_channels * self.config.patch_size**2
         if cfg.out_channels != c:
-            raise ValueError(f"base out_channels {cfg.out_channels} != data_channels {c}")
+            raise ValueError(f"base out_channels {cfg.out_channels} != data_channels * patch_size**2 = {c}")
         if self.config.family == "unet3d" and cfg.in_channels != c:
-            raise ValueError(f"UNet3D in_channels {cfg.in_channels} != data_channels {c}")
+            raise ValueError(f"UNet3D in_channels {cfg.in_channels} != data_channels * patch_size**2 = {c}")
         if self.config.family == "svd" and cfg.in_channels < c:
-            raise ValueError(f"SVD in_channels {cfg.in_channels} < data_channels {c}")
+            raise ValueError(f"SVD in_channels {cfg.in_channels} < data_channels * patch_size**2 = {c}")
 
     def _cond_channels(self) -> int:
         """Extra input channels SVD expects (the conditioning-image latent), fed a learned null."""
-        return self.unet.config.in_channels - self.config.data_channels if self.config.family == "svd" else 0
+        if self.config.family != "svd":
+            return 0
+        return self.unet.config.in_channels - self.config.data_channels * self.config.patch_size**2
 
     def _make_action_encoder(self, spec: ActionSpec) -> ActionEncoder:
         hidden = self.config.action_hidden_dims
@@ -211,10 +215,15 @@ class WorldModel(nn.Module):
         batch, frames = self._check_inputs(x, timesteps, actions, action_mask)
         emb = self._frame_embeddings(timesteps, actions, action_mask, batch, frames)
         sample = x.flatten(0, 1)
+        patch = self.config.patch_size
+        if patch > 1:
+            sample = F.pixel_unshuffle(sample, patch)
         if self.config.family == "unet3d":
             out = self._run_unet3d(sample, emb, batch, frames)
         else:
             out = self._run_svd(sample, emb, batch, frames)
+        if patch > 1:
+            out = F.pixel_shuffle(out, patch)
         return out.reshape(batch, frames, *out.shape[1:])
 
     def _check_inputs(
@@ -225,6 +234,9 @@ class WorldModel(nn.Module):
         if not x.dtype.is_floating_point:
             raise ValueError(f"x must be floating point, got dtype {x.dtype}")
         batch, frames, channels = x.shape[:3]
+        patch = self.config.patch_size
+        if x.shape[-1] % patch or x.shape[-2] % patch:
+            raise ValueError(f"frame size {tuple(x.shape[-2:])} is not divisible by patch_size {patch}")
         if channels != self.config.data_channels:
             raise ValueError(
                 f"x has {channels} channels but the model expects {self.config.data_channels} "

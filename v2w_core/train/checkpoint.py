@@ -16,8 +16,8 @@ as warnings.
 
 Why a safe loader: DeepSpeed's ``TorchCheckpointEngine.load`` calls ``torch.load(weights_only=False)``,
 i.e. unpickles arbitrary objects from storage. :class:`SafeTorchCheckpointEngine` replaces it with
-``weights_only=True`` and an allow-list of the two DeepSpeed classes its files contain
-(``ZeroStageEnum``, the loss scalers), so a tampered checkpoint cannot run code on the workers.
+``weights_only=True`` and an allow-list of the few plain DeepSpeed data classes its files contain
+(``ZeroStageEnum``, the loss scalers, ZeRO-2's ``fragment_address``), so a tampered checkpoint cannot run code on the workers.
 """
 
 from __future__ import annotations
@@ -80,7 +80,10 @@ def write_meta(local_dir: str | Path, meta: dict[str, Any]) -> None:
 def write_manifest(local_dir: str | Path, *, rank: int, world_size: int, step: int) -> Path:
     """Hash every file this rank wrote into ``local_dir``; the manifest itself is written last (atomically)."""
     root = Path(local_dir)
-    files = {rel: {"size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)} for rel in _files_under(root)}
+    files = {
+        rel: {"size": (root / rel).stat().st_size, "sha256": _sha256(root / rel)}
+        for rel in _files_under(root)
+    }
     manifest = {"rank": rank, "world_size": world_size, "step": step, "files": files}
     final = root / manifest_name(rank)
     tmp = final.with_suffix(".tmp")
@@ -131,7 +134,9 @@ def verify_checkpoint_dir(local_dir: str | Path, *, world_size: int | None = Non
     except (ValueError, KeyError, TypeError) as err:
         return [f"{META_NAME} unreadable: {err}"]
     if world_size is not None and saved_world != world_size:
-        problems.append(f"saved by {saved_world} workers, resuming with {world_size} (ZeRO shards do not match)")
+        problems.append(
+            f"saved by {saved_world} workers, resuming with {world_size} (ZeRO shards do not match)"
+        )
     for rank in range(saved_world):
         path = root / manifest_name(rank)
         if not path.is_file():
@@ -174,8 +179,12 @@ class CheckpointRef:
         if dest.exists():
             shutil.rmtree(dest)
         dest.mkdir(parents=True)
-        pafs.copy_files(self.path, str(dest), source_filesystem=self.filesystem,
-                        destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(
+            self.path,
+            str(dest),
+            source_filesystem=self.filesystem,
+            destination_filesystem=pafs.LocalFileSystem(),
+        )
         return dest
 
 
@@ -213,8 +222,9 @@ def resume_candidates(latest: Any) -> list[CheckpointRef]:
 def _safe_globals() -> list[Any]:
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
     from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [ZeroStageEnum, LossScaler, DynamicLossScaler]
+    return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
 
 def make_safe_checkpoint_engine(config_params: Any) -> Any:

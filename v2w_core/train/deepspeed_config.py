@@ -148,6 +148,8 @@ def prebuild_cpu_ops() -> float:
     if builder is not None:
         try:
             builder.load(verbose=False)
-        except Exception as err:  # a missing compiler only costs the shm fast path; gloo still works
-            logger.warning("could not build DeepSpeed's CPU shm op (%s); collectives fall back to gloo", err)
+        except Exception as err:  # noqa: BLE001 - report any build failure, the caller decides
+            logger.warning(
+                "could not build DeepSpeed's CPU shm op (%s); deepspeed.initialize will fail too", err
+            )
     return time.perf_counter() - start

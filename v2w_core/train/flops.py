@@ -50,7 +50,9 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def mfu(flops_per_step: float, step_time_s: float, peak_flops_per_device: float | None, devices: int) -> float | None:
+def mfu(
+    flops_per_step: float, step_time_s: float, peak_flops_per_device: float | None, devices: int
+) -> float | None:
     if not peak_flops_per_device or step_time_s <= 0:
         return None
     return flops_per_step / (step_time_s * peak_flops_per_device * devices)

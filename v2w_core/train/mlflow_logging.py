@@ -101,7 +101,9 @@ def start_run(
     run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
     items = list((params or {}).items())
     for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i : i + MAX_PARAMS_PER_BATCH]])
+        client.log_batch(
+            run.info.run_id, params=[Param(k, v) for k, v in items[i : i + MAX_PARAMS_PER_BATCH]]
+        )
     client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
     return run.info.run_id
 
@@ -110,7 +112,9 @@ def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED", *, attempt
     """Mark the run finished/failed; tolerant of a tracking outage (returns False and warns)."""
     from mlflow import MlflowClient
 
-    return _retry(lambda: MlflowClient(tracking_uri=tracking_uri).set_terminated(run_id, status), attempts, "end run")
+    return _retry(
+        lambda: MlflowClient(tracking_uri=tracking_uri).set_terminated(run_id, status), attempts, "end run"
+    )
 
 
 def log_artifacts(
@@ -131,7 +135,7 @@ def _retry(fn: Any, attempts: int, what: str, backoff_s: float = 1.0) -> bool:
         try:
             fn()
             return True
-        except Exception as err:  # tracking must never kill training
+        except Exception as err:  # noqa: BLE001 - tracking must never kill training
             if i == attempts - 1:
                 logger.warning("MLflow: could not %s after %d attempts: %s", what, attempts, err)
                 return False
@@ -196,7 +200,11 @@ class BufferedMlflowLogger:
                     # Drop the newest, not the oldest: the sender thread may be sending the front right now.
                     self.dropped += 1
                     if self.dropped == 1 or self.dropped % 10_000 == 0:
-                        logger.warning("MLflow buffer full (%d): %d metrics dropped so far", self._max_buffer, self.dropped)
+                        logger.warning(
+                            "MLflow buffer full (%d): %d metrics dropped so far",
+                            self._max_buffer,
+                            self.dropped,
+                        )
                     continue
                 self._metrics.append(Metric(k, float(v), ts, int(step)))
             self._cond.notify()
@@ -265,10 +273,12 @@ class BufferedMlflowLogger:
                 closing = self._closing
             try:
                 self._client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
-            except Exception as err:
+            except Exception as err:  # noqa: BLE001 - classified by _retryable; never kills training
                 self.failures += 1
                 if not _retryable(err):
-                    logger.warning("MLflow rejected a batch (%s); dropping it", str(err).splitlines()[0][:200])
+                    logger.warning(
+                        "MLflow rejected a batch (%s); dropping it", str(err).splitlines()[0][:200]
+                    )
                     with self._cond:
                         self._drop(self._metrics, metrics)
                         self._drop(self._params, params)

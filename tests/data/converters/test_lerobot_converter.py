@@ -43,7 +43,7 @@ def test_round_trip_frames_actions_metadata(dataset: Path, fixture: list[Fixture
         assert ep.frames.shape == ref.frames.shape
         assert _mae(ep.frames, ref.frames) < CODEC_BOUND
         # aligned to the right episode and frame: a one-frame shift is clearly worse
-        assert _mae(ep.frames[1:], ref.frames[:-1]) > _mae(ep.frames, ref.frames)
+        assert _mae(ep.frames[1:], ref.frames[:-1]) > _mae(ep.frames, ref.frames) + 2.0
         np.testing.assert_array_equal(ep.actions, ref.actions)
         assert ep.episode_id == f"lerobot-pusht_fixture-ep{i:06d}"
         assert ep.domain == "robot" and ep.source == "lerobot" and ep.fps == 10.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,8 +30,8 @@ from v2w_core.data.converters._common import (
     BadRecord,
     BadRecordError,
     ConversionStats,
-    ConvertOptions,
     Converter,
+    ConvertOptions,
 )
 
 log = logging.getLogger(__name__)
@@ -72,13 +71,15 @@ def available_converters() -> list[str]:
     return sorted(set(_REGISTRY) | set(_LAZY))
 
 
-def get_converter(name: str, input: str, **options: Any) -> Converter:  # noqa: A002 - the CLI's word
+def get_converter(name: str, input: str, **options: Any) -> Converter:
     """Build converter ``name`` reading ``input`` (unknown options are errors naming the key)."""
     if name not in _REGISTRY and name in _LAZY:
         importlib.import_module(_LAZY[name])
     factory = _REGISTRY.get(name)
     if factory is None:
-        raise UnknownConverterError(f"unknown converter {name!r}; available: {', '.join(available_converters())}")
+        raise UnknownConverterError(
+            f"unknown converter {name!r}; available: {', '.join(available_converters())}"
+        )
     return factory(input, **options)
 
 
@@ -89,7 +90,7 @@ class ConvertResult:
     written: int
 
 
-def convert(name: str, input: str, out: str, writer: Any = None, **options: Any) -> ConvertResult:  # noqa: A002
+def convert(name: str, input: str, out: str, writer: Any = None, **options: Any) -> ConvertResult:
     """Convert ``input`` with converter ``name`` into shards + manifest under ``out``.
 
     ``writer`` is a :class:`v2w_core.data.shards.ShardWriterConfig` (default codec etc.). Raises
@@ -114,7 +115,9 @@ def convert(name: str, input: str, out: str, writer: Any = None, **options: Any)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m v2w_core.data.converters", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m v2w_core.data.converters", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("converter", help=f"one of {', '.join(available_converters())}")
     p.add_argument("--input", required=True, help="input file or directory (local path)")
     p.add_argument("--out", required=True, help="data-set root: local directory or s3://bucket/prefix")
@@ -143,10 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     from v2w_core.storage import StorageError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         writer = ShardWriterConfig.from_dict(
-            {"codec": {"name": args.codec}, "shard_size_mb": args.shard_size_mb, "eval_fraction": args.eval_fraction}
+            {
+                "codec": {"name": args.codec},
+                "shard_size_mb": args.shard_size_mb,
+                "eval_fraction": args.eval_fraction,
+            }
         )
         result = convert(args.converter, args.input, args.out, writer, **parse_options(args.opt))
     except (ConfigError, UnknownConverterError, DataError, StorageError, FileNotFoundError) as err:

@@ -178,7 +178,7 @@ class Converter:
 
     name: str = "converter"
 
-    def __init__(self, input: str, options: ConvertOptions) -> None:  # noqa: A002 - the CLI's word
+    def __init__(self, input: str, options: ConvertOptions) -> None:
         self.input = str(input)
         self.options = options
         self.stats = ConversionStats()
@@ -196,7 +196,9 @@ class Converter:
             records.close()  # release open files/decoders even when the consumer stops early
         log.info("%s: %s", self.name, self.stats.summary())
 
-    def _convert_records(self, records: Iterator[tuple[tuple[str, str], Any]], limit: int | None) -> Iterator[Episode]:
+    def _convert_records(
+        self, records: Iterator[tuple[tuple[str, str], Any]], limit: int | None
+    ) -> Iterator[Episode]:
         for where, build in records:
             if limit is not None and self.stats.converted >= limit:
                 break

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from v2w_core.data.converters import register_converter
-from v2w_core.data.converters._common import BadRecordError, ConvertOptions, Converter, safe_id
+from v2w_core.data.converters._common import BadRecordError, Converter, ConvertOptions, safe_id
 from v2w_core.data.episode import ActionSpace, Episode
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,11 @@ class _VideoCursor:
 
     def read(self, path: str, start: float, stop: float, half_frame: float) -> list[np.ndarray]:
         """RGB frames whose time t satisfies ``start - half <= t < stop - half``."""
-        if path != self.path or start - half_frame < self._position or start > self._position + self.SEEK_AHEAD_S:
+        if (
+            path != self.path
+            or start - half_frame < self._position
+            or start > self._position + self.SEEK_AHEAD_S
+        ):
             self._open(path, start)
         assert self._frames is not None
         out: list[np.ndarray] = []
@@ -128,7 +132,7 @@ class LeRobotConverter(Converter):
 
     name = NAME
 
-    def __init__(self, input: str, **options: Any) -> None:  # noqa: A002
+    def __init__(self, input: str, **options: Any) -> None:
         opts = LeRobotOptions.from_dict(dict(options), source=f"converter {NAME!r} options")
         super().__init__(input, opts)
         self.options: LeRobotOptions = opts
@@ -152,7 +156,9 @@ class LeRobotConverter(Converter):
         if self.camera not in video_keys:
             raise ValueError(f"camera {self.camera!r} is not a video feature of {input}; have {video_keys}")
         if opts.action_key not in features:
-            raise ValueError(f"action_key {opts.action_key!r} is not a feature of {input}; have {sorted(features)}")
+            raise ValueError(
+                f"action_key {opts.action_key!r} is not a feature of {input}; have {sorted(features)}"
+            )
         self.action_feature = features[opts.action_key]
         self.features = features
         self._data_cache: tuple[str, pa.Table] | None = None
@@ -193,7 +199,10 @@ class LeRobotConverter(Converter):
                             yield (rel, f"episode {row['episode_index']}"), partial(self._convert, rel, row)
                 except (OSError, ValueError, pa.ArrowException) as err:
                     # The episodes table itself is unreadable: one bad record standing for the whole file.
-                    yield (rel, "episodes table"), partial(_raise, rel, "episodes table", f"unreadable: {err}")
+                    yield (
+                        (rel, "episodes table"),
+                        partial(_raise, rel, "episodes table", f"unreadable: {err}"),
+                    )
         finally:
             self._video.close()
             self._data_cache = None
@@ -233,7 +242,9 @@ class LeRobotConverter(Converter):
             raise BadRecordError(data_rel, record, f"no {opts.action_key!r} column")
         rows = table.filter(pc.equal(table["episode_index"], ep))
         if rows.num_rows != length:
-            raise BadRecordError(data_rel, record, f"{rows.num_rows} data rows but the episodes table says {length}")
+            raise BadRecordError(
+                data_rel, record, f"{rows.num_rows} data rows but the episodes table says {length}"
+            )
         rows = rows.sort_by("frame_index")
         frame_index = rows["frame_index"].to_numpy()
         if not np.array_equal(frame_index, np.arange(length)):
@@ -241,7 +252,11 @@ class LeRobotConverter(Converter):
         actions = _column_matrix(rows[opts.action_key], data_rel, record)
         dim = actions.shape[1]
         space = ActionSpace(type="continuous", dim=dim, names=_action_names(self.action_feature, dim))
-        reward = rows[opts.reward_key].to_numpy().astype(np.float32) if opts.reward_key in rows.column_names else None
+        reward = (
+            rows[opts.reward_key].to_numpy().astype(np.float32)
+            if opts.reward_key in rows.column_names
+            else None
+        )
         done = rows[opts.done_key].to_numpy().astype(bool) if opts.done_key in rows.column_names else None
         if reward is not None and reward.ndim != 1:
             reward = None
@@ -258,7 +273,9 @@ class LeRobotConverter(Converter):
             raise BadRecordError(video_rel, record, f"video unreadable: {err}") from None
         if len(frames_list) != length:
             raise BadRecordError(
-                video_rel, record, f"{len(frames_list)} video frames in [{start:.3f}, {stop:.3f}) s but length is {length}"
+                video_rel,
+                record,
+                f"{len(frames_list)} video frames in [{start:.3f}, {stop:.3f}) s but length is {length}",
             )
         frames = np.stack(frames_list)
         return self.finish(
@@ -295,7 +312,11 @@ def _column_matrix(column: pa.ChunkedArray, file: str, record: str) -> np.ndarra
     arr = column.combine_chunks()
     n = len(arr)
     try:
-        if pa.types.is_list(arr.type) or pa.types.is_large_list(arr.type) or pa.types.is_fixed_size_list(arr.type):
+        if (
+            pa.types.is_list(arr.type)
+            or pa.types.is_large_list(arr.type)
+            or pa.types.is_fixed_size_list(arr.type)
+        ):
             lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False)
             if n and (lengths != lengths[0]).any():
                 raise BadRecordError(file, record, "action vectors have different lengths")

@@ -31,14 +31,16 @@ def smooth_frames(length: int, height: int, width: int, seed: int) -> np.ndarray
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     base = rng.uniform(40, 200, size=3).astype(np.float32)
     cy, cx = rng.uniform(0.3, 0.7) * height, rng.uniform(0.3, 0.7) * width
-    vy, vx = rng.uniform(-1, 1, size=2) * 0.6
+    vy, vx = rng.choice([-1.0, 1.0], size=2) * rng.uniform(1.5, 2.5, size=2)
     out = np.empty((length, height, width, 3), dtype=np.uint8)
     sigma2 = 2 * (0.2 * min(height, width)) ** 2
     for t in range(length):
         blob = np.exp(-((yy - cy - vy * t) ** 2 + (xx - cx - vx * t) ** 2) / sigma2)
         for c in range(3):
             ramp = 0.25 * (xx / width) * 255 if c == 0 else 0.25 * (yy / height) * 255
-            out[t, :, :, c] = np.clip(base[c] * 0.6 + ramp + 60 * blob * (1 if c != 1 else -1), 0, 255)
+            out[t, :, :, c] = np.clip(
+                base[c] * 0.6 + ramp + 80 * blob * (1 if c != 1 else -1) + 3 * (t % 8), 0, 255
+            )
     return out
 
 
@@ -184,4 +186,93 @@ def write_lerobot_v3(
     return root
 
 
-__all__ = ["FixtureEpisode", "fixture_episodes", "smooth_frames", "write_lerobot_v3"]
+# ================================================================================ RLDS / Open-X
+RT1_FIELDS = (("world_vector", 3), ("rotation_delta", 3), ("gripper_closedness_action", 1))
+
+
+def _encode_image(frame: np.ndarray, fmt: str, quality: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        Image.fromarray(frame).save(buf, format="JPEG", quality=quality, subsampling=0)
+    else:
+        Image.fromarray(frame).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def rlds_example(ep: FixtureEpisode, *, index: int, image_format: str = "jpeg", quality: int = 95,
+                 sequence: bool = False) -> bytes:  # fmt: skip
+    """One episode as a flattened RLDS Example (or SequenceExample) in RT-1's layout.
+
+    ``ep.actions`` must have 7 columns: world_vector (3), rotation_delta (3), gripper_closedness (1).
+    """
+    from v2w_core.data.converters.rlds import encode_example, encode_sequence_example
+
+    n = ep.frames.shape[0]
+    images = [_encode_image(f, image_format, quality) for f in ep.frames]
+    steps: dict[str, Any] = {"steps/observation/image": images}
+    col = 0
+    for name, dim in RT1_FIELDS:
+        steps[f"steps/action/{name}"] = ep.actions[:, col : col + dim].astype(np.float32)
+        col += dim
+    one_hot = np.zeros((n, 3), dtype=np.int64)
+    one_hot[:, 1] = 1
+    steps["steps/action/terminate_episode"] = one_hot
+    steps["steps/is_first"] = (np.arange(n) == 0).astype(np.int64)
+    steps["steps/is_last"] = (np.arange(n) == n - 1).astype(np.int64)
+    steps["steps/is_terminal"] = (np.arange(n) == n - 1).astype(np.int64)
+    steps["steps/reward"] = (np.arange(n) == n - 1).astype(np.float32)
+    steps["steps/observation/natural_language_instruction"] = [b"pick the can"] * n
+    context = {"episode_metadata/file_path": [f"/fixture/episode_{index}.npz".encode()]}
+    if not sequence:
+        return encode_example({**context, **{k: (v.reshape(-1) if isinstance(v, np.ndarray) else v)
+                                             for k, v in steps.items()}})  # fmt: skip
+    lists = {
+        k: ([[b] for b in v] if isinstance(v, list) else [np.atleast_1d(x) for x in v])
+        for k, v in steps.items()
+    }
+    return encode_sequence_example(context, lists)
+
+
+def write_rlds_tfrecords(path: str | Path, episodes: Sequence[FixtureEpisode], *, start_index: int = 0,
+                         **kwargs: Any) -> Path:  # fmt: skip
+    """One TFRecord file holding one Example per episode (as TFDS shards RLDS data)."""
+    from v2w_core.data.converters.rlds import write_tfrecords
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_tfrecords(
+        path, (rlds_example(ep, index=start_index + i, **kwargs) for i, ep in enumerate(episodes))
+    )
+    return path
+
+
+# ================================================================================ DIAMOND CS:GO hdf5
+def write_csgo_hdf5(path: str | Path, frames_rgb: np.ndarray, actions: np.ndarray) -> Path:
+    """One DIAMOND/Pearce CS:GO episode file: ``frame_i_x`` (BGR uint8) and ``frame_i_y`` (51 floats)."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        for i, (frame, action) in enumerate(zip(frames_rgb, actions, strict=True)):
+            f.create_dataset(f"frame_{i}_x", data=frame[..., ::-1])  # stored BGR (OpenCV capture)
+            f.create_dataset(f"frame_{i}_y", data=action.astype(np.float64))
+            f.create_dataset(f"frame_{i}_xaux", data=np.zeros(54, dtype=np.float64))
+            f.create_dataset(f"frame_{i}_helperarr", data=np.zeros(2, dtype=np.float64))
+    return path
+
+
+__all__ = [
+    "RT1_FIELDS",
+    "FixtureEpisode",
+    "fixture_episodes",
+    "rlds_example",
+    "smooth_frames",
+    "write_csgo_hdf5",
+    "write_lerobot_v3",
+    "write_rlds_tfrecords",
+]

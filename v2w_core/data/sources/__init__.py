@@ -38,7 +38,11 @@ F = TypeVar("F", bound=SourceFactory)
 
 _REGISTRY: dict[str, SourceFactory] = {}
 #: name -> module that registers it on import (built-in and optional sources).
-_LAZY: dict[str, str] = {"bouncing-shapes": "v2w_core.data.sources.bouncing_shapes"}
+_LAZY: dict[str, str] = {
+    "bouncing-shapes": "v2w_core.data.sources.bouncing_shapes",
+    "atari": "v2w_core.data.sources.atari",
+    "vizdoom": "v2w_core.data.sources.vizdoom",
+}
 
 
 class UnknownSourceError(KeyError):

@@ -1,0 +1,179 @@
+"""Shared fixtures: real services on loopback, started once per test session.
+
+* ``s3_stack``   - only the S3-compatible server (moto_server) + the test bucket; fast (~2 s).
+* ``mlflow_stack`` / ``local_stack`` - S3 + the MLflow tracking server (artifacts proxied to S3); slower.
+* ``s3_prefix``  - a fresh ``s3://<bucket>/test-<uuid>/`` per test, deleted afterwards.
+* ``ray_cluster`` - a real local Ray (2 CPUs, no dashboard, loopback only) whose workers get the S3
+  environment through ``runtime_env``.
+
+Services use test ports distinct from the defaults (9410/5410) and a temporary stack dir; when a port is
+busy (e.g. another engineer's test session on this machine) a free port is taken instead. Whatever a
+fixture started, it stops at the end of the session; environment variables it set are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from infra import stack as stack_mod
+from infra.stack import StackConfig, StackInfo, free_port
+
+log = logging.getLogger(__name__)
+
+TEST_S3_PORT = int(os.environ.get("V2W_TEST_S3_PORT", "9410"))
+TEST_MLFLOW_PORT = int(os.environ.get("V2W_TEST_MLFLOW_PORT", "5410"))
+TEST_BUCKET = "v2w-test"
+TEST_ACCESS_KEY = "v2w-test"
+TEST_SECRET_KEY = "v2w-test-secret"
+
+# Variables that would point a client somewhere other than the test stack.
+_CLEARED_VARS = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_PROFILE",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "RAY_ADDRESS",
+)
+
+
+@pytest.fixture(scope="session")
+def _stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
+    return StackConfig(
+        stack_dir=tmp_path_factory.mktemp("v2w-stack"),
+        s3_port=free_port(TEST_S3_PORT),
+        mlflow_port=free_port(TEST_MLFLOW_PORT),
+        ray_port=free_port(6490),
+        ray_dashboard_port=free_port(8276),
+        bucket=TEST_BUCKET,
+        access_key=TEST_ACCESS_KEY,
+        secret_key=TEST_SECRET_KEY,
+    )
+
+
+@contextlib.contextmanager
+def _session_env(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the rest of the session and restore them afterwards."""
+    mp = pytest.MonkeyPatch()
+    try:
+        for name in _CLEARED_VARS:
+            mp.delenv(name, raising=False)
+        for name, value in values.items():
+            mp.setenv(name, value)
+        # Never let botocore wander off to an instance-metadata endpoint from a test.
+        mp.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        _clear_storage_caches()
+        yield
+    finally:
+        mp.undo()
+        _clear_storage_caches()
+
+
+def _clear_storage_caches() -> None:
+    from v2w_core import storage
+
+    storage.clear_caches()
+
+
+@pytest.fixture(scope="session")
+def s3_stack(_stack_config: StackConfig) -> Iterator[StackInfo]:
+    """The S3-compatible server (moto_server) on loopback with the test bucket; env vars set for clients."""
+    info = stack_mod.ensure_running(("s3",), config=_stack_config)
+    try:
+        with _session_env(info.env()):
+            yield info
+    finally:
+        stack_mod.stop(info.started, config=_stack_config)
+
+
+@pytest.fixture(scope="session")
+def mlflow_stack(s3_stack: StackInfo, _stack_config: StackConfig) -> Iterator[StackInfo]:
+    """S3 + MLflow tracking server (sqlite backend, artifacts proxied into the S3 bucket)."""
+    info = stack_mod.ensure_running(("s3", "mlflow"), config=_stack_config)
+    try:
+        with _session_env(info.env()):
+            yield info
+    finally:
+        stack_mod.stop(info.started, config=_stack_config)
+
+
+@pytest.fixture(scope="session")
+def local_stack(mlflow_stack: StackInfo) -> StackInfo:
+    """The local stack tests need: S3 + MLflow (Ray is the ``ray_cluster`` fixture)."""
+    return mlflow_stack
+
+
+@pytest.fixture
+def s3_prefix(s3_stack: StackInfo) -> Iterator[str]:
+    """A fresh, empty ``s3://<bucket>/test-<uuid>/`` for one test; removed afterwards."""
+    from v2w_core import storage
+
+    prefix = f"s3://{s3_stack.bucket}/test-{uuid.uuid4().hex[:12]}/"
+    yield prefix
+    with contextlib.suppress(storage.StorageError):
+        storage.delete(prefix)
+
+
+def s3_env_for_workers() -> dict[str, str]:
+    """The S3/MLflow variables of this process that Ray workers need (passed via ``runtime_env``)."""
+    names = (
+        "V2W_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "V2W_BUCKET",
+        "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED",
+    )  # fmt: skip
+    return {n: os.environ[n] for n in names if os.environ.get(n)}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_stack: StackInfo) -> Iterator[Any]:
+    """A real local Ray: 2 CPUs, no dashboard, every socket on 127.0.0.1, S3 env in the workers.
+
+    Ray turns ``127.0.0.1`` into the machine's external IP and then binds its gRPC servers to all
+    interfaces; treating the node as a single-machine cluster (``ENABLE_RAY_CLUSTER = False``, the
+    switch behind ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``) keeps it on loopback. The switch is flipped
+    only around ``ray.init`` so other tests can still start multi-node clusters.
+    """
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        pytest.fail("ray_cluster: Ray is already initialised in this process by another fixture/test")
+    temp_dir = tempfile.mkdtemp(prefix="v2w-ray-", dir="/tmp")  # short: Ray's socket paths are bounded
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
+        ctx = ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            _temp_dir=temp_dir,
+            object_store_memory=1024 * 1024 * 1024,
+            runtime_env={"env_vars": s3_env_for_workers()},
+            configure_logging=False,
+            log_to_driver=False,
+        )
+    try:
+        import ray.data
+
+        data_ctx = ray.data.DataContext.get_current()
+        data_ctx.enable_progress_bars = False
+        data_ctx.print_on_execution_start = False
+        yield ctx
+    finally:
+        ray.shutdown()
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def tmp_stack_dir(tmp_path: Path) -> Path:
+    """A stack dir for tests that start their own stack (kept short for Ray's socket paths)."""
+    return tmp_path
