@@ -65,7 +65,9 @@ RAY_PORT_OFFSETS = {
     "runtime_env_agent": 7,
 }
 
-START_TIMEOUT_S = {"s3": 30.0, "mlflow": 90.0, "ray": 90.0}
+# Generous: on a loaded 2-core machine MLflow's imports alone have taken 90 s.
+_SLOW = float(os.environ.get("V2W_STACK_START_TIMEOUT_S", "240"))
+START_TIMEOUT_S = {"s3": min(60.0, _SLOW), "mlflow": _SLOW, "ray": _SLOW}
 # Executable names that identify a recorded pid as still being our service (guards against pid reuse).
 _CMD_MARKERS = {"s3": "moto_server", "mlflow": "mlflow", "ray": "ray"}
 
@@ -197,7 +199,8 @@ class StackConfig:
         if "mlflow" in services:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         if "ray" in services:
-            env["RAY_ADDRESS"] = self.ray_address
+            env["RAY_ADDRESS"] = self.ray_address  # ray.init() in clients
+            env["RAY_API_SERVER_ADDRESS"] = self.ray_dashboard_url  # `ray job submit`: beats RAY_ADDRESS
             env["V2W_RAY_PORT"] = str(self.ray_port)
             env["V2W_RAY_DASHBOARD_PORT"] = str(self.ray_dashboard_port)
             env["RAY_AUTH_MODE"] = "token"
@@ -365,7 +368,7 @@ def listening_sockets(sid: int) -> list[tuple[str, int]]:
 
 
 def is_loopback(address: str) -> bool:
-    return address == "::1" or address.startswith("127.") or address.startswith("::ffff:127.")
+    return address == "::1" or address.startswith(("127.", "::ffff:127."))
 
 
 # ------------------------------------------------------------------------------------------- health
@@ -398,7 +401,7 @@ def _port_bindable(port: int) -> bool:
 def _http_get(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - loopback URL we built
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status, resp.read()
     except urllib.error.HTTPError as err:
         return err.code, b""
@@ -465,6 +468,7 @@ def _service_env(cfg: StackConfig, service: str) -> dict[str, str]:
         env["V2W_BUCKET"] = cfg.bucket
     if service == "ray":
         env.pop("RAY_ADDRESS", None)  # `ray start --head` must not try to join another cluster
+        env.pop("RAY_API_SERVER_ADDRESS", None)
         # Job entrypoints say `python ...`: make that this environment's interpreter even when the
         # stack was started as `.venv/bin/python -m infra.stack` without activating the venv.
         env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
@@ -552,7 +556,7 @@ def _launch(cfg: StackConfig, service: str) -> dict[str, Any]:
     with open(logfile, "ab") as fh:
         fh.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
         fh.flush()
-        proc = subprocess.Popen(  # noqa: S603 - our own command line
+        proc = subprocess.Popen(
             cmd,
             stdout=fh,
             stderr=subprocess.STDOUT,
@@ -588,9 +592,13 @@ def _wait_healthy(cfg: StackConfig, service: str, rec: dict[str, Any], timeout: 
     detail = ""
     while time.monotonic() < deadline:
         if not _pid_alive(int(rec["pid"])):
-            raise StackError(
-                f"{service} died while starting; see its log {rec['log']}:\n{_tail(rec['log'])}"
-            )
+            tail = _tail(rec["log"], 40)
+            if "Address already in use" in tail or "Errno 98" in tail or "address already in use" in tail:
+                raise StackError(
+                    f"cannot start {service}: port {rec['ports'][0]} was taken by another process while "
+                    f"{service} started ({_port_env_hint(service)}); see its log {rec['log']}"
+                )
+            raise StackError(f"{service} died while starting; see its log {rec['log']}:\n{_tail(rec['log'])}")
         ok, detail = check_health(cfg, service)
         if ok:
             log.info("stack: %s healthy at %s (%s)", service, cfg.url(service), detail)

@@ -14,6 +14,7 @@ fixture started, it stops at the end of the session; environment variables it se
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import tempfile
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 
 from infra import stack as stack_mod
-from infra.stack import StackConfig, StackInfo, free_port
+from infra.stack import StackConfig, StackError, StackInfo, free_port
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,38 @@ _CLEARED_VARS = (
     "AWS_SESSION_TOKEN",
     "MLFLOW_S3_ENDPOINT_URL",
     "RAY_ADDRESS",
+    "RAY_API_SERVER_ADDRESS",
 )
 
 
 @pytest.fixture(scope="session")
-def _stack_config(tmp_path_factory: pytest.TempPathFactory) -> StackConfig:
-    return StackConfig(
-        stack_dir=tmp_path_factory.mktemp("v2w-stack"),
-        s3_port=free_port(TEST_S3_PORT),
-        mlflow_port=free_port(TEST_MLFLOW_PORT),
-        ray_port=free_port(6490),
-        ray_dashboard_port=free_port(8276),
-        bucket=TEST_BUCKET,
-        access_key=TEST_ACCESS_KEY,
-        secret_key=TEST_SECRET_KEY,
-    )
+def _stack_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, StackConfig]:
+    """A mutable holder: a port lost to a concurrent session is replaced (see ``_ensure``)."""
+    return {
+        "cfg": StackConfig(
+            stack_dir=tmp_path_factory.mktemp("v2w-stack"),
+            s3_port=free_port(TEST_S3_PORT),
+            mlflow_port=free_port(TEST_MLFLOW_PORT),
+            ray_port=free_port(6490),
+            ray_dashboard_port=free_port(8276),
+            bucket=TEST_BUCKET,
+            access_key=TEST_ACCESS_KEY,
+            secret_key=TEST_SECRET_KEY,
+        )
+    }
+
+
+def _ensure(services: tuple[str, ...], holder: dict[str, StackConfig]) -> StackInfo:
+    """Start ``services``; if another session grabbed a chosen port meanwhile, take a free one and retry."""
+    for attempt in range(3):
+        try:
+            return stack_mod.ensure_running(services, config=holder["cfg"])
+        except StackError as err:
+            busy = [s for s in services if f"cannot start {s}: port" in str(err)]
+            if not busy or attempt == 2:
+                raise
+            holder["cfg"] = dataclasses.replace(holder["cfg"], **{f"{busy[0]}_port": free_port()})
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -85,25 +103,25 @@ def _clear_storage_caches() -> None:
 
 
 @pytest.fixture(scope="session")
-def s3_stack(_stack_config: StackConfig) -> Iterator[StackInfo]:
+def s3_stack(_stack_config: dict[str, StackConfig]) -> Iterator[StackInfo]:
     """The S3-compatible server (moto_server) on loopback with the test bucket; env vars set for clients."""
-    info = stack_mod.ensure_running(("s3",), config=_stack_config)
+    info = _ensure(("s3",), _stack_config)
     try:
         with _session_env(info.env()):
             yield info
     finally:
-        stack_mod.stop(info.started, config=_stack_config)
+        stack_mod.stop(info.started, config=info.config)
 
 
 @pytest.fixture(scope="session")
-def mlflow_stack(s3_stack: StackInfo, _stack_config: StackConfig) -> Iterator[StackInfo]:
+def mlflow_stack(s3_stack: StackInfo, _stack_config: dict[str, StackConfig]) -> Iterator[StackInfo]:
     """S3 + MLflow tracking server (sqlite backend, artifacts proxied into the S3 bucket)."""
-    info = stack_mod.ensure_running(("s3", "mlflow"), config=_stack_config)
+    info = _ensure(("s3", "mlflow"), _stack_config)
     try:
         with _session_env(info.env()):
             yield info
     finally:
-        stack_mod.stop(info.started, config=_stack_config)
+        stack_mod.stop(info.started, config=info.config)
 
 
 @pytest.fixture(scope="session")
@@ -147,18 +165,24 @@ def ray_cluster(s3_stack: StackInfo) -> Iterator[Any]:
     if ray.is_initialized():
         pytest.fail("ray_cluster: Ray is already initialised in this process by another fixture/test")
     temp_dir = tempfile.mkdtemp(prefix="v2w-ray-", dir="/tmp")  # short: Ray's socket paths are bounded
+    init_args: dict[str, Any] = {
+        "num_cpus": 2,
+        "include_dashboard": False,
+        "_node_ip_address": "127.0.0.1",
+        "_temp_dir": temp_dir,
+        "object_store_memory": 1024 * 1024 * 1024,
+        "runtime_env": {"env_vars": s3_env_for_workers()},
+        "configure_logging": False,
+        "log_to_driver": False,
+    }
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)
-        ctx = ray.init(
-            num_cpus=2,
-            include_dashboard=False,
-            _node_ip_address="127.0.0.1",
-            _temp_dir=temp_dir,
-            object_store_memory=1024 * 1024 * 1024,
-            runtime_env={"env_vars": s3_env_for_workers()},
-            configure_logging=False,
-            log_to_driver=False,
-        )
+        try:
+            ctx = ray.init(**init_args)
+        except Exception as err:  # noqa: BLE001 - Ray gives the raylet 30 s; a loaded 2-core box can miss it
+            log.warning("ray.init failed (%s); retrying once", err)
+            ray.shutdown()
+            ctx = ray.init(**init_args)
     try:
         import ray.data
 

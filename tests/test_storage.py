@@ -17,9 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from v2w_core import storage
-
 from infra.stack import free_port
+from v2w_core import storage
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -192,7 +191,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
     server: _FlakyProxy
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class signature
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _handle(self) -> None:

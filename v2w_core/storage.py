@@ -22,7 +22,6 @@ import functools
 import hashlib
 import logging
 import os
-import posixpath
 import random
 import shutil
 import tempfile
@@ -152,8 +151,7 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 def _local_path(uri: str | os.PathLike[str]) -> Path:
     text = os.fspath(uri)
-    if text.startswith("file://"):
-        text = text[len("file://") :]
+    text = text.removeprefix("file://")
     return Path(text).expanduser()
 
 
@@ -176,6 +174,19 @@ _CREDENTIAL_CODES = {
     "InvalidClientTokenId", "AuthFailure", "403",
 }  # fmt: skip
 _NOT_FOUND_CODES = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+
+
+# Substrings of pyarrow's OSError messages, checked in this order (the first match wins).
+_ARROW_ERROR_PATTERNS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("credentials", ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
+                     "InvalidAccessKeyId", "SignatureDoesNotMatch", "HTTP response code: 403")),
+    ("not_found", ("NO_SUCH_BUCKET", "NoSuchBucket", "NO_SUCH_KEY", "NoSuchKey", "Path does not exist",
+                   "HTTP response code: 404")),
+    ("unreachable", ("Couldn't connect", "Could not connect", "curlCode: 7", "Connection refused",
+                     "Failed to connect")),
+    ("transient", ("NETWORK_CONNECTION", "curlCode", "SLOW_DOWN", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE",
+                   "THROTTLING", "HTTP response code: 5", "Connection reset")),
+)  # fmt: skip
 
 
 def _botocore_errors() -> dict[str, type[BaseException]]:
@@ -228,19 +239,9 @@ def _classify(exc: BaseException) -> str:
         return "unreachable"
     if isinstance(exc, OSError):  # pyarrow reports AWS SDK errors as OSError with the SDK's text
         msg = str(exc)
-        if any(s in msg for s in ("ACCESS_DENIED", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
-                                  "InvalidAccessKeyId", "SignatureDoesNotMatch", "HTTP response code: 403")):
-            return "credentials"
-        if any(s in msg for s in ("NO_SUCH_BUCKET", "NoSuchBucket", "NO_SUCH_KEY", "NoSuchKey",
-                                  "Path does not exist", "HTTP response code: 404")):
-            return "not_found"
-        if any(s in msg for s in ("Couldn't connect", "curlCode: 7", "Connection refused",
-                                  "Failed to connect")):
-            return "unreachable"
-        if any(s in msg for s in ("NETWORK_CONNECTION", "curlCode", "SLOW_DOWN", "SERVICE_UNAVAILABLE",
-                                  "INTERNAL_FAILURE", "THROTTLING", "HTTP response code: 5",
-                                  "Connection reset")):
-            return "transient"
+        for kind, patterns in _ARROW_ERROR_PATTERNS:
+            if any(p in msg for p in patterns):
+                return kind
     return "other"
 
 
@@ -298,7 +299,7 @@ def with_retries(
             return fn()
         except StorageError:
             raise
-        except Exception as exc:  # noqa: BLE001 - classified below, re-raised translated
+        except Exception as exc:
             kind = _classify(exc)
             if kind not in ("transient", "unreachable") or attempt == attempts:
                 raise _translate(exc, uri, settings) from exc
@@ -560,11 +561,8 @@ def list_files(prefix_uri: str | os.PathLike[str]) -> list[str]:
         if not root.is_dir():
             return []
         base = os.fspath(prefix_uri)
-        if base.startswith("file://"):
-            base = base[len("file://") :]
-        return sorted(
-            os.path.join(base, str(p.relative_to(root))) for p in root.rglob("*") if p.is_file()
-        )
+        base = base.removeprefix("file://")
+        return sorted(os.path.join(base, str(p.relative_to(root))) for p in root.rglob("*") if p.is_file())
     uri = str(prefix_uri)
     bucket, key = split_s3(uri)
     settings = _resolved_settings()
@@ -637,7 +635,7 @@ def open_input_stream(uri: str | os.PathLike[str]) -> IO[bytes]:
     """
     if not is_s3(uri):
         try:
-            return open(_local_path(uri), "rb")  # noqa: SIM115 - returned to the caller
+            return open(_local_path(uri), "rb")
         except FileNotFoundError:
             raise NotFoundError(f"{uri}: file does not exist") from None
     uri = str(uri)
@@ -661,7 +659,7 @@ def open_output_stream(uri: str | os.PathLike[str]) -> IO[bytes]:
     if not is_s3(uri):
         path = _local_path(uri)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return open(path, "wb")  # noqa: SIM115 - returned to the caller
+        return open(path, "wb")
     uri = str(uri)
     bucket, key = split_s3(uri)
     if not key:

@@ -78,3 +78,23 @@ def test_unknown_codec_and_bad_input() -> None:
         decode_frames(b"x", "h265")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="uint8"):
         encode_frames(np.zeros((2, 8, 8, 3), dtype=np.float32))
+
+
+def test_decodes_foreign_yuv420p_mp4() -> None:
+    """Videos not written by us (e.g. a converter's yuv420p mp4) decode through the swscale fallback."""
+    import io
+
+    import av
+
+    frames = smooth_frames(6, 32, 32)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=10, options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    out = decode_frames(buf.getvalue(), "h264")
+    assert out.shape == frames.shape
+    # 4:2:0 chroma and limited range: only roughly equal
+    assert np.abs(out.astype(np.int16) - frames).mean() < 6

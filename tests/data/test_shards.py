@@ -310,9 +310,10 @@ def test_unlisted_samples_are_counted_not_returned(dataset: tuple[Path, Manifest
     assert len(got) == 7 and stats.unlisted == 1 and stats.reconciles
 
 
-def test_shards_read_identically_by_the_webdataset_package(tmp_path: Path) -> None:
-    """Our tarfile-based writer/reader follow the webdataset package's conventions exactly."""
-    from webdataset.tariterators import group_by_keys, tar_file_iterator
+def test_shards_read_identically_by_rays_webdataset_reader(tmp_path: Path) -> None:
+    """Our tarfile-based writer/reader follow webdataset's conventions: Ray's reader (a copy of the
+    webdataset package's, and what the training pipeline uses) sees exactly the same samples."""
+    from ray.data._internal.datasource.webdataset_datasource import _group_by_keys, _tar_file_iterator
 
     episodes = [make_episode(k, seed=i) for i, k in enumerate(["continuous", "discrete", "multi_hot"])]
     episodes.append(make_episode("discrete", episode_id="x" * 200))  # longest id: PAX headers
@@ -320,7 +321,20 @@ def test_shards_read_identically_by_the_webdataset_package(tmp_path: Path) -> No
     for uri in manifest.shard_uris():
         ours = list(iter_samples(uri))
         with open(uri, "rb") as f:
-            files = ({**item, "__url__": uri} for item in tar_file_iterator(f))
-            theirs = list(group_by_keys(files))
+            theirs = list(_group_by_keys(_tar_file_iterator(f), meta={"__url__": uri}))
         assert ours == theirs and ours
     assert len(list(iter_episodes(manifest))) == 4
+
+
+def test_corrupt_tar_header(dataset: tuple[Path, Manifest]) -> None:
+    root, manifest = dataset
+    path = _shard_path(root, manifest, 0)
+    n = len(manifest.rows_by_shard()[f"shards/{path.name}"])
+    data = bytearray(path.read_bytes())
+    data[:512] = b"\xff" * 512  # first member header destroyed
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=f"{path.name}: unreadable tar"):
+        list(iter_episodes(manifest))
+    stats = ReadStats()
+    assert len(list(iter_episodes(manifest, on_error="skip", stats=stats))) == 8 - n
+    assert stats.reconciles and stats.num_bad == n and {b.shard for b in stats.bad} == {str(path)}

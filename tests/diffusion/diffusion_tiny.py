@@ -43,5 +43,7 @@ def make_causal_model(seed: int = 0, action_dim: int | None = ACTION_DIM) -> Wor
             last = model.action_encoder.mlp[-1]
             last.weight.copy_(torch.randn(last.weight.shape, generator=g) * 0.5)
             last.bias.copy_(torch.randn(last.bias.shape, generator=g) * 0.5)
-            model.action_encoder.null_embedding.copy_(torch.randn(model.action_encoder.embed_dim, generator=g))
+            model.action_encoder.null_embedding.copy_(
+                torch.randn(model.action_encoder.embed_dim, generator=g)
+            )
     return model.eval()

@@ -30,7 +30,7 @@ class Recorder:
         self.calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
         self.handle = model.register_forward_pre_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, args, kwargs):  # noqa: ANN001
+    def _hook(self, module, args, kwargs):
         self.calls.append((args, kwargs))
 
     def inputs(self) -> list[Any]:
@@ -89,7 +89,9 @@ def test_forcing_loss_is_seeded(causal_model: WorldModel, schedule: NoiseSchedul
     x0, actions = _clip(b=1, f=4)
     with torch.no_grad():
         runs = [
-            diffusion_forcing_loss(causal_model, x0, actions, schedule, generator=torch.Generator().manual_seed(s))[0]
+            diffusion_forcing_loss(
+                causal_model, x0, actions, schedule, generator=torch.Generator().manual_seed(s)
+            )[0]
             for s in (7, 7, 8)
         ]
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
@@ -102,7 +104,9 @@ def test_pretrain_loss_one_timestep_per_clip_no_actions(schedule: NoiseSchedule)
     rec = Recorder(base)
     try:
         with torch.no_grad():
-            loss, stats = bidirectional_pretrain_loss(base, x0, schedule, generator=torch.Generator().manual_seed(1))
+            loss, stats = bidirectional_pretrain_loss(
+                base, x0, schedule, generator=torch.Generator().manual_seed(1)
+            )
         x_t, t, a, mask = rec.inputs()
     finally:
         rec.handle.remove()
@@ -143,7 +147,9 @@ def test_overfit_one_clip_with_diffusion_forcing(schedule: NoiseSchedule) -> Non
     xs = torch.linspace(-1, 1, SIZE)
     x0 = torch.stack(
         [
-            torch.stack([torch.sin(3 * xs[None, :] + 0.4 * f + c) * torch.cos(2 * xs[:, None]) for c in range(3)])
+            torch.stack(
+                [torch.sin(3 * xs[None, :] + 0.4 * f + c) * torch.cos(2 * xs[:, None]) for c in range(3)]
+            )
             for f in range(frames)
         ]
     )[None]

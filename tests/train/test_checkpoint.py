@@ -42,8 +42,14 @@ def _engine(seed: int = 0):
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.SiLU(), torch.nn.Linear(32, 4))
     cfg = TrainConfig.from_dict(
-        {"experiment": "ck", "storage_path": "/tmp", "zero_stage": 2, "micro_batch_per_worker": 4,
-         "optim": {"lr": 1e-2, "warmup_steps": 3}, "scaling": {"num_workers": 1}}
+        {
+            "experiment": "ck",
+            "storage_path": "/tmp",
+            "zero_stage": 2,
+            "micro_batch_per_worker": 4,
+            "optim": {"lr": 1e-2, "warmup_steps": 3},
+            "scaling": {"num_workers": 1},
+        }
     )
     opt = build_torch_optimizer(model.parameters(), cfg, device_type="cpu")
     engine, *_ = deepspeed.initialize(
@@ -71,8 +77,13 @@ def test_round_trip_is_exact_and_manifest_verifies(process_group, tmp_path: Path
     engine = _engine()
     _train(engine, 3)
     local = ck.save_checkpoint(
-        engine, step=3, rank=0, world_size=1, client_state={"step": 3, "epoch": 1, "batch_in_epoch": 5},
-        meta={"step": 3}, parent=str(tmp_path),
+        engine,
+        step=3,
+        rank=0,
+        world_size=1,
+        client_state={"step": 3, "epoch": 1, "batch_in_epoch": 5},
+        meta={"step": 3},
+        parent=str(tmp_path),
     )
     assert ck.verify_checkpoint_dir(local, world_size=1) == []
     assert (local / ck.manifest_name(0)).is_file() and (local / ck.META_NAME).is_file()
@@ -96,7 +107,9 @@ def test_round_trip_is_exact_and_manifest_verifies(process_group, tmp_path: Path
 def test_truncated_or_missing_files_are_detected(process_group, tmp_path: Path) -> None:
     engine = _engine()
     _train(engine, 1)
-    local = ck.save_checkpoint(engine, step=1, rank=0, world_size=1, client_state={}, meta={}, parent=str(tmp_path))
+    local = ck.save_checkpoint(
+        engine, step=1, rank=0, world_size=1, client_state={}, meta={}, parent=str(tmp_path)
+    )
     assert ck.verify_checkpoint_dir(local, world_size=2)  # world size changed → unusable
     victim = next(p for p in local.rglob("*optim_states.pt"))
     data = victim.read_bytes()
@@ -110,14 +123,16 @@ def test_truncated_or_missing_files_are_detected(process_group, tmp_path: Path) 
 
 
 class _Evil:
-    def __reduce__(self):  # noqa: ANN204
+    def __reduce__(self):
         return (os.system, ("touch /tmp/v2w-pwned",))
 
 
 def test_loader_refuses_pickled_code(process_group, tmp_path: Path) -> None:
     engine = _engine()
     _train(engine, 1)
-    local = ck.save_checkpoint(engine, step=1, rank=0, world_size=1, client_state={}, meta={}, parent=str(tmp_path))
+    local = ck.save_checkpoint(
+        engine, step=1, rank=0, world_size=1, client_state={}, meta={}, parent=str(tmp_path)
+    )
     victim = next(p for p in local.rglob("*optim_states.pt"))
     torch.save({"optimizer_state_dict": _Evil()}, victim)
     with pytest.raises(pickle.UnpicklingError):

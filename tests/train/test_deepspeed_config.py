@@ -14,7 +14,9 @@ def _cfg(**kw: object) -> TrainConfig:
 
 
 def test_zero2_bf16_config_matches_train_config() -> None:
-    cfg = _cfg(zero_stage=2, precision="bf16", micro_batch_per_worker=3, grad_accum_steps=4, optim={"lr": 2e-5})
+    cfg = _cfg(
+        zero_stage=2, precision="bf16", micro_batch_per_worker=3, grad_accum_steps=4, optim={"lr": 2e-5}
+    )
     ds = build_deepspeed_config(cfg, world_size=4)
     assert ds["train_micro_batch_size_per_gpu"] == 3
     assert ds["gradient_accumulation_steps"] == 4
@@ -55,7 +57,7 @@ def test_bad_configs_fail_fast_naming_the_key(override: dict, needle: str) -> No
         _cfg(**override)
 
 
-def test_yaml_with_overrides(tmp_path) -> None:  # noqa: ANN001
+def test_yaml_with_overrides(tmp_path) -> None:
     path = tmp_path / "t.yaml"
     path.write_text("experiment: e\nstorage_path: s3://v2w/runs\nzero_stage: 2\n")
     cfg = TrainConfig.from_yaml(path, ["zero_stage=3", "optim.lr=1e-5", "scaling.num_workers=4"])

@@ -436,19 +436,22 @@ def read_shard(
 
 
 def iter_episodes(
-    manifest: Manifest,
+    manifest: Manifest | str,
     *,
     split: str | None = None,
     on_error: OnError = "fail",
     stats: ReadStats | None = None,
     verify: bool = True,
 ) -> Iterator[Episode]:
-    """Every episode the manifest lists (optionally one split), shard by shard.
+    """Every episode the manifest (a :class:`Manifest`, or its URI / its root's) lists, optionally one
+    split, shard by shard.
 
     With ``on_error="skip"`` a bad sample, a missing shard or a truncated tar is logged with shard and
     key and recorded in ``stats`` instead of raised; listed episodes that never show up are recorded as
     bad too, so ``stats.reconciles`` holds at the end.
     """
+    if isinstance(manifest, str):
+        manifest = Manifest.read(manifest)
     stats = stats if stats is not None else ReadStats()
     selected = manifest.select(split=split) if split else manifest
     stats.expected = (stats.expected or 0) + len(selected)
@@ -460,6 +463,8 @@ def iter_episodes(
             stats=stats,
             verify=verify,
         )
+    level = logging.WARNING if stats.bad else logging.INFO
+    log.log(level, "read episodes of %s: %s", selected.root, stats.summary())
 
 
 def _read_one_shard(

@@ -111,7 +111,9 @@ def bidirectional_pretrain_loss(
     if timesteps is None:
         timesteps = schedule.sample_timesteps((b,), generator=generator, device=x0.device)
     elif timesteps.shape != (b,):
-        raise ValueError(f"pretraining uses one timestep per clip: shape (B,) = ({b},), got {tuple(timesteps.shape)}")
+        raise ValueError(
+            f"pretraining uses one timestep per clip: shape (B,) = ({b},), got {tuple(timesteps.shape)}"
+        )
     per_frame = timesteps.to(x0.device)[:, None].expand(b, f)
     if noise is None:
         noise = _randn(x0.shape, x0, generator)

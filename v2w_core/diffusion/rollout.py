@@ -34,6 +34,7 @@ and the η-noise (B, 1, …) if η > 0. Same generator state → same frames on 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -104,8 +105,51 @@ def _check_inputs(model: Any, context: torch.Tensor, actions: torch.Tensor | Non
         )
 
 
-def _concat_or_none(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
-    return None if parts[0] is None else torch.cat(parts, dim=0)  # type: ignore[arg-type]
+@dataclass
+class _WindowActions:
+    """Actions of one window, laid out for both paths; ``None`` fields mean an action-free rollout.
+
+    Branch order is ``[cond; uncond]`` (``torch.cat([x] * n)``), matching the tiled history cache.
+    """
+
+    hist: torch.Tensor | None = None  # (B, Fh, ...) history actions (shared by both branches)
+    hist_mask: torch.Tensor | None = None  # (B, Fh)
+    new: torch.Tensor | None = None  # (n·B, 1, ...) newest frame's action, per branch
+    new_mask: torch.Tensor | None = None  # (n·B, 1); False in the unconditional branch
+    full: torch.Tensor | None = None  # (n·B, Fh+1, ...) whole window, per branch
+    full_mask: torch.Tensor | None = None  # (n·B, Fh+1)
+
+
+def _window_actions(
+    aligned: torch.Tensor | None, keep: torch.Tensor | None, lo: int, hi: int, guided: bool
+) -> _WindowActions:
+    """Slice globally aligned actions to frames lo..hi (hi = the new frame) and build the branches."""
+    if aligned is None or keep is None:
+        return _WindowActions()
+    a_win, m_win = aligned[:, lo : hi + 1], keep[:, lo : hi + 1]
+    masks = [m_win]
+    if guided:
+        m_uncond = m_win.clone()
+        m_uncond[:, -1] = False  # drop only the newest frame's action
+        masks.append(m_uncond)
+    n = len(masks)
+    return _WindowActions(
+        hist=a_win[:, :-1],
+        hist_mask=m_win[:, :-1],
+        new=torch.cat([a_win[:, -1:]] * n),
+        new_mask=torch.cat([m[:, -1:] for m in masks]),
+        full=torch.cat([a_win] * n),
+        full_mask=torch.cat(masks),
+    )
+
+
+def _noised(
+    schedule: NoiseSchedule, clean: torch.Tensor, t_hist: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
+    """History at its fixed noise level: one draw of q(x_t | x_0); level 0 keeps it clean (no draw)."""
+    if int(t_hist.max()) == 0:
+        return clean
+    return schedule.add_noise(clean, _randn(tuple(clean.shape), clean, generator), t_hist)
 
 
 @torch.no_grad()
@@ -122,12 +166,12 @@ def rollout(
 
     ``actions`` are recorded actions (B, ≥ K+N−1, ...) (see module docstring for the alignment) or
     ``None`` for an action-free rollout (then guidance is off: there is no action to guide by).
-    ``B`` independent rollouts run as one batch; ``generator`` makes them reproducible.
+    ``B`` independent rollouts run as one batch; ``generator`` makes them reproducible. The model is put
+    in eval mode for the rollout and restored afterwards.
     """
     cfg = config or RolloutConfig()
     _check_inputs(model, context, actions, num_frames)
     b, k = context.shape[:2]
-    frame_shape = tuple(context.shape[2:])
     device = context.device
     schedule = NoiseSchedule(cfg.schedule)
     ddim = schedule.ddim(cfg.num_inference_steps)
@@ -140,57 +184,40 @@ def rollout(
         pad = torch.zeros_like(recorded[:, :1])  # a_{K+N-1} would lead past the rollout; never used
         aligned, keep = align_actions(torch.cat([recorded, pad], dim=1))
     guided = cfg.guidance_scale is not None and aligned is not None
-    n_branch = 2 if guided else 1
+    n = 2 if guided else 1
 
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
+    was_training = bool(getattr(model, "training", False))
+    model.eval()
     history = context[:, -(cfg.window - 1) :]
     outputs: list[torch.Tensor] = []
     try:
         for j in range(num_frames):
-            g0 = k + j  # global index of the frame being generated
+            new_index = k + j  # global index of the frame being generated
             fh = history.shape[1]
-            lo = g0 - fh
+            acts = _window_actions(aligned, keep, new_index - fh, new_index, guided)
             t_hist = torch.full((b, fh), cfg.history_noise_level, dtype=torch.long, device=device)
-            if aligned is not None:
-                a_win, m_win = aligned[:, lo : g0 + 1], keep[:, lo : g0 + 1]
-                m_uncond = m_win.clone()
-                m_uncond[:, -1] = False
-                branch_masks = [m_win, m_uncond] if guided else [m_win]
-                a_hist, m_hist = a_win[:, :-1], m_win[:, :-1]
-                a_new = torch.cat([a_win[:, -1:]] * n_branch)
-                m_new = torch.cat([m[:, -1:] for m in branch_masks])
-                a_full = torch.cat([a_win] * n_branch)
-                m_full = torch.cat(branch_masks)
-            else:
-                a_hist = m_hist = a_new = m_new = a_full = m_full = None
+            x_hist = _noised(schedule, history, t_hist, generator)
+            x = _randn((b, 1, *context.shape[2:]), context, generator)
+            cache = (
+                model.encode_history(x_hist, t_hist, acts.hist, acts.hist_mask)
+                if cfg.mode == "streaming"
+                else None
+            )
 
-            def noised_history() -> torch.Tensor:
-                if cfg.history_noise_level == 0:
-                    return history
-                return schedule.add_noise(history, _randn(history.shape, history, generator), t_hist)
-
-            x_hist = noised_history()
-            x = _randn((b, 1, *frame_shape), context, generator)
-            cache = None
-            if cfg.mode == "streaming":
-                cache = model.encode_history(x_hist, t_hist, a_hist, m_hist)
-
-            for t in timesteps:
-                t_new = torch.full((n_branch * b, 1), t, dtype=torch.long, device=device)
-                if cfg.mode == "streaming":
-                    v = model.step_newest(torch.cat([x] * n_branch), t_new, a_new, m_new, cache)
+            for step, t in enumerate(timesteps):
+                t_new = torch.full((n * b, 1), t, dtype=torch.long, device=device)
+                if cache is not None:
+                    v = model.step_newest(torch.cat([x] * n), t_new, acts.new, acts.new_mask, cache)
                 else:
-                    if cfg.history_noise == "per_step" and t != timesteps[0]:
-                        x_hist = noised_history()
-                    xw = torch.cat([x_hist, x], dim=1)
-                    tw = torch.cat([t_hist.repeat(n_branch, 1), t_new], dim=1)
-                    v = model(torch.cat([xw] * n_branch), tw, a_full, m_full)[:, -1:]
+                    if cfg.history_noise == "per_step" and step > 0:
+                        x_hist = _noised(schedule, history, t_hist, generator)
+                    xw = torch.cat([torch.cat([x_hist, x], dim=1)] * n)
+                    tw = torch.cat([t_hist.repeat(n, 1), t_new], dim=1)
+                    v = model(xw, tw, acts.full, acts.full_mask)[:, -1:]
                 if guided:
                     v_cond, v_uncond = v.chunk(2)
                     v = combine_guidance(v_cond, v_uncond, cfg.guidance_scale, cfg.guidance_rescale)
-                z = _randn(x.shape, x, generator) if cfg.eta > 0 else None
+                z = _randn(tuple(x.shape), x, generator) if cfg.eta > 0 else None
                 x = ddim_step(ddim, v, t, x, eta=cfg.eta, variance_noise=z)
             outputs.append(x)
             history = torch.cat([history, x], dim=1)[:, -(cfg.window - 1) :]

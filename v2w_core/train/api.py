@@ -65,6 +65,20 @@ def check_resources(cfg: TrainConfig) -> None:
             )
 
 
+def preflight(cfg: TrainConfig) -> None:
+    """Catch model-config mistakes on the driver, before workers start (and retry) in vain."""
+    from v2w_core import storage
+    from v2w_core.train.loop import model_config
+
+    if cfg.mode == "pretrain":
+        try:
+            model_config(cfg)
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"model: {err}") from None
+    elif cfg.model.base_uri and not storage.exists(storage.join(cfg.model.base_uri, "config.json")):
+        raise ConfigError(f"model.base_uri {cfg.model.base_uri!r} holds no world model (config.json missing)")
+
+
 def build_dataset(cfg: TrainConfig) -> Any:
     """The Ray Data clip dataset described by ``cfg.data`` (see :mod:`v2w_core.data.clips`)."""
     if not cfg.data.manifest_uri:
@@ -106,6 +120,7 @@ def train(cfg: TrainConfig, *, dataset: Any = None) -> TrainResult:
     if not ray.is_initialized():
         ray.init()
     check_resources(cfg)
+    preflight(cfg)
     if dataset is None:
         dataset = build_dataset(cfg)
 

@@ -39,6 +39,7 @@ from v2w_core.train.deepspeed_config import (
     build_torch_optimizer,
     setup_cpu_environment,
 )
+from v2w_core.train.model_store import load_model, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,22 +49,34 @@ _FAULT_SETTLE_S = 5.0
 
 
 # ------------------------------------------------------------------------------------------- model
+def model_config(cfg: TrainConfig) -> Any:
+    """The WorldModelConfig of a pretraining run: the preset with ``model.overrides`` merged (validated)."""
+    from v2w_core.models.presets import PRESETS
+    from v2w_core.models.world_model import WorldModelConfig
+
+    m = cfg.model
+    if m.preset not in PRESETS:
+        raise ValueError(f"model.preset {m.preset!r} unknown; choose one of {sorted(PRESETS)}")
+    merged = PRESETS[m.preset]().model_dump()
+    for key, value in m.overrides.items():  # one level deep, so {"base": {"block_out_channels": ...}} works
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return WorldModelConfig.from_dict(merged, source="model.overrides")
+
+
 def build_model(cfg: TrainConfig) -> Any:
     """The world model to train: a fresh preset (pretrain) or base → causalize → actions (finetune)."""
     from v2w_core.models.causalize import causalize
-    from v2w_core.models.presets import PRESETS
     from v2w_core.models.world_model import WorldModel
 
     m = cfg.model
     if cfg.mode == "pretrain":
-        if m.preset not in PRESETS:
-            raise ValueError(f"model.preset {m.preset!r} unknown; choose one of {sorted(PRESETS)}")
-        model = WorldModel(PRESETS[m.preset](**m.overrides))
+        model = WorldModel(model_config(cfg))
     else:
         assert m.base_uri is not None
-        from v2w_core.models import model_io
-
-        model = model_io.load_world_model(m.base_uri)
+        model = load_model(m.base_uri)
         if not model.is_causal:
             causalize(model, m.causal_mode, m.extrapolation_window)
         elif model.config.causal_mode != m.causal_mode:
@@ -105,7 +118,6 @@ def save_state_dict_as_model(config: Any, params: dict[str, Any], like: Any, des
     """Rebuild an fp32 world model from ``config``, load ``params`` (+ ``like``'s buffers), save it."""
     import torch
 
-    from v2w_core.models import model_io
     from v2w_core.models.world_model import WorldModel
 
     fresh = WorldModel(config).float()
@@ -121,7 +133,7 @@ def save_state_dict_as_model(config: Any, params: dict[str, Any], like: Any, des
         for k in state
     }
     fresh.load_state_dict(merged, strict=True)
-    model_io.save_world_model(fresh, dest_dir)
+    save_model(fresh, dest_dir)
     return dest_dir
 
 

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -91,8 +92,10 @@ def test_nan_action_and_length_mismatch_are_bad_records(dataset: Path) -> None:
     table = pq.read_table(path)
     actions = table["action"].to_pylist()
     actions[3][1] = float("nan")  # episode 0, frame 3
-    table = table.set_column(table.schema.get_field_index("action"), "action",
-                             __import__("pyarrow").array(actions, type=table.schema.field("action").type))  # fmt: skip
+    action_type = table.schema.field("action").type
+    table = table.set_column(
+        table.schema.get_field_index("action"), "action", pa.array(actions, type=action_type)
+    )
     pq.write_table(table.slice(0, table.num_rows - 1), path)  # also drop episode 1's last row
     conv = get_converter("lerobot", str(dataset), on_error="skip")
     out = list(conv.episodes())

@@ -225,3 +225,14 @@ def test_convert_to_shards(tmp_path: Path, episodes: list[FixtureEpisode]) -> No
         "rlds", str(path), str(tmp_path / "out"), None, preset="rt1", frame_skip=2, action_reduce="sum"
     )
     assert result.written == 4 and result.stats.frames_in == sum(e.frames.shape[0] for e in episodes)
+
+
+def test_fast_jpeg_matches_full_decode(tmp_path: Path) -> None:
+    eps = fixture_episodes(1, length=3, height=128, width=160, action_dim=7)
+    path = write_rlds_tfrecords(tmp_path / "big.tfrecord", eps)
+    fast = next(iter(get_converter("rlds", str(path), preset="rt1", height=24, width=24).episodes()))
+    full = next(
+        iter(get_converter("rlds", str(path), preset="rt1", height=24, width=24, fast_jpeg=False).episodes())
+    )
+    assert fast.frames.shape == full.frames.shape == (3, 24, 24, 3)
+    assert _mae(fast.frames, full.frames) < 2.0

@@ -1,0 +1,358 @@
+"""The Ray Data clip pipeline: manifest -> shards -> decoded episodes -> fixed-length clips -> training.
+
+``build_clip_dataset(manifest, ClipConfig(...))`` returns a :class:`ClipDataset` whose ``.dataset`` is a
+``ray.data.Dataset`` with one row per clip::
+
+    frames      uint8 (L, H, W, 3)      RGB, as stored (default), or float32 in [-1, 1] (``frames_dtype``)
+    actions     float32 (L, A) | int64 (L,)   the recorded per-frame actions of the clip's frames
+    episode_id  str
+    start       int64                   index of the clip's first frame in its episode
+
+A Ray Train worker consumes it with ``ray.train.get_dataset_shard("train").iter_torch_batches(...)``.
+
+Design decisions (and why):
+
+* **uint8 frames by default.** A clip is 4x smaller than float32 in the object store, in the shuffle
+  and on the wire to the train worker; the worker normalises on its device (``x / 127.5 - 1``, the
+  [-1, 1] range the diffusion model expects, see :func:`normalize_frames`). ``frames_dtype="float32"``
+  does the same on the CPU here for consumers that want it.
+* **Whole-episode decode, then slicing.** Each episode's video is decoded once by ``shards.decode_sample``
+  (whole-clip conversion, not per-frame), validated, and all clips are cut from the array.
+  Clip starts are ``0, stride, 2*stride, ...`` while a full clip fits: an episode of T frames gives
+  ``floor((T - L) / stride) + 1`` clips (0 if T < L; those episodes are counted as ``too_short``).
+* **Actions are not shifted here.** ``actions[i]`` is the action taken at the clip's frame i (the data
+  convention); the model's ``align_actions`` turns that into "frame t carries a_{t-1}", nulling the
+  clip's first frame, as in training on any 16-frame window.
+* **Nothing disappears silently.** Every listed episode ends up either read or bad: a corrupt sample
+  (``CorruptSampleError``) is logged with its shard and key and recorded in a small stats actor; with
+  ``on_error="fail"`` it fails the pipeline instead. A shard listed in the manifest but missing from
+  storage is reported by name before anything runs (its episodes count as bad, or it is fatal).
+  Episodes listed but never found in their shard are reported as bad when :meth:`ClipDataset.report`
+  reconciles the counts (``expected == read + bad``) after a pass over the data.
+* **Shuffle** is seeded: shard order is shuffled with ``seed``; ``"global"`` then does a full
+  ``random_shuffle(seed)`` of clips (all-to-all, needs clips to fit in the object store), ``"blocks"``
+  only randomises block order (cheap; pair with ``iter_torch_batches(local_shuffle_buffer_size=...)``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from v2w_core import storage
+from v2w_core.config import StrictConfig
+from v2w_core.data.codec import LOSSLESS_CODECS
+from v2w_core.data.errors import CorruptSampleError, ManifestError, ShardError
+from v2w_core.data.manifest import Manifest
+from v2w_core.data.shards import decode_sample
+
+log = logging.getLogger(__name__)
+
+ShuffleMode = Literal["none", "blocks", "global"]
+
+
+class ClipConfig(StrictConfig):
+    """How episodes become training clips."""
+
+    clip_length: int = Field(default=16, ge=1)
+    stride: int = Field(default=8, ge=1)
+    #: Which split of the manifest to read; None reads every episode.
+    split: Literal["train", "eval"] | None = "train"
+    shuffle: ShuffleMode = "global"
+    seed: int = 0
+    #: A corrupt sample is logged and skipped ("skip") or fails the pipeline ("fail").
+    on_error: Literal["skip", "fail"] = "skip"
+    frames_dtype: Literal["uint8", "float32"] = "uint8"
+    #: Check lossless episodes' content hash against the manifest (cheap next to decoding).
+    verify: bool = True
+    #: Read tasks (default: one per shard, capped by Ray Data's heuristics).
+    read_blocks: int | None = Field(default=None, ge=1)
+    #: CPUs reserved per decode task. Fractional, so decoding and a train worker share a 2-core node.
+    decode_num_cpus: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ClipConfig:
+        if self.stride > self.clip_length * 64:
+            raise ValueError(f"stride {self.stride} is implausibly large for clip_length {self.clip_length}")
+        return self
+
+
+# --------------------------------------------------------------------------------------- clip maths
+def clip_starts(length: int, clip_length: int, stride: int) -> range:
+    """First-frame indices of the clips cut from an episode of ``length`` frames."""
+    if length < clip_length:
+        return range(0)
+    return range(0, length - clip_length + 1, stride)
+
+
+def count_clips(length: int, clip_length: int, stride: int) -> int:
+    """``floor((T - L) / stride) + 1`` for ``T >= L``, else 0."""
+    return 0 if length < clip_length else (length - clip_length) // stride + 1
+
+
+def normalize_frames(frames: Any) -> Any:
+    """uint8 [0, 255] -> float32 [-1, 1]; works on numpy arrays and torch tensors (on any device)."""
+    if hasattr(frames, "float"):  # torch
+        return frames.float() / 127.5 - 1.0
+    return frames.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
+# ---------------------------------------------------------------------------------------- counting
+@dataclass
+class BadEpisode:
+    shard: str
+    key: str
+    reason: str
+
+
+@dataclass
+class ClipReport:
+    """Counts of one pass, reconciled against the manifest: ``expected == read + bad``."""
+
+    expected_episodes: int
+    expected_clips: int
+    read: int
+    clips: int
+    too_short: int
+    bad: list[BadEpisode] = field(default_factory=list)
+    missing_shards: list[str] = field(default_factory=list)
+    unlisted: int = 0
+
+    @property
+    def num_bad(self) -> int:
+        return len(self.bad)
+
+    @property
+    def reconciles(self) -> bool:
+        return self.expected_episodes == self.read + self.num_bad
+
+    def summary(self) -> str:
+        return (f"episodes: expected {self.expected_episodes}, read {self.read}, bad {self.num_bad} "
+                f"(missing shards {len(self.missing_shards)}), too short {self.too_short}, unlisted "
+                f"{self.unlisted}; clips {self.clips} of {self.expected_clips} expected")  # fmt: skip
+
+
+def _stats_actor_class() -> Any:
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=0)
+    class ClipStats:
+        """Collects per-episode outcomes from the decode tasks. Keyed by episode id, so a second epoch
+        over the same dataset does not double-count."""
+
+        def __init__(self) -> None:
+            self.read: dict[str, int] = {}
+            self.bad: dict[str, tuple[str, str]] = {}
+            self.unlisted: set[tuple[str, str]] = set()
+
+        def ok(self, episode_id: str, clips: int) -> None:
+            self.read[episode_id] = clips
+
+        def failed(self, shard: str, key: str, reason: str) -> None:
+            self.bad[key] = (shard, reason)
+
+        def stray(self, shard: str, key: str) -> None:
+            self.unlisted.add((shard, key))
+
+        def snapshot(self) -> dict[str, Any]:
+            return {"read": dict(self.read), "bad": dict(self.bad), "unlisted": len(self.unlisted)}
+
+    return ClipStats
+
+
+# ------------------------------------------------------------------------------------ the per-row fn
+class _EpisodeToClips:
+    """Ray Data ``flat_map`` function: one WebDataset sample (an episode) -> its clips.
+
+    Holds the selected manifest rows (key -> expected length / hash / codec) so each sample is checked
+    against the manifest, and the stats actor handle so every outcome is counted.
+    """
+
+    def __init__(self, config: ClipConfig, rows: Mapping[str, Mapping[str, Any]], stats: Any,
+                 shard_names: Mapping[str, str], other_split: set[str]) -> None:  # fmt: skip
+        self.config = config
+        self.other_split = frozenset(other_split)  # same shards, unselected split: skipped, not strays
+        self.rows = dict(rows)
+        self.stats = stats
+        self.shard_names = dict(shard_names)  # filesystem path -> URI, for messages
+
+    def __call__(self, sample: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        shard = self.shard_names.get(str(sample.get("__url__")), str(sample.get("__url__")))
+        key = str(sample.get("__key__"))
+        row = self.rows.get(key)
+        if row is None:
+            if key not in self.other_split:
+                log.warning("shard %s holds sample %s that the manifest does not list; ignored", shard, key)
+                self.stats.stray.remote(shard, key)
+            return
+        try:
+            episode = decode_sample(sample, shard=shard, verify=self.config.verify)
+            if episode.length != row["length"]:
+                raise CorruptSampleError(
+                    shard, key, f"has {episode.length} frames, manifest says {row['length']}"
+                )
+            if (
+                self.config.verify
+                and row["codec"] in LOSSLESS_CODECS
+                and episode.content_hash() != row["content_hash"]
+            ):
+                raise CorruptSampleError(shard, key, "content hash differs from the manifest's")
+        except CorruptSampleError as err:
+            log.warning("bad sample: shard=%s key=%s: %s", err.shard, err.key, err.reason)
+            self.stats.failed.remote(err.shard, err.key, err.reason)
+            if self.config.on_error == "fail":
+                raise
+            return
+        L, stride = self.config.clip_length, self.config.stride
+        starts = clip_starts(episode.length, L, stride)
+        self.stats.ok.remote(key, len(starts))
+        frames = episode.frames
+        if self.config.frames_dtype == "float32":
+            frames = normalize_frames(frames)
+        actions = episode.actions
+        for s in starts:
+            yield {
+                "frames": np.ascontiguousarray(frames[s : s + L]),
+                "actions": np.ascontiguousarray(actions[s : s + L]),
+                "episode_id": key,
+                "start": np.int64(s),
+            }
+
+
+# --------------------------------------------------------------------------------------- the builder
+@dataclass
+class ClipDataset:
+    """The clip ``dataset`` plus what is needed to account for every episode after a pass."""
+
+    dataset: Any  # ray.data.Dataset
+    manifest: Manifest  # the selected rows
+    config: ClipConfig
+    expected_clips: int
+    missing_shards: list[str]
+    _stats: Any = None
+    _missing_bad: list[BadEpisode] = field(default_factory=list)
+    _other_split_keys: set[str] = field(default_factory=set)
+
+    def report(self) -> ClipReport:
+        """Counts so far (call after iterating the dataset once). Listed episodes that were neither read
+        nor reported bad are recorded as bad here ("not found in its shard")."""
+        import ray
+
+        snap = ray.get(self._stats.snapshot.remote())
+        bad = list(self._missing_bad)
+        seen_bad = {b.key for b in bad}
+        for key, (shard, reason) in sorted(snap["bad"].items()):
+            if key not in seen_bad:
+                bad.append(BadEpisode(shard, key, reason))
+                seen_bad.add(key)
+        read = snap["read"]
+        lost = [r for r in self.manifest.rows() if r["key"] not in read and r["key"] not in seen_bad]
+        for r in lost:
+            shard = self.manifest.shard_uri(r["shard"])
+            log.warning("bad sample: shard=%s key=%s: listed in the manifest but not found in the shard",
+                        shard, r["key"])  # fmt: skip
+            bad.append(BadEpisode(shard, r["key"], "listed in the manifest but not found in its shard"))
+        L, stride = self.config.clip_length, self.config.stride
+        lengths = {r["key"]: r["length"] for r in self.manifest.rows()}
+        return ClipReport(
+            expected_episodes=len(self.manifest),
+            expected_clips=self.expected_clips,
+            read=len(read),
+            clips=sum(read.values()),
+            too_short=sum(1 for k in read if count_clips(lengths[k], L, stride) == 0),
+            bad=bad,
+            missing_shards=list(self.missing_shards),
+            unlisted=int(snap["unlisted"]),
+        )
+
+
+def build_clip_dataset(manifest: Manifest | str, config: ClipConfig | None = None) -> ClipDataset:
+    """Lazily build the clip dataset of a manifest (a :class:`Manifest` or its URI); needs Ray.
+
+    Fails fast, naming them, on missing shards (``on_error="fail"``) and on a selection that mixes
+    frame sizes or action spaces (clips of different shapes cannot be batched).
+    """
+    import ray
+    import ray.data
+
+    config = config or ClipConfig()
+    full = manifest if isinstance(manifest, Manifest) else Manifest.read(manifest)
+    selected = full.select(split=config.split) if config.split else full
+    if len(selected) == 0:
+        raise ManifestError(f"manifest under {full.root} has no episodes in split {config.split!r}")
+    _check_uniform(selected)
+
+    stats = _stats_actor_class().remote()
+    by_shard = selected.rows_by_shard()
+    shard_uris = {shard: selected.shard_uri(shard) for shard in by_shard}
+    missing = sorted(uri for uri in shard_uris.values() if not storage.exists(uri))
+    missing_bad: list[BadEpisode] = []
+    if missing:
+        msg = f"{len(missing)} shard(s) listed in the manifest are missing: {', '.join(missing)}"
+        if config.on_error == "fail":
+            raise ShardError(missing[0], msg)
+        log.error("%s; their episodes are counted as bad", msg)
+        for shard, rows in by_shard.items():
+            if shard_uris[shard] in missing:
+                for r in rows:
+                    log.warning("bad sample: shard=%s key=%s: shard is missing", shard_uris[shard], r["key"])
+                    missing_bad.append(BadEpisode(shard_uris[shard], r["key"], "shard is missing"))
+    present = [u for u in shard_uris.values() if u not in missing]
+    expected_clips = sum(count_clips(r["length"], config.clip_length, config.stride) for r in selected.rows())
+    if not present:
+        raise ShardError(full.root, "none of the listed shards exist")
+    if config.shuffle != "none":
+        random.Random(config.seed).shuffle(present)
+
+    fs, paths = storage.get_filesystem_for(present)
+    shard_names = dict(zip(paths, present, strict=True))
+    # Episodes of the other split live in the same shards: skip them without counting them as strays.
+    other_keys = set(full.episode_ids()) - set(selected.episode_ids())
+    rows = {r["key"]: {"length": r["length"], "codec": r["codec"], "content_hash": r["content_hash"]}
+            for r in selected.rows() if shard_uris[r["shard"]] not in missing}  # fmt: skip
+    fn = _EpisodeToClips(config, rows, stats, shard_names, other_keys)
+
+    ds = ray.data.read_webdataset(
+        paths,
+        filesystem=fs,
+        decoder=None,  # bytes stay bytes: a corrupt member must reach decode_sample to be counted
+        include_paths=False,
+        override_num_blocks=config.read_blocks,
+    )
+    ds = ds.flat_map(fn, num_cpus=config.decode_num_cpus)
+    if config.shuffle == "global":
+        ds = ds.random_shuffle(seed=config.seed)
+    elif config.shuffle == "blocks":
+        ds = ds.randomize_block_order(seed=config.seed)
+    log.info("clip dataset over %d shard(s), %d episodes (split %s), %d clips expected",
+             len(present), len(selected), config.split, expected_clips)  # fmt: skip
+    return ClipDataset(ds, selected, config, expected_clips, missing, stats, missing_bad, other_keys)
+
+
+def _check_uniform(manifest: Manifest) -> None:
+    cols = ("height", "width", "action_type", "action_dim")
+    combos = {tuple(r[c] for c in cols) for r in manifest.rows()}
+    if len(combos) > 1:
+        shown = ", ".join(str(dict(zip(cols, c, strict=True))) for c in sorted(combos, key=str)[:4])
+        raise ManifestError(
+            f"manifest under {manifest.root} mixes frame sizes / action spaces ({shown}); "
+            "build one clip dataset per kind (select rows) so clips can be batched"
+        )
+
+
+__all__ = [
+    "BadEpisode",
+    "ClipConfig",
+    "ClipDataset",
+    "ClipReport",
+    "build_clip_dataset",
+    "clip_starts",
+    "count_clips",
+    "normalize_frames",
+]
