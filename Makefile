@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 demo:
 	@bash infra/env.sh
 	@$(PY) -m infra.stack start
-	@$(PY) pipelines/full.py --config $(CONFIG)
+	@$(PY) pipelines/full.py --local-stack --config $(CONFIG)
 
 test:
 	@bash infra/env.sh

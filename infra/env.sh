@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${V2W_VENV:-.venv}
 PY=${PYTHON:-python3}
-EXTRAS=${V2W_EXTRAS:-dev,sim}
+EXTRAS=${V2W_EXTRAS:-dev,sim,convert}
 stamp="$VENV/.v2w-stamp"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)-$EXTRAS"
 

@@ -8,6 +8,8 @@ from diffusion_tiny import ACTION_DIM, SIZE, make_causal_model
 
 from v2w_core.config import ConfigError
 from v2w_core.diffusion.rollout import RolloutConfig, rollout
+from v2w_core.models.causalize import causalize
+from v2w_core.models.presets import tiny_svd
 from v2w_core.models.world_model import WorldModel
 
 # Streaming and full differ only by float reassociation (attention over cached K/V vs. the whole
@@ -36,6 +38,33 @@ def test_streaming_equals_full_with_sliding_window(causal_model: WorldModel) -> 
     full = _run(causal_model, context, actions, mode="full", window=4)
     stream = _run(causal_model, context, actions, mode="streaming", window=4)
     assert full.shape == (B, N, 3, SIZE, SIZE)
+    assert torch.isfinite(full).all()
+    torch.testing.assert_close(stream, full, **TOL)
+
+
+def test_streaming_equals_full_at_window_16(causal_model: WorldModel) -> None:
+    """The paper's window: 15 context frames + the new one; the second frame slides the window."""
+    g = torch.Generator().manual_seed(5)
+    context = torch.randn(1, 15, 3, SIZE, SIZE, generator=g)
+    actions = torch.randn(1, 16, ACTION_DIM, generator=g)
+    full = _run(causal_model, context, actions, n=2, mode="full", num_inference_steps=2)
+    stream = _run(causal_model, context, actions, n=2, mode="streaming", num_inference_steps=2)
+    torch.testing.assert_close(stream, full, **TOL)
+
+
+def test_streaming_equals_full_svd_family_discrete_actions() -> None:
+    """The other diffusers family (frame-position embeddings, spatio-temporal blocks) and id actions."""
+    torch.manual_seed(0)
+    model = WorldModel(tiny_svd(action_space={"type": "discrete", "dim": 5}))
+    causalize(model, "extrapolative")
+    with torch.no_grad():
+        for p in model.action_encoder.mlp[-1].parameters():
+            p.normal_(0, 0.5)
+    g = torch.Generator().manual_seed(0)
+    context = torch.randn(1, K, 3, SIZE, SIZE, generator=g)
+    actions = torch.randint(0, 5, (1, K + 1), generator=g)
+    full = _run(model, context, actions, n=2, mode="full", window=4, num_inference_steps=2)
+    stream = _run(model, context, actions, n=2, mode="streaming", window=4, num_inference_steps=2)
     assert torch.isfinite(full).all()
     torch.testing.assert_close(stream, full, **TOL)
 

@@ -4,7 +4,7 @@ Runs in order (module-scoped state, one Ray cluster): a ZeRO-2 pretraining run t
 process mid-run and resumes from the object store; a re-run of the same experiment after its newest
 checkpoint was truncated (falls back to the previous one); a ZeRO-3 Vid2World fine-tuning run from the
 exported base, during which the MLflow server is stopped and restarted. The model and clips are tiny
-(8 frames of 16×16, ≈0.5 M parameters) so that each optimizer step takes about a second on a shared core.
+(8 frames of 32×32, the ≈1.7 M-parameter tiny preset) so that an optimizer step takes ~0.3–3 s on a shared core.
 """
 
 from __future__ import annotations
@@ -23,13 +23,8 @@ from v2w_core.train.model_store import load_model
 
 pytestmark = pytest.mark.slow
 
-FRAMES, SIZE, ACTION_DIM = 8, 16, 2
-TINY_MODEL = {
-    "overrides": {
-        "sample_size": [SIZE, SIZE],
-        "base": {"block_out_channels": [16, 16, 32], "cross_attention_dim": 16},
-    }
-}
+FRAMES, SIZE, ACTION_DIM = 8, 32, 2
+TINY_MODEL = {"overrides": {"sample_size": [SIZE, SIZE]}}
 STATE: dict[str, Any] = {}
 
 
@@ -142,7 +137,8 @@ def test_zero2_pretrain_survives_a_lost_worker(stack: Any, prefix: str) -> None:
     loss = _history(result.run_id, "loss")
     steps = [s for s, _ in loss]
     assert set(steps) == set(range(1, 7))  # 5 logged twice at most: before the crash and after resume
-    assert loss[-1][1] < loss[0][1], loss
+    # Loss on a fixed batch with fixed noise/timesteps (the training loss jumps with the random t).
+    assert m["probe_loss_end"] < 0.9 * m["probe_loss_start"], m
 
     run = MlflowClient().get_run(result.run_id)
     assert run.data.params["zero_stage"] == "2" and run.data.params["optim.lr"] == "0.002"
@@ -189,8 +185,8 @@ def test_zero3_finetune_with_mlflow_outage(stack: Any, prefix: str) -> None:
         mode="finetune",
         zero_stage=3,
         precision="bf16",
-        max_steps=8,
-        checkpoint={"every_n_steps": 4},
+        max_steps=10,
+        checkpoint={"every_n_steps": 5},
         model={
             **TINY_MODEL,
             "base_uri": pre.model_uri,
@@ -229,11 +225,12 @@ def test_zero3_finetune_with_mlflow_outage(stack: Any, prefix: str) -> None:
         raise box["error"]
     result = box["result"]
     m = result.metrics
-    assert m["done"] == 1.0 and m["step"] == 8
+    assert m["done"] == 1.0 and m["step"] == 10
     assert m["mlflow_failures"] >= 1  # the outage was seen ...
     assert m["mlflow_dropped_metrics"] == 0
-    assert [s for s, _ in _history(run_id, "loss")][-1] == 8  # ... and the buffered metrics arrived later
+    assert [s for s, _ in _history(run_id, "loss")][-1] == 10  # ... and the buffered metrics arrived later
     _check_partitioned(m)
+    assert m["probe_loss_end"] < m["probe_loss_start"], m
 
     model = load_model(result.model_uri)
     assert model.is_causal and model.action_encoder is not None

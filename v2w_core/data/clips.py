@@ -8,7 +8,9 @@
     episode_id  str
     start       int64                   index of the clip's first frame in its episode
 
-A Ray Train worker consumes it with ``ray.train.get_dataset_shard("train").iter_torch_batches(...)``.
+A Ray Train worker consumes it with
+``ray.train.get_dataset_shard("train").iter_torch_batches(batch_size=..., collate_fn=collate_clips)``
+(the string column needs :func:`collate_clips`; or ``select_columns(["frames", "actions"])`` first).
 
 Design decisions (and why):
 
@@ -103,6 +105,18 @@ def normalize_frames(frames: Any) -> Any:
     return frames.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
+def collate_clips(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``collate_fn`` for ``iter_torch_batches``: tensors for frames/actions/start, ``episode_id`` kept as a
+    list of str (Ray's default collate cannot make a tensor of strings)."""
+    import torch
+
+    out: dict[str, Any] = {
+        k: torch.as_tensor(np.ascontiguousarray(batch[k])) for k in ("frames", "actions", "start")
+    }
+    out["episode_id"] = [str(x) for x in batch["episode_id"]]
+    return out
+
+
 # ---------------------------------------------------------------------------------------- counting
 @dataclass
 class BadEpisode:
@@ -183,13 +197,15 @@ class _EpisodeToClips:
         self.shard_names = dict(shard_names)  # filesystem path -> URI, for messages
 
     def __call__(self, sample: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        import ray
+
         shard = self.shard_names.get(str(sample.get("__url__")), str(sample.get("__url__")))
         key = str(sample.get("__key__"))
         row = self.rows.get(key)
         if row is None:
             if key not in self.other_split:
                 log.warning("shard %s holds sample %s that the manifest does not list; ignored", shard, key)
-                self.stats.stray.remote(shard, key)
+                ray.get(self.stats.stray.remote(shard, key))
             return
         try:
             episode = decode_sample(sample, shard=shard, verify=self.config.verify)
@@ -205,13 +221,14 @@ class _EpisodeToClips:
                 raise CorruptSampleError(shard, key, "content hash differs from the manifest's")
         except CorruptSampleError as err:
             log.warning("bad sample: shard=%s key=%s: %s", err.shard, err.key, err.reason)
-            self.stats.failed.remote(err.shard, err.key, err.reason)
+            ray.get(self.stats.failed.remote(err.shard, err.key, err.reason))
             if self.config.on_error == "fail":
                 raise
             return
         L, stride = self.config.clip_length, self.config.stride
         starts = clip_starts(episode.length, L, stride)
-        self.stats.ok.remote(key, len(starts))
+        # Acknowledged (ray.get below, after the clips are out) so report() never races the counts.
+        ack = self.stats.ok.remote(key, len(starts))
         frames = episode.frames
         if self.config.frames_dtype == "float32":
             frames = normalize_frames(frames)
@@ -223,6 +240,7 @@ class _EpisodeToClips:
                 "episode_id": key,
                 "start": np.int64(s),
             }
+        ray.get(ack)
 
 
 # --------------------------------------------------------------------------------------- the builder
@@ -353,6 +371,7 @@ __all__ = [
     "ClipReport",
     "build_clip_dataset",
     "clip_starts",
+    "collate_clips",
     "count_clips",
     "normalize_frames",
 ]

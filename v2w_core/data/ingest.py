@@ -2,6 +2,10 @@
 
     v2w-ingest --source bouncing-shapes --episodes 200 --out s3://v2w/data/shapes --seed 0 \\
         [--lossless | --codec zstd] [--shard-size-mb 64] [--eval-fraction 0.1] [--source-opt episode_length=32]
+    v2w-ingest --source lerobot --input /data/my_lerobot_v3 --out s3://v2w/data/robot [--source-opt camera=…]
+
+With ``--input``, ``--source`` names a converter (lerobot, rlds, csgo) that streams the user's data set
+into shards; otherwise it names a simulator source that records ``--episodes`` new episodes.
 
 Running it again on the same ``--out`` appends (new shards, manifest rows with a later ``created_at``);
 reusing a seed is refused because it would produce the same episode ids.
@@ -68,9 +72,10 @@ def _unique(prefix: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="v2w-ingest", description=__doc__.split("\n\n")[0])
     p.add_argument("--source", required=True, help=f"registered source ({', '.join(available_sources())})")
-    p.add_argument("--episodes", type=int, required=True, help="number of episodes to record")
+    p.add_argument("--input", help="convert this data set (local path) with the converter named by --source")
+    p.add_argument("--episodes", type=int, help="number of episodes to record (simulator sources)")
     p.add_argument("--out", required=True, help="data-set root: local directory or s3://bucket/prefix")
-    p.add_argument("--seed", type=int, required=True, help="run seed; episode i is a function of (seed, i)")
+    p.add_argument("--seed", type=int, help="run seed; episode i is a function of (seed, i) (simulator sources)")
     p.add_argument("--lossless", action="store_true", help="lossless H.264 (bit-exact frames)")
     p.add_argument("--codec", choices=["h264", "h264-lossless", "zstd"], help="frame codec (default h264)")
     p.add_argument("--crf", type=int, default=CodecConfig().crf, help="x264 CRF for lossy h264")
@@ -92,6 +97,8 @@ def config_from_args(args: argparse.Namespace) -> IngestConfig:
             raise ConfigError(f"--source-opt {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         options[key.strip()] = yaml.safe_load(raw)
+    if args.episodes is None or args.seed is None:
+        raise ConfigError("--episodes and --seed are required for a simulator source (or pass --input)")
     return IngestConfig.from_dict(
         {
             "source": args.source,
@@ -114,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.input:
+        return _convert(args)
     try:
         config = config_from_args(args)
         manifest = ingest(config)
@@ -129,6 +138,30 @@ def main(argv: list[str] | None = None) -> int:
         f"eval {splits.count('eval')}) into {len(shards)} shard(s), {mb:.1f} MiB, codec "
         f"{config.writer.codec.name}; {manifest.root}/manifest.parquet lists {len(manifest)} episodes"
     )
+    return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    """``--input``: stream a user's data set through a converter into shards + manifest."""
+    from v2w_core.data.converters import UnknownConverterError, convert
+
+    try:
+        options = {}
+        for item in args.source_opt:
+            if "=" not in item:
+                raise ConfigError(f"--source-opt {item!r} must look like key=value")
+            key, raw = item.split("=", 1)
+            options[key.strip()] = yaml.safe_load(raw)
+        codec = args.codec or ("h264-lossless" if args.lossless else "h264")
+        writer = ShardWriterConfig.from_dict({"codec": {"name": codec, "crf": args.crf},
+                                              "shard_size_mb": args.shard_size_mb,
+                                              "eval_fraction": args.eval_fraction})
+        result = convert(args.source, args.input, args.out, writer, **options)
+    except (ConfigError, UnknownConverterError, DataError, StorageError) as err:
+        log.error("%s", err)
+        return 2
+    print(f"converted {result.written} episodes with {args.source!r} from {args.input} into {args.out} "
+          f"({result.stats.summary()}); the manifest lists {result.manifest_len} episodes")
     return 0
 
 

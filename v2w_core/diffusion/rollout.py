@@ -25,8 +25,13 @@ Two paths compute the same thing:
     "per_frame"``). Within a generated frame it is exact up to float reassociation; when the window
     slides the history is re-encoded from scratch, so streaming stays equal to ``full`` with
     ``per_frame`` history noise at every frame (nothing is carried across frames but clean pixels).
+    Not exact, by design and identically on both paths: a sliding window forgets the dropped frames
+    (the model never sees more than ``window`` frames; SVD's frame-position indices restart at 0 in
+    every window), and each history frame gets fresh noise every time the window moves, so a frame's
+    noised copy differs from one generated frame to the next. Streaming vs. ``full`` with
+    ``per_step`` noise differs by design (that is the paper's sampler, which cannot be cached).
 
-Random draws, both paths, in this order per generated frame: history noise (B, H, …) if the level is
+Random draws, both paths, in this order per generated frame: history noise (B, F_h, …) if the level is
 > 0, the new frame's initial noise (B, 1, …), then per DDIM step [history noise again if per_step]
 and the η-noise (B, 1, …) if η > 0. Same generator state → same frames on either path.
 """

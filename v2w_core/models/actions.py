@@ -42,7 +42,7 @@ class ActionSpec(StrictConfig):
             return space
         if isinstance(space, dict):
             return cls.from_dict({"type": space["type"], "dim": space["dim"]})
-        return cls.from_dict({"type": getattr(space, "type"), "dim": getattr(space, "dim")})
+        return cls.from_dict({"type": space.type, "dim": space.dim})
 
 
 class ActionEncoder(nn.Module):
@@ -92,7 +92,9 @@ class ActionEncoder(nn.Module):
             if actions.is_complex():
                 raise ValueError(f"actions must be real, got dtype {actions.dtype}")
 
-    def forward(self, actions: torch.Tensor | None, mask: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor:
+    def forward(
+        self, actions: torch.Tensor | None, mask: torch.Tensor | None, batch: int, frames: int
+    ) -> torch.Tensor:
         """Embed ``actions`` (already aligned per frame); frames with ``mask`` False get the null embedding.
 
         ``actions=None`` means "no action anywhere" (every frame null). ``mask=None`` keeps every action.

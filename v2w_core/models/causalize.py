@@ -147,7 +147,9 @@ class CausalTemporalConv(nn.Conv3d):
         device: Any = None,
         dtype: Any = None,
     ) -> None:
-        super().__init__(in_channels, out_channels, (length, 1, 1), padding=0, bias=bias, device=device, dtype=dtype)
+        super().__init__(
+            in_channels, out_channels, (length, 1, 1), padding=0, bias=bias, device=device, dtype=dtype
+        )
         self.stream = stream
         self.stream_key = stream_key
         self.mode = mode
@@ -264,7 +266,9 @@ class CausalTemporalAttnProcessor:
                 f"{self.stream_key}: the causal temporal processor handles self-attention without masks only"
             )
         if hidden_states.ndim != 3:
-            raise ValueError(f"{self.stream_key}: expected (B*H*W, F, C) hidden states, got {hidden_states.shape}")
+            raise ValueError(
+                f"{self.stream_key}: expected (B*H*W, F, C) hidden states, got {hidden_states.shape}"
+            )
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -314,7 +318,9 @@ def _temporal_self_attentions(block: nn.Module) -> list[Attention]:
     return found
 
 
-def causalize_unet(unet: nn.Module, stream: StreamState, mode: str, extrapolation_window: int = 2) -> dict[str, int]:
+def causalize_unet(
+    unet: nn.Module, stream: StreamState, mode: str, extrapolation_window: int = 2
+) -> dict[str, int]:
     """Module surgery on a diffusers video UNet in place; returns counts of what was replaced.
 
     Used by :func:`causalize` and when a saved causal model is rebuilt from its config.
@@ -324,44 +330,41 @@ def causalize_unet(unet: nn.Module, stream: StreamState, mode: str, extrapolatio
         raise ValueError(f"extrapolation_window must be >= 1, got {extrapolation_window}")
     counts = {"temporal_convs": 0, "frame_norms": 0, "temporal_attentions": 0, "frame_positions": 0}
 
+    def causal_attention(block: nn.Module, path: str) -> None:
+        for attn_name in ("attn1", "attn2"):
+            attn = getattr(block, attn_name, None)
+            if attn is not None and attn in _temporal_self_attentions(block):
+                attn.set_processor(CausalTemporalAttnProcessor(stream, f"{path}.{attn_name}"))
+                counts["temporal_attentions"] += 1
+
     def visit(module: nn.Module, prefix: str, in_temporal: bool) -> None:
         for name, child in list(module.named_children()):
             path = f"{prefix}{name}"
-            if isinstance(child, CausalTemporalConv | FrameGroupNorm | FramePositionProj):
+            already_causal = isinstance(child, CausalTemporalConv | FrameGroupNorm | FramePositionProj)
+            if already_causal:
                 raise RuntimeError(f"{path} is already causal; causalize a bidirectional model only once")
             if isinstance(child, nn.Conv3d):
                 if child.kernel_size[0] > 1:
-                    module.add_module(name, CausalTemporalConv.from_conv(child, mode, extrapolation_window, stream, path))
+                    new = CausalTemporalConv.from_conv(child, mode, extrapolation_window, stream, path)
+                    module.add_module(name, new)
                     counts["temporal_convs"] += 1
                 elif child.kernel_size[1:] != (1, 1):
                     raise NotImplementedError(f"{path}: spatial Conv3d kernels are not supported")
-                continue
-            if type(child) is nn.GroupNorm and in_temporal:
+            elif type(child) is nn.GroupNorm and in_temporal:
                 module.add_module(name, FrameGroupNorm.from_group_norm(child))
                 counts["frame_norms"] += 1
-                continue
-            if isinstance(child, BasicTransformerBlock) and in_temporal:
-                if child.pos_embed is not None:
-                    raise NotImplementedError(f"{path}: temporal positional embeddings are not supported")
-            if isinstance(child, BasicTransformerBlock | TemporalBasicTransformerBlock) and in_temporal:
-                for attn_name in ("attn1", "attn2"):
-                    attn = getattr(child, attn_name, None)
-                    if attn is not None and attn in _temporal_self_attentions(child):
-                        attn.set_processor(CausalTemporalAttnProcessor(stream, f"{path}.{attn_name}"))
-                        counts["temporal_attentions"] += 1
-            if isinstance(child, TransformerSpatioTemporalModel):
+            elif isinstance(child, TransformerSpatioTemporalModel):
+                # Spatial blocks and the 4-D GroupNorm stay; temporal blocks get the causal processor.
                 child.time_proj = FramePositionProj(child.time_proj, stream)
                 counts["frame_positions"] += 1
-                # Only the temporal blocks are temporal; the spatial blocks stay untouched.
-                for blk_i, blk in enumerate(child.temporal_transformer_blocks):
-                    visit_block = f"{path}.temporal_transformer_blocks.{blk_i}"
-                    for attn_name in ("attn1", "attn2"):
-                        attn = getattr(blk, attn_name, None)
-                        if attn is not None and attn in _temporal_self_attentions(blk):
-                            attn.set_processor(CausalTemporalAttnProcessor(stream, f"{visit_block}.{attn_name}"))
-                            counts["temporal_attentions"] += 1
-                continue
-            visit(child, f"{path}.", in_temporal or isinstance(child, _FRAME_MIXING_NORM_PARENTS))
+                for i, block in enumerate(child.temporal_transformer_blocks):
+                    causal_attention(block, f"{path}.temporal_transformer_blocks.{i}")
+            else:
+                if in_temporal and isinstance(child, BasicTransformerBlock | TemporalBasicTransformerBlock):
+                    if getattr(child, "pos_embed", None) is not None:
+                        raise NotImplementedError(f"{path}: temporal positional embeddings are not supported")
+                    causal_attention(child, path)
+                visit(child, f"{path}.", in_temporal or isinstance(child, _FRAME_MIXING_NORM_PARENTS))
 
     visit(unet, "", False)
     if counts["temporal_convs"] == 0 and counts["temporal_attentions"] == 0:
@@ -381,7 +384,9 @@ def causalize(model: Any, mode: str = "extrapolative", extrapolation_window: int
     """
     check_mode(mode)
     if model.config.causal_mode != "none":
-        raise RuntimeError(f"model is already causal ({model.config.causal_mode}); causalize a bidirectional model")
+        raise RuntimeError(
+            f"model is already causal ({model.config.causal_mode}); causalize a bidirectional model"
+        )
     causalize_unet(model.unet, model.stream_state, mode, extrapolation_window)
     model._set_causal(mode, extrapolation_window)
     return model

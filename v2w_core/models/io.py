@@ -59,7 +59,9 @@ def read_world_model_config(uri: str) -> WorldModelConfig:
         raise ValueError(f"{uri} is not a saved WorldModel (config.json has no _class_name {CLASS_NAME!r})")
     version = raw.pop("_format_version", FORMAT_VERSION)
     if version > FORMAT_VERSION:
-        raise ValueError(f"{uri} was written by a newer format version {version} (this code reads {FORMAT_VERSION})")
+        raise ValueError(
+            f"{uri} was written by a newer format version {version} (this code reads {FORMAT_VERSION})"
+        )
     return WorldModelConfig.from_dict(raw, source=storage.join(uri, CONFIG_NAME))
 
 
@@ -75,7 +77,9 @@ def _read_state(uri: str, variant: str | None = None) -> dict[str, torch.Tensor]
         for shard in sorted(set(index["weight_map"].values())):
             state.update(load_safetensors(storage.read_bytes(storage.join(uri, shard))))
         return state
-    raise FileNotFoundError(f"no {_weights_name(variant)} (or sharded index) under {uri}; only safetensors are read")
+    raise FileNotFoundError(
+        f"no {_weights_name(variant)} (or sharded index) under {uri}; only safetensors are read"
+    )
 
 
 def load_world_model(
@@ -86,7 +90,9 @@ def load_world_model(
     model = WorldModel(config)
     missing, unexpected = model.load_state_dict(_read_state(uri), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{uri}: state dict does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{uri}: state dict does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     model.to(device=device, dtype=dtype)
     logger.info("loaded world model (%s, causal=%s) from %s", config.family, config.causal_mode, uri)
     return model
@@ -119,7 +125,9 @@ def load_base(
     unet = build_base(family, raw)
     missing, unexpected = unet.load_state_dict(_read_state(uri, variant), strict=False)
     if missing or unexpected:
-        raise ValueError(f"{uri}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{uri}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     spec = None if action_space is None else ActionSpec.from_space(action_space)
     model = WorldModel.from_base(unet, data_channels=data_channels, action_space=spec, **overrides)
     model.to(device=device, dtype=dtype)

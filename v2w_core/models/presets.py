@@ -1,8 +1,10 @@
 """Model size presets.
 
 The tiny ones are the embedded default: pixel space, 3 channels, 64×64, small enough to train on a CPU
-in minutes. Attention appears only at the lowest resolutions (16×16 and below for 64×64 input): spatial
-self-attention over 4096 pixels is what would make a CPU step slow, not the convolutions.
+in minutes. The wrapper folds 4×4 pixel patches into channels (``patch_size=4``: 3×64×64 -> 48×16×16,
+per frame, so causality is unaffected), which plays the role a VAE plays at paper scale: at full pixel
+resolution a forward+backward of a (2, 16, 3, 64, 64) clip costs ≈230 GFLOP, with patches ≈28 GFLOP.
+Spatial attention only runs at 8×8.
 
 The paper-size ones mirror the public checkpoints' configs (ModelScope text-to-video 1.7B's UNet, ≈1.41 B
 parameters, on 4×40×64 latents; Stable Video Diffusion's UNet, ≈1.5 B) so a downloaded checkpoint fits
@@ -21,54 +23,75 @@ def _spec(action_space: ActionSpec | dict[str, Any] | None) -> ActionSpec | None
     return None if action_space is None else ActionSpec.from_space(action_space)
 
 
-def tiny_unet3d(action_space: ActionSpec | dict[str, Any] | None = None, **overrides: Any) -> WorldModelConfig:
-    """ModelScope-family UNet3D, ≈2 M parameters, for 3×64×64 pixel clips."""
+def tiny_unet3d(
+    action_space: ActionSpec | dict[str, Any] | None = None, **overrides: Any
+) -> WorldModelConfig:
+    """ModelScope-family UNet3D, ≈1.7 M parameters, for 3×64×64 pixel clips (4×4 patches)."""
     base = {
-        "sample_size": 64,
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownBlock3D", "DownBlock3D", "CrossAttnDownBlock3D"],
-        "up_block_types": ["CrossAttnUpBlock3D", "UpBlock3D", "UpBlock3D"],
-        "block_out_channels": [32, 32, 64],
+        "sample_size": 16,
+        "in_channels": 3 * 4 * 4,
+        "out_channels": 3 * 4 * 4,
+        "down_block_types": ["DownBlock3D", "CrossAttnDownBlock3D"],
+        "up_block_types": ["CrossAttnUpBlock3D", "UpBlock3D"],
+        "block_out_channels": [32, 64],
         "layers_per_block": 1,
         "norm_num_groups": 8,
         "cross_attention_dim": 32,
         "attention_head_dim": 4,
     }
     return WorldModelConfig(
-        family="unet3d", base=base, data_channels=3, sample_size=(64, 64), action_space=_spec(action_space), **overrides
+        family="unet3d",
+        base=base,
+        data_channels=3,
+        patch_size=4,
+        sample_size=(64, 64),
+        action_space=_spec(action_space),
+        **overrides,
     )
 
 
 def tiny_svd(action_space: ActionSpec | dict[str, Any] | None = None, **overrides: Any) -> WorldModelConfig:
     """Stable-Video-Diffusion-family UNet, small, for 3×64×64 pixel clips (SVD's GroupNorms need 32·k channels)."""
     base = {
-        "sample_size": 64,
-        "in_channels": 3,
-        "out_channels": 3,
-        "down_block_types": ["DownBlockSpatioTemporal", "DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"],
-        "up_block_types": ["CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal", "UpBlockSpatioTemporal"],
-        "block_out_channels": [32, 32, 64],
+        "sample_size": 16,
+        "in_channels": 3 * 4 * 4,
+        "out_channels": 3 * 4 * 4,
+        "down_block_types": ["DownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"],
+        "up_block_types": ["CrossAttnUpBlockSpatioTemporal", "UpBlockSpatioTemporal"],
+        "block_out_channels": [32, 64],
         "addition_time_embed_dim": 8,
         "projection_class_embeddings_input_dim": 24,
         "layers_per_block": 1,
         "cross_attention_dim": 32,
         "transformer_layers_per_block": 1,
-        "num_attention_heads": [2, 2, 4],
+        "num_attention_heads": [2, 4],
         "num_frames": 16,
     }
     return WorldModelConfig(
-        family="svd", base=base, data_channels=3, sample_size=(64, 64), action_space=_spec(action_space), **overrides
+        family="svd",
+        base=base,
+        data_channels=3,
+        patch_size=4,
+        sample_size=(64, 64),
+        action_space=_spec(action_space),
+        **overrides,
     )
 
 
-def modelscope_unet3d(action_space: ActionSpec | dict[str, Any] | None = None, **overrides: Any) -> WorldModelConfig:
+def modelscope_unet3d(
+    action_space: ActionSpec | dict[str, Any] | None = None, **overrides: Any
+) -> WorldModelConfig:
     """ModelScope text-to-video (damo-vilab/text-to-video-ms-1.7b) UNet: 4×40×64 latents, ≈1.41 B parameters."""
     base = {
         "sample_size": 32,
         "in_channels": 4,
         "out_channels": 4,
-        "down_block_types": ["CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "CrossAttnDownBlock3D", "DownBlock3D"],
+        "down_block_types": [
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "CrossAttnDownBlock3D",
+            "DownBlock3D",
+        ],
         "up_block_types": ["UpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D", "CrossAttnUpBlock3D"],
         "block_out_channels": [320, 640, 1280, 1280],
         "layers_per_block": 2,
@@ -82,7 +105,12 @@ def modelscope_unet3d(action_space: ActionSpec | dict[str, Any] | None = None, *
     }
     overrides.setdefault("context_tokens", 77)
     return WorldModelConfig(
-        family="unet3d", base=base, data_channels=4, sample_size=(40, 64), action_space=_spec(action_space), **overrides
+        family="unet3d",
+        base=base,
+        data_channels=4,
+        sample_size=(40, 64),
+        action_space=_spec(action_space),
+        **overrides,
     )
 
 
@@ -114,7 +142,12 @@ def svd_unet(action_space: ActionSpec | dict[str, Any] | None = None, **override
         "num_frames": 14,
     }
     return WorldModelConfig(
-        family="svd", base=base, data_channels=4, sample_size=(40, 64), action_space=_spec(action_space), **overrides
+        family="svd",
+        base=base,
+        data_channels=4,
+        sample_size=(40, 64),
+        action_space=_spec(action_space),
+        **overrides,
     )
 
 

@@ -98,7 +98,9 @@ class WorldModel(nn.Module):
         self.unet = unet if unet is not None else build_base(config.family, config.base)
         expected = BASE_CLASSES[config.family]
         if not isinstance(self.unet, expected):
-            raise TypeError(f"family {config.family!r} needs a {expected.__name__}, got {type(self.unet).__name__}")
+            raise TypeError(
+                f"family {config.family!r} needs a {expected.__name__}, got {type(self.unet).__name__}"
+            )
         self._check_channels()
 
         self.time_embed_dim: int = self.unet.time_embedding.linear_2.out_features
@@ -141,7 +143,9 @@ class WorldModel(nn.Module):
         """Wrap a (pretrained) diffusers UNet as a bidirectional world model, keeping its weights."""
         family = FAMILY_OF_CLASS.get(type(unet).__name__)
         if family is None:
-            raise TypeError(f"unsupported base {type(unet).__name__}; expected one of {sorted(FAMILY_OF_CLASS)}")
+            raise TypeError(
+                f"unsupported base {type(unet).__name__}; expected one of {sorted(FAMILY_OF_CLASS)}"
+            )
         config = WorldModelConfig(
             family=family,
             base=base_config_dict(unet),
@@ -227,7 +231,11 @@ class WorldModel(nn.Module):
         return out.reshape(batch, frames, *out.shape[1:])
 
     def _check_inputs(
-        self, x: torch.Tensor, timesteps: torch.Tensor, actions: torch.Tensor | None, mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        actions: torch.Tensor | None,
+        mask: torch.Tensor | None,
     ) -> tuple[int, int]:
         if not isinstance(x, torch.Tensor) or x.ndim != 5:
             raise ValueError(f"x must be a (B, F, C, H, W) tensor, got shape {getattr(x, 'shape', type(x))}")
@@ -251,7 +259,9 @@ class WorldModel(nn.Module):
             raise ValueError(f"timesteps must be integer or float, got dtype {timesteps.dtype}")
         if actions is not None:
             if self.action_encoder is None:
-                raise ValueError("actions were given but the model has no action space (call set_action_space)")
+                raise ValueError(
+                    "actions were given but the model has no action space (call set_action_space)"
+                )
             if actions.ndim < 2 or actions.shape[:2] != (batch, frames):
                 raise ValueError(
                     f"actions must have one entry per frame: leading dims (B, F) = ({batch}, {frames}), got "
@@ -317,10 +327,18 @@ class WorldModel(nn.Module):
         for i, block in enumerate(unet.up_blocks):
             res = skips[-len(block.resnets) :]
             skips = skips[: -len(block.resnets)]
-            upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None
+            upsample_size = (
+                skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None
+            )
             if getattr(block, "has_cross_attention", False):
                 h = self._call(
-                    block, h, res, emb, encoder_hidden_states=ctx, upsample_size=upsample_size, num_frames=frames
+                    block,
+                    h,
+                    res,
+                    emb,
+                    encoder_hidden_states=ctx,
+                    upsample_size=upsample_size,
+                    num_frames=frames,
                 )
             else:
                 h = self._call(block, h, res, emb, upsample_size=upsample_size, num_frames=frames)
@@ -352,7 +370,9 @@ class WorldModel(nn.Module):
         for i, block in enumerate(unet.up_blocks):
             res = skips[-len(block.resnets) :]
             skips = skips[: -len(block.resnets)]
-            upsample_size = skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None
+            upsample_size = (
+                skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None
+            )
             if getattr(block, "has_cross_attention", False):
                 h = self._call(
                     block,
@@ -364,7 +384,9 @@ class WorldModel(nn.Module):
                     image_only_indicator=indicator,
                 )
             else:
-                h = self._call(block, h, res, emb, upsample_size=upsample_size, image_only_indicator=indicator)
+                h = self._call(
+                    block, h, res, emb, upsample_size=upsample_size, image_only_indicator=indicator
+                )
         h = unet.conv_act(unet.conv_norm_out(h))
         return unet.conv_out(h)
 
@@ -428,7 +450,9 @@ class WorldModel(nn.Module):
         if not isinstance(cache, HistoryCache):
             raise TypeError(f"cache must be a HistoryCache from encode_history, got {type(cache).__name__}")
         if x_new.ndim != 5 or x_new.shape[1] != 1:
-            raise ValueError(f"x_new must be (n*B, 1, C, H, W), one new frame, got shape {tuple(x_new.shape)}")
+            raise ValueError(
+                f"x_new must be (n*B, 1, C, H, W), one new frame, got shape {tuple(x_new.shape)}"
+            )
         if x_new.shape[0] % cache.batch_size:
             raise ValueError(
                 f"x_new batch {x_new.shape[0]} is not a multiple of the history batch {cache.batch_size}"

@@ -70,22 +70,32 @@ def preflight(cfg: TrainConfig) -> None:
     from v2w_core import storage
     from v2w_core.train.loop import model_config
 
+    if cfg.data.clips:
+        from v2w_core.data.clips import ClipConfig
+
+        ClipConfig.from_dict(cfg.data.clips, source="data.clips")
     if cfg.mode == "pretrain":
         try:
             model_config(cfg)
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model: {err}") from None
-    elif cfg.model.base_uri and not storage.exists(storage.join(cfg.model.base_uri, "config.json")):
-        raise ConfigError(f"model.base_uri {cfg.model.base_uri!r} holds no world model (config.json missing)")
+    elif cfg.model.base_uri:
+        from v2w_core.train.model_store import base_kind
+
+        try:
+            base_kind(cfg.model.base_uri)
+        except (storage.StorageError, FileNotFoundError, ValueError) as err:
+            raise ConfigError(f"model.base_uri {cfg.model.base_uri!r}: {err}") from None
 
 
 def build_dataset(cfg: TrainConfig) -> Any:
     """The Ray Data clip dataset described by ``cfg.data`` (see :mod:`v2w_core.data.clips`)."""
     if not cfg.data.manifest_uri:
         raise ConfigError("data.manifest_uri is required when no dataset is passed to train()")
-    from v2w_core.data import clips
+    from v2w_core.data.clips import ClipConfig, build_clip_dataset
 
-    return clips.build_clip_dataset_from_config(cfg.data.manifest_uri, cfg.data.clips, split="train")
+    clip_cfg = ClipConfig.from_dict(cfg.data.clips, source="data.clips")
+    return build_clip_dataset(cfg.data.manifest_uri, clip_cfg).dataset
 
 
 def _tracking_uri(cfg: TrainConfig) -> str | None:
@@ -123,6 +133,8 @@ def train(cfg: TrainConfig, *, dataset: Any = None) -> TrainResult:
     preflight(cfg)
     if dataset is None:
         dataset = build_dataset(cfg)
+    # Only tensor columns reach the workers (episode ids etc. cannot become torch tensors).
+    dataset = dataset.select_columns(["frames", "actions"] if cfg.mode == "finetune" else ["frames"])
 
     tracking_uri = _tracking_uri(cfg)
     run_id = None

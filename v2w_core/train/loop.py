@@ -287,6 +287,10 @@ def _resume(engine: Any, ema: Ema | None, world: int, rank: int, device: Any) ->
     return {}, fallbacks
 
 
+def _to(t: Any, device: Any) -> Any:
+    return None if t is None else t.to(device)
+
+
 def _inject_fault(cfg: TrainConfig, step: int, rank: int, fresh_start: bool) -> None:
     fi = cfg.fault_injection
     if fi.at_step is None or not fresh_start or step != fi.at_step or rank != fi.rank:
@@ -364,10 +368,22 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             a = a.to(compute_dtype)
         return engine(x.to(compute_dtype), t, a, mask)
 
-    def micro_loss(x0: Any, actions: Any) -> tuple[Any, dict[str, float]]:
+    def micro_loss(x0: Any, actions: Any, generator: Any = None) -> tuple[Any, dict[str, float]]:
         if cfg.mode == "pretrain":
-            return bidirectional_pretrain_loss(velocity, x0, schedule)
-        return diffusion_forcing_loss(velocity, x0, actions, schedule, action_drop_prob=cfg.action_drop_prob)
+            return bidirectional_pretrain_loss(velocity, x0, schedule, generator=generator)
+        return diffusion_forcing_loss(
+            velocity, x0, actions, schedule, action_drop_prob=cfg.action_drop_prob, generator=generator
+        )
+
+    def probe_loss(probe: dict[str, Any]) -> float:
+        """Loss on a fixed batch with fixed noise, timesteps and action drops: a noise-free progress signal
+        (the training loss jumps with the random timesteps). Collective under ZeRO-3: all ranks call it."""
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + 4242)
+        with torch.no_grad():
+            value = micro_loss(probe["x0"].to(device), _to(probe.get("actions"), device), gen)[0].item()
+        return _mean_across_ranks(value, device)
+
+    probe: dict[str, Any] | None = client.get("probe")
 
     peak = cfg.peak_flops or (
         peak_flops_for(torch.cuda.get_device_name(device), cfg.precision) if device.type == "cuda" else None
@@ -396,6 +412,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     while step < cfg.max_steps:
         epoch, index, batch = next(data)
         x0, actions = batch_to_tensors(batch, cfg, device)
+        if probe is None:
+            probe = {
+                "x0": x0.cpu().clone(),
+                **({"actions": actions.cpu().clone()} if actions is not None else {}),
+            }
+            probe["loss_start"] = probe_loss(probe)
         if flops_per_micro is None and device.type == "cuda":
             # Forward FLOPs × 3 (backward ≈ 2 × forward). A counted backward outside engine.backward
             # would fire ZeRO's gradient hooks, so only the forward is run under the counter.
@@ -459,7 +481,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 step=step,
                 rank=rank,
                 world_size=world,
-                client_state={**position, **({"ema": ema.state_dict()} if ema is not None else {})},
+                client_state={
+                    **position,
+                    "probe": probe,
+                    **({"ema": ema.state_dict()} if ema is not None else {}),
+                },
                 meta={**position, "experiment": cfg.experiment, "zero_stage": cfg.zero_stage},
             )
             report = {

@@ -15,12 +15,13 @@ Only the rank-0 worker creates one of these. The run itself is created by the dr
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import platform
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -127,13 +128,32 @@ def log_artifacts(
         lambda: MlflowClient(tracking_uri=tracking_uri).log_artifacts(run_id, local_dir, artifact_path),
         attempts,
         f"log artifacts {artifact_path!r}",
+        timeout_s=600.0,  # a paper-size model is GBs through the tracking server's artifact proxy
     )
 
 
-def _retry(fn: Any, attempts: int, what: str, backoff_s: float = 1.0) -> bool:
+@contextlib.contextmanager
+def _fail_fast(timeout_s: float = 10.0) -> Iterator[None]:
+    """MLflow's own retries off (and a short timeout) for the duration: our loop retries instead."""
+    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    saved = {n: os.environ.get(n) for n in names}
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(timeout_s))
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            if v is None:
+                os.environ.pop(n, None)
+            else:
+                os.environ[n] = v
+
+
+def _retry(fn: Any, attempts: int, what: str, backoff_s: float = 1.0, timeout_s: float = 10.0) -> bool:
     for i in range(attempts):
         try:
-            fn()
+            with _fail_fast(timeout_s):
+                fn()
             return True
         except Exception as err:  # noqa: BLE001 - tracking must never kill training
             if i == attempts - 1:

@@ -134,3 +134,20 @@ def test_command_line(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert rc == 0
     assert "5 records: 5 converted, 0 bad" in capsys.readouterr().out
     assert convert_main(["lerobot", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_ingest_entry_converts_with_input(dataset: Path, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``v2w-ingest --source lerobot --input …`` goes through the converter, not a simulator source."""
+    from v2w_core.data.ingest import main as ingest_main
+
+    out = tmp_path / "ingest_out"
+    rc = ingest_main(["--source", "lerobot", "--input", str(dataset), "--out", str(out), "--codec", "zstd",
+                      "--source-opt", "height=32", "--source-opt", "width=32"])
+    assert rc == 0
+    assert "converted 5 episodes" in capsys.readouterr().out
+    manifest = Manifest.read(str(out / "manifest.parquet"))
+    assert len(manifest) == 5 and set(manifest.table.column("height").to_pylist()) == {32}
+    assert ingest_main(["--source", "nope", "--input", str(dataset), "--out", str(out)]) == 2
+    # without --input a simulator source needs --episodes and --seed
+    assert ingest_main(["--source", "bouncing-shapes", "--out", str(out)]) == 2

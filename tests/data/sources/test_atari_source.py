@@ -42,10 +42,9 @@ def test_seeded_and_order_independent(breakout: AtariSource) -> None:
 
 def test_actions_drive_frames() -> None:
     """Same start, different actions -> different futures (the paddle moves right vs left)."""
-    right = AtariSource(episode_length=12, sticky=1.0, noop_max=0)
-    right._actions = [right._actions[2]]  # only RIGHT
-    left = AtariSource(episode_length=12, sticky=1.0, noop_max=0)
-    left._actions = [left._actions[3]]  # only LEFT
+    right = AtariSource(episode_length=12, sticky=1.0, noop_max=0, actions=("RIGHT",))
+    left = AtariSource(episode_length=12, sticky=1.0, noop_max=0, actions=("LEFT",))
+    assert right.action_space.names == ("RIGHT",)
     r, lft = right.episode(0, seed=0), left.episode(0, seed=0)
     np.testing.assert_array_equal(r.frames[0], lft.frames[0])
     assert not np.array_equal(r.frames[-1], lft.frames[-1])
@@ -55,6 +54,8 @@ def test_game_over_sets_done_and_options() -> None:
     ep = AtariSource(game="pong", episode_length=3000, frame_skip=16, height=32, width=32).episode(0, seed=0)
     assert ep.length < 3000 and ep.done is not None and ep.done[-1]
     assert ep.frames.shape[1:] == (32, 32, 3)
+    with pytest.raises(ValueError, match="unknown ALE actions"):
+        AtariSource(actions=("JUMP",))
     with pytest.raises(ValueError, match="unknown Atari game"):
         AtariSource(game="not_a_game")
     with pytest.raises(ConfigError, match="stickyness"):

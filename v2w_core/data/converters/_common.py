@@ -169,6 +169,10 @@ def widen_bounds(space: ActionSpace, frame_skip: int, how: ActionReduce) -> Acti
     return space
 
 
+#: Errors that mean "this input record is bad", as opposed to a bug or an unusable environment.
+_RECORD_ERRORS = (DataError, ValueError, TypeError, KeyError, IndexError, OSError)
+
+
 class Converter:
     """Base class: subclasses implement :meth:`_records`, yielding one callable per input record.
 
@@ -205,9 +209,14 @@ class Converter:
             self.stats.records += 1
             try:
                 episode = build()
-            except DataError as err:
+            except _RECORD_ERRORS as err:
                 file, record = where
-                reason = err.reason if isinstance(err, BadRecordError) else str(err)
+                if isinstance(err, BadRecordError):
+                    reason = err.reason
+                elif isinstance(err, DataError):
+                    reason = str(err)
+                else:  # malformed input the format code did not anticipate (a None index, a bad type)
+                    reason = f"{type(err).__name__}: {err}"
                 if isinstance(err, BadRecordError):
                     file, record = err.file, err.record
                 if self.options.on_error == "fail":

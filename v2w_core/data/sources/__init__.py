@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     "bouncing-shapes": "v2w_core.data.sources.bouncing_shapes",
     "atari": "v2w_core.data.sources.atari",
     "vizdoom": "v2w_core.data.sources.vizdoom",
+    "fetch": "v2w_core.data.sources.fetch",
 }
 
 

@@ -59,6 +59,8 @@ class AtariConfig(StrictConfig):
     repeat_action_probability: float = Field(default=0.0, ge=0.0, le=1.0)
     #: Full 18-action set instead of the game's minimal one.
     full_action_space: bool = False
+    #: Restrict the policy to these ALE action names (e.g. ``["NOOP", "LEFT", "RIGHT"]``), in this order.
+    actions: tuple[str, ...] | None = None
     mode: int | None = None
     difficulty: int | None = None
     max_retries: int = Field(default=20, ge=0)
@@ -109,6 +111,12 @@ class AtariSource:
             else self._ale.getMinimalActionSet()
         )
         self._actions = list(legal)
+        if self.config.actions is not None:
+            by_name = {a.name: a for a in self._ale.getLegalActionSet()}
+            unknown = [n for n in self.config.actions if n not in by_name]
+            if unknown or not self.config.actions:
+                raise ValueError(f"unknown ALE actions {unknown}; legal: {', '.join(by_name)}")
+            self._actions = [by_name[n] for n in self.config.actions]
         self.action_space = ActionSpace(
             type="discrete", dim=len(self._actions), names=tuple(a.name for a in self._actions)
         )
@@ -183,7 +191,7 @@ class AtariSource:
         else:
             ale.reset_game()  # the 2600 itself is deterministic: a reset reproduces the same start
         noops = int(rng.integers(0, cfg.noop_max + 1))
-        noop = self._actions[0] if self._actions[0].name == "NOOP" else type(self._actions[0]).NOOP
+        noop = type(self._actions[0]).NOOP
         for _ in range(noops):
             ale.act(noop)
         n_actions = len(self._actions)
