@@ -1,18 +1,21 @@
 """Autoregressive rollout speed: full-window recompute vs. the streaming history cache.
 
 Window 16 (15 context frames + the frame being generated), causal action guidance on (s = 2.5, both
-branches batched), the embedded tiny UNet3D preset (``tiny_unet3d``, pixel space 3×64×64 by default) on
-CPU. Per generated frame the full path runs S forwards of the 16-frame window at batch 2B; the streaming
-path runs one history forward (15 frames, batch B) and S forwards of the newest frame at batch 2B.
+branches batched), the embedded tiny UNet3D preset (``tiny_unet3d``, 1.8 M parameters, pixel space
+3×64×64 by default) on CPU. Per generated frame the full path runs S forwards of the 16-frame window at
+batch 2B; the streaming path runs one history forward (15 frames, batch B) and S forwards of the newest
+frame alone at batch 2B. B is the number of independent rollouts batched together.
 
-Two numbers are reported:
+For each B it reports:
   * measured: ms per generated frame of real ``rollout`` calls with ``--steps`` DDIM steps (fewer than
-    the paper's 50 so the full path finishes in minutes on a CPU; the ratio grows with S);
+    the paper's 50 so the full path finishes in minutes on a CPU; the speed-up grows with S);
   * projected to 50 steps from the measured component times: full = 50·t(window forward),
-    streaming = t(encode_history) + 50·t(step_newest).
-It also checks that both paths produce the same frames at window 16 (max |Δ|).
+    streaming = t(encode_history) + 50·t(step_newest);
+  * max |full − streaming| of the generated frames (they must agree to float tolerance).
+Times are process CPU time (the primary number: the bench box is shared and wall time swings with other
+jobs' load; with one thread CPU time is what an idle core's wall clock would show) and wall time.
 
-    .venv/bin/python bench/rollout.py [--size 64] [--steps 10] [--frames 2] [--threads N]
+    .venv/bin/python bench/rollout.py [--size 64] [--steps 10] [--frames 2] [--batches 1,4] [--threads 1]
 
 Prints a table and writes bench/results/rollout.json with the machine it ran on.
 """
@@ -24,7 +27,9 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import diffusers
 import torch
@@ -36,6 +41,7 @@ from v2w_core.models.world_model import WorldModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
 ACTION_DIM = 4
+PROJECTED_STEPS = 50
 
 
 def cpu_name() -> str:
@@ -48,7 +54,7 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def build_model(seed: int, device: torch.device) -> WorldModel:
+def build_model(seed: int) -> WorldModel:
     torch.manual_seed(seed)
     model = WorldModel(tiny_unet3d(action_space={"type": "continuous", "dim": ACTION_DIM}))
     causalize(model, "extrapolative")
@@ -56,21 +62,74 @@ def build_model(seed: int, device: torch.device) -> WorldModel:
     with torch.no_grad():
         for p in model.action_encoder.mlp[-1].parameters():
             p.normal_(0, 0.1)
-    return model.to(device).eval()
+    return model.eval()
 
 
-def timed(fn, repeats: int, device: torch.device) -> float:
-    """Best-of-``repeats`` wall seconds (best, not mean: the bench box may be shared)."""
-    times = []
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Best-of-``repeats`` (cpu seconds, wall seconds): best, not mean, because the box is shared."""
+    cpu, wall = [], []
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+        c0, w0 = time.process_time(), time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return min(cpu), min(wall)
+
+
+@torch.no_grad()
+def bench_batch(model: WorldModel, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    b, k, s, window = batch, args.context, args.size, args.context + 1
+    g = torch.Generator().manual_seed(batch)
+
+    # ---- components: one denoising step of each path, and the per-frame history encode
+    x_win = torch.randn(2 * b, window, 3, s, s, generator=g)
+    t_win = torch.full((2 * b, window), 20, dtype=torch.long)
+    a_win = torch.randn(2 * b, window, ACTION_DIM, generator=g)
+    hist = (x_win[:b, :-1], t_win[:b, :-1], a_win[:b, :-1])
+    new = (x_win[:, -1:], t_win[:, -1:], a_win[:, -1:])
+    model(x_win, t_win, a_win)  # warm-up
+    cache = model.encode_history(*hist)
+    model.step_newest(*new, None, cache)
+    full_fwd = timed(lambda: model(x_win, t_win, a_win), args.repeats)
+    encode = timed(lambda: model.encode_history(*hist), args.repeats)
+    step = timed(lambda: model.step_newest(*new, None, cache), 2 * args.repeats)
+
+    # ---- real rollouts, same seed on both paths
+    context = torch.randn(b, k, 3, s, s, generator=g)
+    actions = torch.randn(b, k + args.frames - 1, ACTION_DIM, generator=g)
+    out: dict[str, Any] = {"batch": b}
+    frames = {}
+    for mode in ("full", "streaming"):
+        cfg = RolloutConfig(num_inference_steps=args.steps, window=window, guidance_scale=2.5, mode=mode)
+        c0, w0 = time.process_time(), time.perf_counter()
+        frames[mode] = rollout(
+            model, context, actions, args.frames, cfg, generator=torch.Generator().manual_seed(1)
+        )
+        out[f"{mode}_cpu_ms_per_frame"] = 1000 * (time.process_time() - c0) / args.frames
+        out[f"{mode}_wall_ms_per_frame"] = 1000 * (time.perf_counter() - w0) / args.frames
+    out["speedup_cpu"] = out["full_cpu_ms_per_frame"] / out["streaming_cpu_ms_per_frame"]
+    out["speedup_wall"] = out["full_wall_ms_per_frame"] / out["streaming_wall_ms_per_frame"]
+    out["max_abs_diff_full_vs_streaming"] = (frames["full"] - frames["streaming"]).abs().max().item()
+
+    i = 0  # CPU time
+    out["components_cpu_ms"] = {
+        "window_forward": 1000 * full_fwd[i],
+        "encode_history": 1000 * encode[i],
+        "step_newest": 1000 * step[i],
+    }
+    out["components_wall_ms"] = {
+        "window_forward": 1000 * full_fwd[1],
+        "encode_history": 1000 * encode[1],
+        "step_newest": 1000 * step[1],
+    }
+    proj_full = PROJECTED_STEPS * full_fwd[i]
+    proj_stream = encode[i] + PROJECTED_STEPS * step[i]
+    out["projected_50_steps_cpu"] = {
+        "full_ms_per_frame": 1000 * proj_full,
+        "streaming_ms_per_frame": 1000 * proj_stream,
+        "speedup": proj_full / proj_stream,
+    }
+    return out
 
 
 def main() -> None:
@@ -79,145 +138,71 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=15, help="context frames (window = context + 1)")
     parser.add_argument("--frames", type=int, default=2, help="frames generated per timed rollout")
     parser.add_argument("--steps", type=int, default=10, help="DDIM steps in the timed rollouts")
-    parser.add_argument("--batch", type=int, default=1, help="independent rollouts per batch")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batches", default="1,4", help="comma-separated numbers of batched rollouts")
+    parser.add_argument("--repeats", type=int, default=3, help="best-of-N for component times")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    window = args.context + 1
-    load_before = os.getloadavg()
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
 
-    model = build_model(0, device)
-    g = torch.Generator().manual_seed(0)
-    b, k, s = args.batch, args.context, args.size
-    context = torch.randn(b, k, 3, s, s, generator=g).to(device)
-    actions = torch.randn(b, k + args.frames - 1, ACTION_DIM, generator=g).to(device)
-    base_cfg = {"num_inference_steps": args.steps, "window": window, "guidance_scale": 2.5}
+    model = build_model(0)
+    rows = [bench_batch(model, int(b), args) for b in args.batches.split(",")]
 
-    # ---- component times (one denoising step of each path)
-    with torch.no_grad():
-        x_win = torch.randn(2 * b, window, 3, s, s, device=device)
-        t_win = torch.full((2 * b, window), 20, dtype=torch.long, device=device)
-        a_win = torch.randn(2 * b, window, ACTION_DIM, device=device)
-        x_hist, t_hist, a_hist = x_win[:b, :-1], t_win[:b, :-1], a_win[:b, :-1]
-        x_new, t_new, a_new = x_win[:, -1:], t_win[:, -1:], a_win[:, -1:]
-        model(x_win, t_win, a_win)  # warm-up
-        cache = model.encode_history(x_hist, t_hist, a_hist)
-        model.step_newest(x_new, t_new, a_new, None, cache)
-        t_full_fwd = timed(lambda: model(x_win, t_win, a_win), 3, device)
-        t_encode = timed(lambda: model.encode_history(x_hist, t_hist, a_hist), 3, device)
-        t_step = timed(lambda: model.step_newest(x_new, t_new, a_new, None, cache), 5, device)
-
-    # ---- real rollouts
-    results: dict[str, dict[str, float]] = {}
-    frames: dict[str, torch.Tensor] = {}
-    for mode in ("full", "streaming"):
-        cfg = RolloutConfig(**base_cfg, mode=mode)
-        start, cpu_start = time.perf_counter(), time.process_time()
-        frames[mode] = rollout(
-            model, context, actions, args.frames, cfg, generator=torch.Generator().manual_seed(1)
+    print(
+        f"rollout bench: tiny_unet3d ({model.num_parameters() / 1e6:.2f} M params) 3x{args.size}x{args.size}, "
+        f"window {args.context + 1}, guidance 2.5 (2 branches), CPU, {torch.get_num_threads()} thread(s)"
+    )
+    print(
+        f"{'batch':>5} {'steps':>5} {'full ms/frame':>14} {'stream ms/frame':>16} {'speed-up':>9} "
+        f"{'wall speed-up':>14} {'max |diff|':>11}"
+    )
+    for r in rows:
+        print(
+            f"{r['batch']:>5} {args.steps:>5} {r['full_cpu_ms_per_frame']:>14.0f} "
+            f"{r['streaming_cpu_ms_per_frame']:>16.0f} {r['speedup_cpu']:>8.1f}x {r['speedup_wall']:>13.1f}x "
+            f"{r['max_abs_diff_full_vs_streaming']:>11.1e}"
         )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-        results[mode] = {
-            "ms_per_frame": 1000 * elapsed / args.frames,
-            "cpu_ms_per_frame": 1000 * cpu / args.frames,
-            "seconds": elapsed,
-        }
-    max_abs_diff = (frames["full"] - frames["streaming"]).abs().max().item()
-    measured_ratio = results["full"]["ms_per_frame"] / results["streaming"]["ms_per_frame"]
-    cpu_ratio = results["full"]["cpu_ms_per_frame"] / results["streaming"]["cpu_ms_per_frame"]
-
-    proj_steps = 50
-    proj_full = proj_steps * t_full_fwd
-    proj_stream = t_encode + proj_steps * t_step
-    projected_ratio = proj_full / proj_stream
-
-    full, stream = results["full"], results["streaming"]
-    rows = [
-        (
-            "full window, measured",
-            f"{args.steps}",
-            f"{full['ms_per_frame']:.0f}",
-            f"{full['cpu_ms_per_frame']:.0f}",
-            "",
-        ),
-        (
-            "streaming, measured",
-            f"{args.steps}",
-            f"{stream['ms_per_frame']:.0f}",
-            f"{stream['cpu_ms_per_frame']:.0f}",
-            f"{measured_ratio:.1f}x wall, {cpu_ratio:.1f}x cpu",
-        ),
-        ("full window, projected", f"{proj_steps}", f"{1000 * proj_full:.0f}", "", ""),
-        (
-            "streaming, projected",
-            f"{proj_steps}",
-            f"{1000 * proj_stream:.0f}",
-            "",
-            f"{projected_ratio:.1f}x wall",
-        ),
-    ]
-    print(
-        f"rollout bench: tiny_unet3d {s}x{s}, window {window}, batch {b}, guidance 2.5 (2 branches), "
-        f"{device}, {torch.get_num_threads()} threads"
-    )
-    print(f"{'path':<24}{'DDIM steps':>11}{'ms/frame':>11}{'CPU ms/frame':>14}  speed-up")
-    for row in rows:
-        print(f"{row[0]:<24}{row[1]:>11}{row[2]:>11}{row[3]:>14}  {row[4]}")
-    print(
-        f"components: window forward {1000 * t_full_fwd:.0f} ms (batch {2 * b}x{window}), "
-        f"encode_history {1000 * t_encode:.0f} ms, step_newest {1000 * t_step:.0f} ms (batch {2 * b}x1)"
-    )
-    print(f"max |full - streaming| over {args.frames} generated frames: {max_abs_diff:.2e}")
+    for r in rows:
+        p = r["projected_50_steps_cpu"]
+        print(
+            f"{r['batch']:>5} {PROJECTED_STEPS:>5} {p['full_ms_per_frame']:>14.0f} "
+            f"{p['streaming_ms_per_frame']:>16.0f} {p['speedup']:>8.1f}x {'(projected)':>14}"
+        )
+    for r in rows:
+        c = r["components_cpu_ms"]
+        print(
+            f"batch {r['batch']}: window forward {c['window_forward']:.0f} ms, encode_history "
+            f"{c['encode_history']:.0f} ms, step_newest {c['step_newest']:.0f} ms (CPU time)"
+        )
 
     record = {
         "benchmark": "rollout",
-        "model": {"preset": "tiny_unet3d", "parameters": model.num_parameters(), "frame": [3, s, s]},
+        "model": {
+            "preset": "tiny_unet3d",
+            "parameters": model.num_parameters(),
+            "frame": [3, args.size, args.size],
+        },
         "settings": {
-            "window": window,
-            "context_frames": k,
+            "window": args.context + 1,
+            "context_frames": args.context,
             "generated_frames": args.frames,
             "ddim_steps_measured": args.steps,
-            "batch": b,
             "guidance_scale": 2.5,
             "guidance_rescale": 0.7,
             "history_noise_level": 20,
             "eta": 1.0,
+            "primary_time": "process CPU time (shared box); wall time alongside",
         },
-        "measured": {
-            "full_ms_per_frame": results["full"]["ms_per_frame"],
-            "streaming_ms_per_frame": results["streaming"]["ms_per_frame"],
-            "speedup": measured_ratio,
-            "full_cpu_ms_per_frame": full["cpu_ms_per_frame"],
-            "streaming_cpu_ms_per_frame": stream["cpu_ms_per_frame"],
-            "speedup_cpu_time": cpu_ratio,
-            "max_abs_diff_full_vs_streaming": max_abs_diff,
-        },
-        "components_ms": {
-            "window_forward": 1000 * t_full_fwd,
-            "encode_history": 1000 * t_encode,
-            "step_newest": 1000 * t_step,
-        },
-        "projected_50_steps": {
-            "full_ms_per_frame": 1000 * proj_full,
-            "streaming_ms_per_frame": 1000 * proj_stream,
-            "speedup": projected_ratio,
-        },
+        "results": rows,
         "machine": {
             "cpu": cpu_name(),
             "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
-            "device": str(device) if device.type != "cuda" else torch.cuda.get_device_name(device),
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
             "python": platform.python_version(),
-            "loadavg_1m_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-            "note": "shared machine; components are best-of-N wall times, rollouts single runs (wall and process CPU)",
+            "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

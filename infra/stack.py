@@ -116,6 +116,9 @@ class StackConfig:
     ray_num_cpus: int = 2
     mlflow_workers: int = 1
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stack_dir", Path(self.stack_dir).expanduser().absolute())
+
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> StackConfig:
         """Defaults <- environment (docs/CONTRACTS.md) <- explicit overrides."""
@@ -200,6 +203,9 @@ class StackConfig:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         if "ray" in services:
             env["RAY_ADDRESS"] = self.ray_address  # ray.init() in clients
+            # Without this a client canonicalizes 127.0.0.1 to the machine's external IP and never
+            # reaches the loopback-bound head (see module doc).
+            env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
             env["RAY_API_SERVER_ADDRESS"] = self.ray_dashboard_url  # `ray job submit`: beats RAY_ADDRESS
             env["V2W_RAY_PORT"] = str(self.ray_port)
             env["V2W_RAY_DASHBOARD_PORT"] = str(self.ray_dashboard_port)

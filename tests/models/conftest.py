@@ -33,7 +33,7 @@ def make_model(family: str, seed: int = 0, action_space: dict | None = ACTION) -
     return perturb_(model, seed).eval()
 
 
-def clip(batch: int = 1, frames: int = 5, size: int = 32, seed: int = 0) -> dict[str, torch.Tensor]:
+def clip(batch: int = 1, frames: int = 5, size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
         "x": torch.randn(batch, frames, 3, size, size, generator=g),

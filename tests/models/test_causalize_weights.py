@@ -46,7 +46,9 @@ def test_k3_transfer_keeps_channels_independent() -> None:
 
 def test_gamma_hand_computed() -> None:
     # p = 2: τ = (-1, 0), μ = -1/2, S = 1/2 -> γ_i = (-i, 1 + i)
-    torch.testing.assert_close(extrapolation_coefficients(2, 2), torch.tensor([[-1.0, 2.0], [-2.0, 3.0]], dtype=torch.float64))
+    torch.testing.assert_close(
+        extrapolation_coefficients(2, 2), torch.tensor([[-1.0, 2.0], [-2.0, 3.0]], dtype=torch.float64)
+    )
     # p = 3: τ = (-2, -1, 0), μ = -1, S = 2 -> γ_{i,j} = 1/3 + (i + 1)(τ_j + 1)/2
     expected = torch.tensor([[-2 / 3, 1 / 3, 4 / 3], [-7 / 6, 1 / 3, 11 / 6]], dtype=torch.float64)
     torch.testing.assert_close(extrapolation_coefficients(2, 3), expected)

@@ -7,7 +7,12 @@ import torch
 from diffusers.models.resnet import TemporalConvLayer
 
 from tests.models.conftest import clip, make_model
-from v2w_core.models.causalize import CausalTemporalAttnProcessor, CausalTemporalConv, FrameGroupNorm, causalize
+from v2w_core.models.causalize import (
+    CausalTemporalAttnProcessor,
+    CausalTemporalConv,
+    FrameGroupNorm,
+    causalize,
+)
 from v2w_core.models.world_model import WorldModel
 
 CUT = 2  # frames 0..CUT are "past"
@@ -111,7 +116,9 @@ def test_action_mask_selects_null_embedding() -> None:
     mask[:, 3] = False
     other = dict(batch, actions=batch["actions"].clone())
     other["actions"][:, 3] += 5.0  # masked: must not matter
-    torch.testing.assert_close(model(**batch, action_mask=mask), model(**other, action_mask=mask), rtol=0, atol=0)
+    torch.testing.assert_close(
+        model(**batch, action_mask=mask), model(**other, action_mask=mask), rtol=0, atol=0
+    )
     # all frames masked == no actions at all
     none_mask = torch.zeros(1, 5, dtype=torch.bool)
     x, t = batch["x"], batch["timesteps"]
@@ -132,7 +139,7 @@ def test_new_action_encoder_leaves_predictions_unchanged() -> None:
 
 
 def test_gradient_checkpointing_gives_same_gradients() -> None:
-    batch = clip(frames=3, size=16)
+    batch = clip(frames=3, size=8)
     grads = []
     for ckpt in (False, True):
         model = make_model("unet3d")
@@ -163,7 +170,7 @@ def test_full_size_clip_shape() -> None:
         (lambda b: dict(b, x=b["x"][0]), r"\(B, F, C, H, W\)"),
         (lambda b: dict(b, x=b["x"].transpose(1, 2)), "channels"),
         (lambda b: dict(b, x=b["x"].long()), "floating point"),
-        (lambda b: dict(b, x=b["x"][..., :30, :30]), "patch_size"),
+        (lambda b: dict(b, x=b["x"][..., :14, :14]), "patch_size"),
         (lambda b: dict(b, timesteps=b["timesteps"][:, 0]), "timesteps must be a"),
         (lambda b: dict(b, timesteps=b["timesteps"].bool()), "timesteps must be integer"),
         (lambda b: dict(b, actions=b["actions"][:, :4]), "one entry per frame"),

@@ -409,14 +409,44 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             cfg.max_steps,
         )
 
+    position = {"step": step, "epoch": epoch, "batch_in_epoch": skip, "samples_seen": samples_seen}
+
+    def checkpoint_and_report(position: dict[str, int], metrics: dict[str, float]) -> None:
+        local = ck.save_checkpoint(
+            engine,
+            step=position["step"],
+            rank=rank,
+            world_size=world,
+            client_state={
+                **position,
+                "probe": probe,
+                **({"ema": ema.state_dict()} if ema is not None else {}),
+            },
+            meta={**position, "experiment": cfg.experiment, "zero_stage": cfg.zero_stage},
+        )
+        report = {**metrics, **position, "start_step": start_step, "checkpoint_fallbacks": fallbacks}
+        try:
+            ray.train.report(
+                report,
+                checkpoint=ray.train.Checkpoint.from_directory(str(local)),
+                checkpoint_dir_name=ck.step_dir_name(position["step"]),
+            )
+        finally:
+            shutil.rmtree(local, ignore_errors=True)
+
     while step < cfg.max_steps:
         epoch, index, batch = next(data)
         x0, actions = batch_to_tensors(batch, cfg, device)
         if probe is None:
-            probe = {
-                "x0": x0.cpu().clone(),
-                **({"actions": actions.cpu().clone()} if actions is not None else {}),
-            }
+            # Rank 0's first batch on every rank, so the value does not depend on which rank restores it.
+            box = [
+                {
+                    "x0": x0.cpu().clone(),
+                    **({"actions": actions.cpu().clone()} if actions is not None else {}),
+                }
+            ]
+            torch.distributed.broadcast_object_list(box, src=0)
+            probe = box[0]
             probe["loss_start"] = probe_loss(probe)
         if flops_per_micro is None and device.type == "cuda":
             # Forward FLOPs × 3 (backward ≈ 2 × forward). A counted backward outside engine.backward
@@ -469,46 +499,18 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
         losses.clear()
 
-        if step % cfg.checkpoint.every_n_steps == 0 or step == cfg.max_steps:
-            position = {
-                "step": step,
-                "epoch": epoch,
-                "batch_in_epoch": index + 1,
-                "samples_seen": samples_seen,
-            }
-            local = ck.save_checkpoint(
-                engine,
-                step=step,
-                rank=rank,
-                world_size=world,
-                client_state={
-                    **position,
-                    "probe": probe,
-                    **({"ema": ema.state_dict()} if ema is not None else {}),
-                },
-                meta={**position, "experiment": cfg.experiment, "zero_stage": cfg.zero_stage},
-            )
-            report = {
-                **last_metrics,
-                **partition_metrics,
-                "step": step,
-                "start_step": start_step,
-                "checkpoint_fallbacks": fallbacks,
-                "samples_seen": samples_seen,
-            }
-            try:
-                ray.train.report(
-                    report,
-                    checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-                    checkpoint_dir_name=ck.step_dir_name(step),
-                )
-            finally:
-                shutil.rmtree(local, ignore_errors=True)
+        position = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1, "samples_seen": samples_seen}
+        if step % cfg.checkpoint.every_n_steps == 0 and step < cfg.max_steps:
+            checkpoint_and_report(position, {**last_metrics, **partition_metrics})
             t_step = time.perf_counter()  # checkpoint time is not step time
 
-    _finish(
-        cfg, engine, ema, rank, loop_config, tracker, last_metrics, partition_metrics, start_step, fallbacks
-    )
+    if probe is not None:
+        partition_metrics["probe_loss_start"] = float(probe["loss_start"])
+        partition_metrics["probe_loss_end"] = probe_loss(probe)
+    final = _finish(cfg, engine, ema, rank, loop_config, tracker)
+    # Ray Train (v2) returns the metrics of the newest *checkpoint* report as the run's result, so the
+    # final checkpoint is written after the export and carries the final metrics.
+    checkpoint_and_report(position, {**last_metrics, **partition_metrics, **final, "done": 1.0})
 
 
 def _finish(
@@ -518,14 +520,9 @@ def _finish(
     rank: int,
     loop_config: dict[str, Any],
     tracker: Any,
-    last_metrics: dict[str, float],
-    partition_metrics: dict[str, float],
-    start_step: int,
-    fallbacks: int,
-) -> None:
-    """Export the final weights (and EMA weights) to storage and MLflow; report the final metrics."""
+) -> dict[str, float]:
+    """Export the final weights (and EMA weights) to storage and MLflow; returns metrics about it."""
     import pyarrow.fs as pafs
-    import ray.train
 
     from v2w_core import storage
     from v2w_core.train import mlflow_logging
@@ -554,16 +551,8 @@ def _finish(
             )
             artifact_ok = 1.0 if ok else 0.0
     shutil.rmtree(out, ignore_errors=True)
-    ray.train.report(
-        {
-            **last_metrics,
-            **partition_metrics,
-            "step": cfg.max_steps,
-            "start_step": start_step,
-            "checkpoint_fallbacks": fallbacks,
-            "mlflow_artifact_logged": artifact_ok,
-            "mlflow_dropped_metrics": float(tracker.dropped) if tracker is not None else 0.0,
-            "mlflow_failures": float(tracker.failures) if tracker is not None else 0.0,
-            "done": 1.0,
-        }
-    )
+    return {
+        "mlflow_artifact_logged": artifact_ok,
+        "mlflow_dropped_metrics": float(tracker.dropped) if tracker is not None else 0.0,
+        "mlflow_failures": float(tracker.failures) if tracker is not None else 0.0,
+    }
