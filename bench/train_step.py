@@ -208,7 +208,7 @@ def _run_variant(
             model=model,
             optimizer=opt,
             model_parameters=model.parameters() if opt is None else None,
-            config=build_deepspeed_config(cfg, world_size=world),
+            config=_patched(build_deepspeed_config(cfg, world_size=world), args.ds_set),
             dist_init_required=False,
         )
         if args.compile:
@@ -233,6 +233,8 @@ def _run_variant(
             torch.cuda.synchronize(device)
         if i >= preset["warmup"]:
             times.append(time.perf_counter() - t0)
+    if args.profile:
+        _profile(step, device, name)
     result = {
         "variant": name,
         "step_time_s": statistics.median(times),
@@ -241,6 +243,40 @@ def _run_variant(
         "params": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
     }
     return result
+
+
+def _patched(ds: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Apply ``--ds-set a.b=value`` overrides (YAML values) to the DeepSpeed config, for tuning runs."""
+    import yaml
+
+    for item in sets:
+        dotted, _, raw = item.partition("=")
+        node = ds
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = yaml.safe_load(raw)
+    return ds
+
+
+def _profile(step: Any, device: Any, name: str) -> None:
+    """One step under torch.profiler: where the time goes (top ops by device and by host time)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"--- profile {name}: top ops by {sort}")
+    print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
+    if device.type == "cuda":
+        print(f"--- profile {name}: top ops by self_cpu_time_total")
+        print(
+            prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60)
+        )
 
 
 def _machine(device: Any) -> dict[str, Any]:
@@ -333,6 +369,16 @@ def main(argv: list[str] | None = None) -> int:
         "--compile", action="store_true", help="torch.compile the model (engine.compile for DeepSpeed)"
     )
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
+    p.add_argument(
+        "--profile", action="store_true", help="print a torch.profiler table of one step per variant"
+    )
+    p.add_argument(
+        "--ds-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a DeepSpeed config key (e.g. zero_optimization.overlap_comm=false)",
+    )
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -364,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         for flag, value in (("--batch", args.batch), ("--steps", args.steps)):
             if value:
                 cmd += [flag, str(value)]
-        cmd += ["--grad-ckpt"] * args.grad_ckpt + ["--compile"] * args.compile
+        cmd += ["--grad-ckpt"] * args.grad_ckpt + ["--compile"] * args.compile + ["--profile"] * args.profile
+        for item in args.ds_set:
+            cmd += ["--ds-set", item]
         proc = subprocess.run(cmd, check=False)
         text = Path(child_out).read_text() if Path(child_out).exists() else ""
         Path(child_out).unlink(missing_ok=True)
@@ -397,6 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "precision": preset["precision"],
         "grad_ckpt": args.grad_ckpt,
         "compile": args.compile,
+        "ds_set": args.ds_set,
         "flops_per_micro_batch": flops,
         "machine": ok[0]["machine"] if ok else None,
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -405,9 +454,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-    key = (args.preset, args.device, world, args.grad_ckpt, args.compile, preset["batch"])
-    runs = [r for r in runs if (r["preset"], r["device"], r["world_size"], r.get("grad_ckpt"), r.get("compile"),
-                                r.get("batch_per_device")) != key]  # fmt: skip
+    key = (args.preset, args.device, world, args.grad_ckpt, args.compile, preset["batch"], args.ds_set)
+
+    def key_of(r: dict[str, Any]) -> tuple[Any, ...]:
+        return (r["preset"], r["device"], r["world_size"], r.get("grad_ckpt"), r.get("compile"),
+                r.get("batch_per_device"), r.get("ds_set", []))  # fmt: skip
+
+    runs = [r for r in runs if key_of(r) != key]
     runs.append(record)
     out.write_text(json.dumps({"benchmark": "train_step", "runs": runs}, indent=1) + "\n")
     print(f"wrote {out}")

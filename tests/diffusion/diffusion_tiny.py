@@ -1,4 +1,4 @@
-"""Tiny real diffusers world models for the diffusion tests and bench (no mocks)."""
+"""Tiny real diffusers world models for the diffusion tests (no mocks)."""
 
 from __future__ import annotations
 

@@ -88,12 +88,12 @@ def diffusion_forcing_loss(
     target = schedule.get_velocity(x0, noise, timesteps)
     pred = model(x_t, timesteps, actions, mask)
     loss = F.mse_loss(pred.float(), target.float())
-    stats = {
-        "loss": loss.item(),
-        "t_mean": timesteps.float().mean().item(),
-        "action_keep_frac": mask.float().mean().item() if mask is not None else 0.0,
-    }
-    return loss, stats
+    keep_frac = mask.float().mean() if mask is not None else torch.zeros((), device=x0.device)
+    # one device->host transfer for all stats (one sync per step on a GPU, not three)
+    loss_v, t_mean, keep_v = torch.stack(
+        [loss.detach(), timesteps.float().mean(), keep_frac.float()]
+    ).tolist()
+    return loss, {"loss": loss_v, "t_mean": t_mean, "action_keep_frac": keep_v}
 
 
 def bidirectional_pretrain_loss(
@@ -121,4 +121,5 @@ def bidirectional_pretrain_loss(
     target = schedule.get_velocity(x0, noise, per_frame)
     pred = model(x_t, per_frame, None, None)
     loss = F.mse_loss(pred.float(), target.float())
-    return loss, {"loss": loss.item(), "t_mean": timesteps.float().mean().item()}
+    loss_v, t_mean = torch.stack([loss.detach(), timesteps.float().mean()]).tolist()
+    return loss, {"loss": loss_v, "t_mean": t_mean}
