@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import sys
+
 import pytest
 import torch
 
 from tests.models.conftest import clip, make_model
-from v2w_core.models.causalize import causalize
+from v2w_core.models.causalize import CausalTemporalAttnProcessor, causalize
 from v2w_core.models.streaming import HistoryCache
+
+causalize_module = sys.modules["v2w_core.models.causalize"]  # the package re-exports the function
 
 
 @pytest.mark.parametrize("history", [1, 4])
@@ -84,3 +89,29 @@ def test_step_newest_bad_inputs() -> None:
         other.step_newest(b["x"][:, -1:], b["timesteps"][:, -1:], None, None, cache)
     # a failed streaming call leaves the model usable for full forwards
     assert other.stream_state.mode == "off"
+
+
+@torch.no_grad()
+def test_deepcopy_streams_on_its_own_state() -> None:
+    """EMA copies must keep one shared stream state per copy, wired to the copy's own layers."""
+    model = causalize(make_model("svd"))
+    twin = copy.deepcopy(model)
+    assert twin.stream_state is not model.stream_state
+    procs = [p for p in twin.unet.attn_processors.values() if isinstance(p, CausalTemporalAttnProcessor)]
+    assert procs and all(p.stream is twin.stream_state for p in procs)
+    b = clip(frames=4)
+    cache = twin.encode_history(b["x"][:, :-1], b["timesteps"][:, :-1], b["actions"][:, :-1])
+    new = twin.step_newest(b["x"][:, -1:], b["timesteps"][:, -1:], b["actions"][:, -1:], None, cache)
+    torch.testing.assert_close(new, model(**b)[:, -1:], rtol=1e-5, atol=1e-5)
+
+
+@torch.no_grad()
+def test_attention_is_chunked_over_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = causalize(make_model("unet3d"))
+    b = clip(batch=2, frames=4)
+    full = model(**b)
+    cache = model.encode_history(b["x"][:, :-1], b["timesteps"][:, :-1], b["actions"][:, :-1])
+    monkeypatch.setattr(causalize_module, "MAX_ATTENTION_BATCH", 5)
+    torch.testing.assert_close(model(**b), full, rtol=1e-5, atol=1e-6)
+    new = model.step_newest(b["x"][:, -1:], b["timesteps"][:, -1:], b["actions"][:, -1:], None, cache)
+    torch.testing.assert_close(new, full[:, -1:], rtol=1e-5, atol=1e-5)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -152,33 +153,42 @@ class ClipReport:
                 f"{self.unlisted}; clips {self.clips} of {self.expected_clips} expected")  # fmt: skip
 
 
-def _stats_actor_class() -> Any:
+_STATS_ACTOR_NAME = "v2w_clip_stats"
+
+
+def _stats_actor() -> Any:
+    """The session's clip-stats actor, created on first use and shared by every clip dataset of the job:
+    a new actor is a new worker process (~1 CPU-s of start-up on a small machine), not worth paying per
+    dataset or epoch."""
     import ray
 
     @ray.remote(num_cpus=0, max_restarts=0)
     class ClipStats:
-        """Collects per-episode outcomes from the decode tasks. Keyed by episode id, so a second epoch
-        over the same dataset does not double-count."""
+        """Per-episode outcomes reported by the decode tasks, per dataset. Keyed by episode id, so a
+        second epoch over the same dataset does not double-count."""
 
         def __init__(self) -> None:
-            self.read: dict[str, int] = {}
-            self.bad: dict[str, tuple[str, str]] = {}
-            self.unlisted: set[tuple[str, str]] = set()
+            self.data: dict[str, dict[str, Any]] = {}
 
-        def record(self, ok: dict[str, int], bad: list[tuple[str, str, str]],
+        def _ds(self, ds_id: str) -> dict[str, Any]:
+            return self.data.setdefault(ds_id, {"read": {}, "bad": {}, "unlisted": set()})
+
+        def record(self, ds_id: str, ok: dict[str, int], bad: list[tuple[str, str, str]],
                    strays: list[tuple[str, str]]) -> None:  # fmt: skip
-            self.read.update(ok)
+            d = self._ds(ds_id)
+            d["read"].update(ok)
             for shard, key, reason in bad:
-                self.bad[key] = (shard, reason)
-            self.unlisted.update(strays)
+                d["bad"][key] = (shard, reason)
+            d["unlisted"].update(strays)
 
-        def snapshot(self) -> dict[str, Any]:
-            return {"read": dict(self.read), "bad": dict(self.bad), "unlisted": len(self.unlisted)}
+        def snapshot(self, ds_id: str) -> dict[str, Any]:
+            d = self._ds(ds_id)
+            return {"read": dict(d["read"]), "bad": dict(d["bad"]), "unlisted": len(d["unlisted"])}
 
-    return ClipStats
+    return ClipStats.options(name=_STATS_ACTOR_NAME, get_if_exists=True).remote()
 
 
-# ------------------------------------------------------------------------------------ the per-row fn
+# ---------------------------------------------------------------------------------- the per-block fn
 class _SamplesToClips:
     """Ray Data ``map_batches`` function: a batch of WebDataset samples (episodes) -> all their clips.
 
@@ -188,13 +198,14 @@ class _SamplesToClips:
     length / hash / codec) so every sample is checked against the manifest.
     """
 
-    def __init__(self, config: ClipConfig, rows: Mapping[str, Mapping[str, Any]], stats: Any,
+    def __init__(self, config: ClipConfig, rows: Mapping[str, Mapping[str, Any]], stats: Any, ds_id: str,
                  shard_names: Mapping[str, str], other_split: set[str], frame_shape: tuple[int, int],
                  action_shape: tuple[int, ...], action_dtype: str) -> None:  # fmt: skip
         self.config = config
         self.other_split = frozenset(other_split)  # same shards, unselected split: skipped, not strays
         self.rows = dict(rows)
         self.stats = stats
+        self.ds_id = ds_id
         self.shard_names = dict(shard_names)  # filesystem path -> URI, for messages
         self.frame_shape = frame_shape
         self.action_shape = action_shape
@@ -245,7 +256,7 @@ class _SamplesToClips:
                 actions_out.append(np.stack([episode.actions[s : s + L] for s in starts]))
                 ids.extend([key] * len(starts))
                 starts_out.extend(starts)
-        ray.get(self.stats.record.remote(ok, bad, strays))
+        ray.get(self.stats.record.remote(self.ds_id, ok, bad, strays))
         if failure is not None:
             raise failure
         return self._assemble(frames_out, actions_out, ids, starts_out)
@@ -289,6 +300,7 @@ class ClipDataset:
     expected_clips: int
     missing_shards: list[str]
     _stats: Any = None
+    _ds_id: str = ""
     _missing_bad: list[BadEpisode] = field(default_factory=list)
     _other_split_keys: set[str] = field(default_factory=set)
 
@@ -297,7 +309,7 @@ class ClipDataset:
         nor reported bad are recorded as bad here ("not found in its shard")."""
         import ray
 
-        snap = ray.get(self._stats.snapshot.remote())
+        snap = ray.get(self._stats.snapshot.remote(self._ds_id))
         bad = list(self._missing_bad)
         seen_bad = {b.key for b in bad}
         for key, (shard, reason) in sorted(snap["bad"].items()):
@@ -341,7 +353,8 @@ def build_clip_dataset(manifest: Manifest | str, config: ClipConfig | None = Non
         raise ManifestError(f"manifest under {full.root} has no episodes in split {config.split!r}")
     _check_uniform(selected)
 
-    stats = _stats_actor_class().remote()
+    stats = _stats_actor()
+    ds_id = uuid.uuid4().hex
     by_shard = selected.rows_by_shard()
     shard_uris = {shard: selected.shard_uri(shard) for shard in by_shard}
     missing = sorted(uri for uri in shard_uris.values() if not storage.exists(uri))
@@ -372,7 +385,7 @@ def build_clip_dataset(manifest: Manifest | str, config: ClipConfig | None = Non
     first = selected.rows()[0]
     action_shape = () if first["action_type"] == "discrete" else (int(first["action_dim"]),)
     action_dtype = "int64" if first["action_type"] == "discrete" else "float32"
-    fn = _SamplesToClips(config, rows, stats, shard_names, other_keys, (first["height"], first["width"]),
+    fn = _SamplesToClips(config, rows, stats, ds_id, shard_names, other_keys, (first["height"], first["width"]),
                          action_shape, action_dtype)  # fmt: skip
 
     ds = ray.data.read_webdataset(
@@ -390,7 +403,7 @@ def build_clip_dataset(manifest: Manifest | str, config: ClipConfig | None = Non
         ds = ds.randomize_block_order(seed=config.seed)
     log.info("clip dataset over %d shard(s), %d episodes (split %s), %d clips expected",
              len(present), len(selected), config.split, expected_clips)  # fmt: skip
-    return ClipDataset(ds, selected, config, expected_clips, missing, stats, missing_bad, other_keys)
+    return ClipDataset(ds, selected, config, expected_clips, missing, stats, ds_id, missing_bad, other_keys)
 
 
 def _check_uniform(manifest: Manifest) -> None:

@@ -46,6 +46,10 @@ logger = logging.getLogger(__name__)
 CausalMode = Literal["shift", "masked", "extrapolative"]
 CAUSAL_MODES: tuple[str, ...] = ("shift", "masked", "extrapolative")
 
+# Temporal attention runs one sequence per pixel (B·H·W of them); CUDA attention kernels put that batch on
+# a grid axis capped at 65535 and fail beyond it (DESIGN §3: batch 32 at 40×64 latents), so chunk it.
+MAX_ATTENTION_BATCH = 32768
+
 # Modules whose GroupNorms see 5-D (B, C, F, H, W) tensors, i.e. normalise across frames.
 _FRAME_MIXING_NORM_PARENTS = (TemporalConvLayer, TransformerTemporalModel, TemporalResnetBlock)
 
@@ -241,6 +245,18 @@ class FramePositionProj(nn.Module):
         return self.inner(positions + self.stream.frame_offset)
 
 
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """scaled_dot_product_attention over (N, heads, F, d), in chunks of at most MAX_ATTENTION_BATCH rows."""
+    n, step = q.shape[0], MAX_ATTENTION_BATCH
+    if n <= step:
+        return F.scaled_dot_product_attention(q, k, v, **kwargs)
+    chunks = [
+        F.scaled_dot_product_attention(q[i : i + step], k[i : i + step], v[i : i + step], **kwargs)
+        for i in range(0, n, step)
+    ]
+    return torch.cat(chunks)
+
+
 class CausalTemporalAttnProcessor:
     """diffusers attention processor for temporal self-attention with a causal (lower-triangular) mask.
 
@@ -292,10 +308,10 @@ class CausalTemporalAttnProcessor:
             mask = None
             if new > 1:
                 mask = torch.ones(new, total, dtype=torch.bool, device=q.device).tril(total - new)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scale)
+            out = _attention(q, k, v, attn_mask=mask, scale=attn.scale)
         else:
             self.stream.record(self.stream_key, k, v)
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scale)
+            out = _attention(q, k, v, is_causal=True, scale=attn.scale)
 
         out = rearrange(out, "n h f d -> n f (h d)").to(q.dtype)
         out = attn.to_out[0](out)

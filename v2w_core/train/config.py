@@ -95,6 +95,9 @@ class TrackingSection(StrictConfig):
     parent_run_id: str | None = None
     log_every_n_steps: int = Field(1, ge=1)
     tags: dict[str, str] = Field(default_factory=dict)
+    # At the end of training, how long rank 0 waits for buffered metrics to reach a tracking server that
+    # is down (the metrics of an outage arrive once it is back); then the rest is given up, with a warning.
+    flush_timeout_s: float = Field(120.0, ge=0)
 
 
 class EmaSection(StrictConfig):

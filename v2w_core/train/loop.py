@@ -463,6 +463,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             continue
 
         step += 1
+        grad_norm = engine.get_global_grad_norm()
+        if grad_norm is not None and not math.isfinite(float(grad_norm)):
+            # bf16 runs skip DeepSpeed's per-parameter overflow scan (see deepspeed_config); stop here so
+            # that FailureConfig restarts from the last good checkpoint instead of training on NaNs.
+            raise FloatingPointError(f"non-finite gradient norm {float(grad_norm)} at step {step}")
         now = time.perf_counter()
         step_time, t_step = now - t_step, now
         if not partition_metrics:
@@ -477,7 +482,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
         if step % cfg.log_every_n_steps == 0 or step == cfg.max_steps:
             mean_loss = _mean_across_ranks(sum(losses) / len(losses), device)
-            grad_norm = engine.get_global_grad_norm()
             metrics = {
                 "loss": mean_loss,
                 "lr": float(engine.get_lr()[0]),
@@ -545,7 +549,7 @@ def _finish(
                 )
         logger.info("exported model to %s", cfg.model_export_uri)
         if tracker is not None:
-            tracker.close()
+            tracker.close(timeout_s=cfg.tracking.flush_timeout_s)
             ok = mlflow_logging.log_artifacts(
                 loop_config["tracking_uri"], loop_config["mlflow_run_id"], str(out / "model"), "model"
             )
@@ -555,4 +559,5 @@ def _finish(
         "mlflow_artifact_logged": artifact_ok,
         "mlflow_dropped_metrics": float(tracker.dropped) if tracker is not None else 0.0,
         "mlflow_failures": float(tracker.failures) if tracker is not None else 0.0,
+        "mlflow_unsent": float(tracker.pending()) if tracker is not None else 0.0,
     }
