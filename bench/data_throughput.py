@@ -28,6 +28,7 @@ import logging
 import os
 import platform
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -191,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     load_start = list(os.getloadavg())
     work = Path(tempfile.mkdtemp(prefix="v2w-bench-"))
+    ray_tmp = tempfile.mkdtemp(prefix="v2w-ray-", dir="/tmp")  # short: Ray's socket paths are bounded
     cfg = stack.StackConfig(stack_dir=work / "stack", s3_port=stack.free_port(9430), bucket="v2w-bench",
                             access_key="bench", secret_key="bench-secret")  # fmt: skip
     info = stack.ensure_running(("s3",), config=cfg)
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
 
         ray_constants.ENABLE_RAY_CLUSTER = False  # loopback-only node (see tests/conftest.py)
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-                 _temp_dir=tempfile.mkdtemp(prefix="v2w-ray-", dir="/tmp"), object_store_memory=1 << 30,
+                 _temp_dir=ray_tmp, object_store_memory=1 << 30,
                  runtime_env={"env_vars": {k: v for k, v in info.env().items()}}, configure_logging=False,
                  log_to_driver=False)  # fmt: skip
         ctx = ray.data.DataContext.get_current()
@@ -231,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
         if ray.is_initialized():
             ray.shutdown()
         stack.stop(config=cfg)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
     cols = ("case", "decoded_frames", "clips", "wall_s", "decoded_frames_per_s", "clips_per_s",
             "clip_frames_per_s", "decoded_frames_per_cpu_s", "decoded_frames_per_busy_cpu_s")  # fmt: skip

@@ -125,8 +125,11 @@ def _count_flops(preset: dict[str, Any], device: Any) -> int:
     from v2w_core.diffusion.schedule import NoiseSchedule
     from v2w_core.train.flops import count_flops
 
-    model = _build_model(preset, device, grad_ckpt=False)
-    x0, actions = _batch(preset, device, 0)
+    # Counted at batch 1 and scaled (FLOPs are linear in the batch): the plain fp32-weight model at the
+    # full batch may not fit next to nothing else where a ZeRO variant would (batch 4 on an H100).
+    one = {**preset, "batch": 1}
+    model = _build_model(one, device, grad_ckpt=False)
+    x0, actions = _batch(one, device, 0)
     dtype = torch.bfloat16 if preset["precision"] == "bf16" else torch.float32
     schedule = NoiseSchedule()
 
@@ -135,7 +138,7 @@ def _count_flops(preset: dict[str, Any], device: Any) -> int:
             loss, _ = diffusion_forcing_loss(model, x0, actions, schedule)
         loss.backward()
 
-    flops = count_flops(run)
+    flops = count_flops(run) * preset["batch"]
     model.zero_grad(set_to_none=True)
     model.to("cpu")
     if device.type == "cuda":

@@ -20,7 +20,6 @@ import os
 import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -195,9 +194,3 @@ def ray_cluster(s3_stack: StackInfo) -> Iterator[Any]:
         import shutil
 
         shutil.rmtree(temp_dir, ignore_errors=True)
-
-
-@pytest.fixture
-def tmp_stack_dir(tmp_path: Path) -> Path:
-    """A stack dir for tests that start their own stack (kept short for Ray's socket paths)."""
-    return tmp_path

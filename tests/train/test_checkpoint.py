@@ -28,11 +28,15 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def process_group():
-    for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
-        os.environ.setdefault(k, v)
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
-    yield
+    """A one-rank gloo group; the rank variables DeepSpeed reads are set only while these tests run."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"}.items():
+            mp.setenv(k, v)
+        if not dist.is_initialized():
+            dist.init_process_group(
+                "gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+            )
+        yield
     # DeepSpeed keeps a module-level handle on the group; leave it for the rest of this process.
 
 
@@ -145,10 +149,18 @@ def test_resume_candidates_newest_first(tmp_path: Path) -> None:
     from ray.train import Checkpoint
 
     run = tmp_path / "exp"
-    for step in (2, 4, 6):
-        (run / ck.step_dir_name(step)).mkdir(parents=True)
+    names = [
+        ck.step_dir_name(2),
+        ck.step_dir_name(4, "a1"),
+        ck.step_dir_name(6, "a1"),
+        ck.step_dir_name(6, "b2"),
+    ]
+    for name in names:
+        (run / name).mkdir(parents=True)
     (run / "not_a_checkpoint").mkdir()
-    latest = Checkpoint(str(run / ck.step_dir_name(6)), filesystem=pafs.LocalFileSystem())
+    latest = Checkpoint(str(run / ck.step_dir_name(6, "b2")), filesystem=pafs.LocalFileSystem())
     refs = ck.resume_candidates(latest)
-    assert [r.step for r in refs] == [6, 4, 2]
+    # The step re-done by a later attempt comes first, then the earlier attempt's copy of that step.
+    assert [Path(r.path).name for r in refs] == [names[3], names[2], names[1], names[0]]
+    assert [r.step for r in refs] == [6, 6, 4, 2]
     assert ck.resume_candidates(None) == []

@@ -107,6 +107,7 @@ def test_bad_scaling_fails_fast(stack: Any, prefix: str) -> None:
 
 
 def test_zero2_pretrain_survives_a_lost_worker(stack: Any, prefix: str) -> None:
+    import torch
     from mlflow import MlflowClient
 
     from v2w_core import storage
@@ -120,6 +121,7 @@ def test_zero2_pretrain_survives_a_lost_worker(stack: Any, prefix: str) -> None:
         max_steps=6,
         checkpoint={"every_n_steps": 2, "keep": 3, "max_failures": 1},
         fault_injection={"at_step": 5, "rank": 1, "kind": "exit"},
+        ema={"enabled": True, "decay": 0.9},
     )
     result = train(cfg, dataset=_dataset())
     m = result.metrics
@@ -128,7 +130,7 @@ def test_zero2_pretrain_survives_a_lost_worker(stack: Any, prefix: str) -> None:
     assert m["start_step"] == 4, m
     assert m["checkpoint_fallbacks"] == 0
     _check_partitioned(m)
-    assert result.checkpoint_uri and result.checkpoint_uri.endswith(ck.step_dir_name(6))
+    assert result.checkpoint_uri and ck.parse_step_dir(result.checkpoint_uri.rsplit("/", 1)[1]) == 6
 
     # Steps continue without gap or repeat: every checkpoint step once, in order, in the object store.
     fs, run_path = storage.get_filesystem(cfg.run_dir)
@@ -148,6 +150,11 @@ def test_zero2_pretrain_survives_a_lost_worker(stack: Any, prefix: str) -> None:
     artifacts = {a.path for a in MlflowClient().list_artifacts(result.run_id, "model")}
     assert "model/config.json" in artifacts
     assert storage.exists(storage.join(result.model_uri, "config.json"))
+    ema = load_model(result.ema_model_uri)  # EMA weights: restored on resume, exported beside the model
+    raw = load_model(result.model_uri)
+    assert not all(
+        torch.equal(a, b) for a, b in zip(ema.state_dict().values(), raw.state_dict().values(), strict=True)
+    )
     STATE["pretrain"] = (cfg, result)
 
 
@@ -155,8 +162,8 @@ def test_rerun_resumes_and_skips_a_truncated_checkpoint(stack: Any, prefix: str)
     from v2w_core import storage
     from v2w_core.train.api import train
 
-    cfg, _ = STATE["pretrain"]
-    latest = storage.join(cfg.run_dir, ck.step_dir_name(6))
+    cfg, first = STATE["pretrain"]
+    latest = first.checkpoint_uri
     victim = next(u for u in storage.list_files(latest) if u.endswith("optim_states.pt"))
     data = storage.read_bytes(victim)
     storage.write_bytes(victim, data[: len(data) // 3])

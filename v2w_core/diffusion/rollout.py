@@ -114,7 +114,7 @@ def _check_inputs(model: Any, context: torch.Tensor, actions: torch.Tensor | Non
 class _WindowActions:
     """Actions of one window, laid out for both paths; ``None`` fields mean an action-free rollout.
 
-    Branch order is ``[cond; uncond]`` (``torch.cat([x] * n)``), matching the tiled history cache.
+    Branch order is ``[cond; uncond]`` (``torch.cat([x] * n)``), the order ``step_newest`` expects.
     """
 
     hist: torch.Tensor | None = None  # (B, Fh, ...) history actions (shared by both branches)
@@ -166,6 +166,7 @@ def rollout(
     config: RolloutConfig | None = None,
     *,
     generator: torch.Generator | None = None,
+    runner: Any | None = None,
 ) -> torch.Tensor:
     """Generate ``num_frames`` frames after ``context`` (B, K, C, H, W) → (B, num_frames, C, H, W).
 
@@ -173,6 +174,10 @@ def rollout(
     ``None`` for an action-free rollout (then guidance is off: there is no action to guide by).
     ``B`` independent rollouts run as one batch; ``generator`` makes them reproducible. The model is put
     in eval mode for the rollout and restored afterwards.
+
+    ``runner`` replaces the model's ``encode_history`` / ``step_newest`` on the streaming path (same
+    signatures), e.g. a :class:`~v2w_core.diffusion.fast_rollout.FastStreamer` that adds bf16 autocast,
+    CUDA graphs and ``torch.compile``; everything else (noise draws, guidance, DDIM) is unchanged.
     """
     cfg = config or RolloutConfig()
     _check_inputs(model, context, actions, num_frames)
@@ -193,6 +198,7 @@ def rollout(
 
     was_training = bool(getattr(model, "training", False))
     model.eval()
+    stream = runner if runner is not None else model
     history = context[:, -(cfg.window - 1) :]
     outputs: list[torch.Tensor] = []
     try:
@@ -204,7 +210,7 @@ def rollout(
             x_hist = _noised(schedule, history, t_hist, generator)
             x = _randn((b, 1, *context.shape[2:]), context, generator)
             cache = (
-                model.encode_history(x_hist, t_hist, acts.hist, acts.hist_mask)
+                stream.encode_history(x_hist, t_hist, acts.hist, acts.hist_mask)
                 if cfg.mode == "streaming"
                 else None
             )
@@ -212,7 +218,7 @@ def rollout(
             for step, t in enumerate(timesteps):
                 t_new = torch.full((n * b, 1), t, dtype=torch.long, device=device)
                 if cache is not None:
-                    v = model.step_newest(torch.cat([x] * n), t_new, acts.new, acts.new_mask, cache)
+                    v = stream.step_newest(torch.cat([x] * n), t_new, acts.new, acts.new_mask, cache)
                 else:
                     if cfg.history_noise == "per_step" and step > 0:
                         x_hist = _noised(schedule, history, t_hist, generator)

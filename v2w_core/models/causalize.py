@@ -49,6 +49,8 @@ CAUSAL_MODES: tuple[str, ...] = ("shift", "masked", "extrapolative")
 # Temporal attention runs one sequence per pixel (B·H·W of them); CUDA attention kernels put that batch on
 # a grid axis capped at 65535 and fail beyond it (DESIGN §3: batch 32 at 40×64 latents), so chunk it.
 MAX_ATTENTION_BATCH = 32768
+# Batched GEMMs (cuBLAS/CUTLASS) may put the batch on grid axis z, also capped at 65535.
+_MAX_GEMM_BATCH = 65535
 
 # Modules whose GroupNorms see 5-D (B, C, F, H, W) tensors, i.e. normalise across frames.
 _FRAME_MIXING_NORM_PARENTS = (TemporalConvLayer, TransformerTemporalModel, TemporalResnetBlock)
@@ -133,7 +135,8 @@ class CausalTemporalConv(nn.Conv3d):
     """Temporal Conv3d (kernel (L, 1, 1)) with left padding only: frame t sees frames t-L+1..t.
 
     A subclass of ``nn.Conv3d`` so the state-dict keys (``weight``, ``bias``) stay those of the conv it
-    replaces. In streaming it records / replays the last L-1 frames of its input.
+    replaces. In streaming it records the history's contribution to the newest frame (the past L-1 taps
+    applied to the last L-1 inputs, plus bias) and replays it: one (1, 1, 1) conv of the new frame per step.
     """
 
     def __init__(
@@ -198,12 +201,26 @@ class CausalTemporalConv(nn.Conv3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.kernel_size[0] - 1
         if self.stream.mode == "replay":
-            (past,) = self.stream.history(self.stream_key)
-            x = torch.cat([past.to(x.dtype), x], dim=2)
-        else:
-            x = F.pad(x, (0, 0, 0, 0, pad, 0))
-            self.stream.record(self.stream_key, x[:, :, x.shape[2] - pad :])
+            return self._replay(x)
+        x = F.pad(x, (0, 0, 0, 0, pad, 0))
+        if self.stream.mode == "record":
+            # What the newest frame needs from the history is fixed for all its denoising steps: the past
+            # taps applied to the last L-1 inputs (plus the bias). Computing it once here leaves a 1×1 conv
+            # of the newest frame per step, and nothing to concatenate.
+            past = x[:, :, x.shape[2] - pad :]
+            self.stream.record(self.stream_key, F.conv3d(past, self.weight[:, :, :pad], self.bias))
         return self._conv_forward(x, self.weight, self.bias)
+
+    def _replay(self, x: torch.Tensor) -> torch.Tensor:
+        """Newest frame(s) (n·B, C, 1, H, W): last tap on the new input + the cached history term."""
+        if x.shape[2] != 1:
+            raise ValueError(f"{self.stream_key}: streaming replays one new frame, got {x.shape[2]}")
+        (hist,) = self.stream.history(self.stream_key)
+        n = self.stream.repeats
+        y = F.conv3d(x, self.weight[:, :, -1:])
+        # Row i·B + b continues history row b: broadcast over the n branches instead of tiling copies.
+        y = y.unflatten(0, (n, -1)) + hist.to(y.dtype)
+        return y.flatten(0, 1)
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -257,12 +274,45 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any)
     return torch.cat(chunks)
 
 
+def _newest_frame_attention(
+    q: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    k_hist: torch.Tensor,
+    v_hist: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """The last row of causal attention, for n branches that share one history.
+
+    ``q``, ``k_new``, ``v_new`` are (N, heads, n, d): the newest frame's query/key/value of every branch
+    (n = guidance branches), and ``k_hist``, ``v_hist`` (N, heads, F_h, d) the shared cached history. The n
+    branches become n queries against the same history keys, so the history is never tiled or
+    concatenated with the new key: each branch's scores are [q·K_hist, q·k_own], one softmax (fp32), then
+    p_hist·V_hist + p_own·v_own. Two small matmuls instead of SDPA (whose one-query launch overhead and
+    chunking machinery dominate at batch 1). Batched GEMM kernels put the batch (N·heads) on a grid axis
+    capped at 65535, so rows are chunked to stay under it; at small batches that is a single chunk.
+    """
+    heads = q.shape[1]
+    step = max(1, min(MAX_ATTENTION_BATCH, _MAX_GEMM_BATCH // heads))
+    out = []
+    for i in range(0, q.shape[0], step):
+        qi = q[i : i + step] * scale
+        s_hist = torch.matmul(qi, k_hist[i : i + step].transpose(-1, -2))
+        s_own = (qi * k_new[i : i + step]).sum(-1, keepdim=True)
+        p = torch.cat([s_hist, s_own], dim=-1).float().softmax(dim=-1).to(v_hist.dtype)
+        fh = k_hist.shape[2]
+        o = torch.matmul(p[..., :fh], v_hist[i : i + step]) + p[..., fh:] * v_new[i : i + step]
+        out.append(o)
+    return out[0] if len(out) == 1 else torch.cat(out)
+
+
 class CausalTemporalAttnProcessor:
     """diffusers attention processor for temporal self-attention with a causal (lower-triangular) mask.
 
     Input is (B·H·W, F, C): each spatial position attends over its own frames. In streaming "record" mode
     the per-head keys/values are stored; in "replay" mode the newest frame's query attends to the cached
-    history keys/values plus its own, which is the last row of the causal attention.
+    history keys/values plus its own, which is the last row of the causal attention
+    (:func:`_newest_frame_attention`).
     """
 
     def __init__(self, stream: StreamState, stream_key: str) -> None:
@@ -300,15 +350,18 @@ class CausalTemporalAttnProcessor:
             k = attn.norm_k(k)
 
         if self.stream.mode == "replay":
+            if q.shape[2] != 1:
+                raise ValueError(f"{self.stream_key}: streaming replays one new frame, got {q.shape[2]}")
             k_hist, v_hist = self.stream.history(self.stream_key)
-            k = torch.cat([k_hist.to(k.dtype), k], dim=2)
-            v = torch.cat([v_hist.to(v.dtype), v], dim=2)
-            # The new frames come after every cached frame; mask only among the new frames themselves.
-            new, total = q.shape[2], k.shape[2]
-            mask = None
-            if new > 1:
-                mask = torch.ones(new, total, dtype=torch.bool, device=q.device).tril(total - new)
-            out = _attention(q, k, v, attn_mask=mask, scale=attn.scale)
+            n = self.stream.repeats
+
+            def branches(t: torch.Tensor) -> torch.Tensor:  # (n·N, h, 1, d) -> (N, h, n, d)
+                return rearrange(t, "(r m) h 1 d -> m h r d", r=n)
+
+            out = _newest_frame_attention(
+                branches(q), branches(k), branches(v), k_hist.to(k.dtype), v_hist.to(v.dtype), attn.scale
+            )
+            out = rearrange(out, "m h r d -> (r m) h 1 d")
         else:
             self.stream.record(self.stream_key, k, v)
             out = _attention(q, k, v, is_causal=True, scale=attn.scale)

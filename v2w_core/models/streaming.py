@@ -7,8 +7,9 @@ and then every denoising step on the newest frame alone (:meth:`WorldModel.step_
 Only the temporal layers look across frames, so only they need state, and they are all ours after
 :func:`~v2w_core.models.causalize.causalize`:
 
-* causal temporal convolutions cache the last ``L-1`` frames of their *input* (``L`` = causal kernel
-  length), zero-padded on the left when the history is shorter, exactly as the full forward pads;
+* causal temporal convolutions cache the history's contribution to the newest frame: the past ``L-1``
+  taps (``L`` = causal kernel length) applied to the last ``L-1`` frames of their *input* (zero-padded on
+  the left when the history is shorter, exactly as the full forward pads), plus the bias;
 * causal temporal self-attention caches its keys and values (after projection, per head);
 * frame-position embeddings (SVD's ``time_pos_embed``) need the index of the newest frame, which is the
   history length.
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -36,15 +37,18 @@ class HistoryCache:
     """Per-layer state of one history, for batch ``batch_size`` and ``num_frames`` frames.
 
     ``entries`` maps a causal layer's module path to the tensors it recorded, batch-major in the first
-    dimension. :meth:`tiled` repeats them ``n`` times in ``torch.cat([c] * n)`` order so that a newest-frame
-    batch of ``n * batch_size`` (e.g. the conditional and unconditional guidance branches) shares one
-    history; tiled copies are memoised because every denoising step asks for the same ones.
+    dimension: for temporal attention the per-head K and V, for causal convs the history's contribution
+    to the newest frame's output. A newest-frame batch of ``n * batch_size`` (e.g. the conditional and
+    unconditional guidance branches, ``torch.cat([x] * n)`` order) shares them without copies: the layers
+    broadcast over the n branches, so the cache is never tiled.
+
+    For CUDA graphs the cache's tensors must stay at fixed addresses across generated frames:
+    :meth:`copy_` writes a new history of the same shapes into an existing cache in place.
     """
 
     batch_size: int
     num_frames: int
     entries: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
-    _tiled: dict[tuple[str, int], tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
 
     def put(self, key: str, *tensors: torch.Tensor) -> None:
         if key in self.entries:
@@ -53,19 +57,33 @@ class HistoryCache:
             )
         self.entries[key] = tuple(t.detach() for t in tensors)
 
-    def tiled(self, key: str, n: int) -> tuple[torch.Tensor, ...]:
-        if key not in self.entries:
+    def get(self, key: str) -> tuple[torch.Tensor, ...]:
+        entry = self.entries.get(key)
+        if entry is None:
             raise KeyError(
                 f"history cache has no entry for layer {key!r}: it was made by a different model or before "
                 "causalization"
             )
-        if n == 1:
-            return self.entries[key]
-        memo = self._tiled.get((key, n))
-        if memo is None:
-            memo = tuple(torch.cat([t] * n, dim=0) for t in self.entries[key])
-            self._tiled[(key, n)] = memo
-        return memo
+        return entry
+
+    def signature(self) -> tuple[Any, ...]:
+        """Shapes/dtypes/devices of everything cached: two caches with equal signatures are interchangeable."""
+        return (
+            self.batch_size,
+            self.num_frames,
+            tuple(
+                (k, tuple((tuple(t.shape), t.dtype, t.device) for t in ts)) for k, ts in self.entries.items()
+            ),
+        )
+
+    def copy_(self, other: HistoryCache) -> HistoryCache:
+        """Overwrite this cache's tensors in place with ``other``'s (same signature); returns self."""
+        if other.signature() != self.signature():
+            raise ValueError("cannot copy a history cache of different shapes into this one")
+        for key, ts in self.entries.items():
+            for dst, src in zip(ts, other.entries[key], strict=True):
+                dst.copy_(src)
+        return self
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self.entries.values() for t in ts)
@@ -81,6 +99,7 @@ class StreamState:
     def __init__(self) -> None:
         self.mode: StreamMode = "off"
         self.cache: HistoryCache | None = None
+        # Newest-frame batch / history batch (guidance branches); the causal layers broadcast over it.
         self.repeats: int = 1
 
     @property
@@ -97,4 +116,4 @@ class StreamState:
 
     def history(self, key: str) -> tuple[torch.Tensor, ...]:
         assert self.mode == "replay" and self.cache is not None
-        return self.cache.tiled(key, self.repeats)
+        return self.cache.get(key)

@@ -444,7 +444,10 @@ class WorldModel(nn.Module):
 
         Equals the last frame of ``forward`` over history + newest frame. A batch of n·B shares the
         history: row i·B + b of ``x_new`` continues history row b (``torch.cat([h] * n)`` order), so the
-        conditional and unconditional guidance branches run as one batch.
+        conditional and unconditional guidance branches run as one batch; the causal layers broadcast the
+        cache over the n branches (no tiled copies). Allocates nothing that depends on the history length
+        beyond the cache it reads, so a call with fixed input shapes and a fixed cache (see
+        :meth:`HistoryCache.copy_`) can be captured as a CUDA graph.
         """
         self._require_causal("step_newest")
         if not isinstance(cache, HistoryCache):
@@ -457,9 +460,17 @@ class WorldModel(nn.Module):
             raise ValueError(
                 f"x_new batch {x_new.shape[0]} is not a multiple of the history batch {cache.batch_size}"
             )
-        repeats = x_new.shape[0] // cache.batch_size
-        with self._streaming("replay", cache, repeats):
+        with self.replaying(cache, x_new.shape[0] // cache.batch_size):
             return self.forward(x_new, t_new, a_new, mask_new)
+
+    def replaying(self, cache: HistoryCache, repeats: int) -> contextlib.AbstractContextManager[None]:
+        """Context in which ``forward`` on (repeats·B, 1, ...) newest frames replays ``cache``.
+
+        ``step_newest`` without its input checks, for callers that wrap ``forward`` themselves
+        (``torch.compile``, CUDA-graph capture in :mod:`v2w_core.diffusion.fast_rollout`).
+        """
+        self._require_causal("replaying")
+        return self._streaming("replay", cache, repeats)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

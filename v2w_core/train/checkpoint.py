@@ -1,6 +1,6 @@
 """DeepSpeed checkpoints in object storage: integrity manifests, safe loading, fallback on corruption.
 
-Layout of one checkpoint (a Ray Train checkpoint directory ``<storage_path>/<experiment>/step_000000040``)::
+Layout of one checkpoint (a Ray Train checkpoint directory ``<storage_path>/<experiment>/step_000000040_<attempt>``)::
 
     ds/mp_rank_00_model_states.pt, ds/zero_pp_rank_R_mp_rank_00_optim_states.pt, ...   DeepSpeed's files
     v2w-meta.json                 step, data position, world size (rank 0)
@@ -38,13 +38,18 @@ logger = logging.getLogger(__name__)
 DS_TAG = "ds"
 META_NAME = "v2w-meta.json"
 MANIFEST_PREFIX = "v2w-manifest-rank"
-_STEP_DIR = re.compile(r"^step_(\d{9})$")
+_STEP_DIR = re.compile(r"^step_(\d{9})(?:_[0-9a-z]+)?$")
 _HASH_CHUNK = 4 << 20
 
 
-def step_dir_name(step: int) -> str:
-    """Checkpoint directory name; zero-padded so that name order is step order."""
-    return f"step_{step:09d}"
+def step_dir_name(step: int, attempt: str = "") -> str:
+    """Checkpoint directory name: zero-padded step (name order is step order) and the attempt's tag.
+
+    The tag keeps a step re-done after a fallback (same step, new attempt) from landing in the directory
+    of the checkpoint it replaces: Ray's retention would later delete that older registration's path,
+    i.e. the new files.
+    """
+    return f"step_{step:09d}_{attempt}" if attempt else f"step_{step:09d}"
 
 
 def parse_step_dir(name: str) -> int | None:
@@ -200,7 +205,7 @@ def list_checkpoints(filesystem: Any, run_path: str) -> list[CheckpointRef]:
         step = parse_step_dir(info.base_name)
         if step is not None:
             refs.append(CheckpointRef(step=step, path=info.path, filesystem=filesystem))
-    return sorted(refs, key=lambda r: r.step, reverse=True)
+    return sorted(refs, key=lambda r: (r.step, r.path), reverse=True)
 
 
 def resume_candidates(latest: Any) -> list[CheckpointRef]:
@@ -214,7 +219,9 @@ def resume_candidates(latest: Any) -> list[CheckpointRef]:
     parent, _, name = path.rpartition("/")
     step = parse_step_dir(name)
     first = CheckpointRef(step=step if step is not None else 1 << 62, path=path, filesystem=latest.filesystem)
-    older = [r for r in list_checkpoints(latest.filesystem, parent) if r.step < first.step]
+    older = [
+        r for r in list_checkpoints(latest.filesystem, parent) if r.step <= first.step and r.path != path
+    ]
     return [first, *older]
 
 

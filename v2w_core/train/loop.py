@@ -217,8 +217,14 @@ def _optimizer_partition_numels(engine: Any) -> dict[str, int]:
     """Elements this rank holds in the optimizer: fp32 master partition and Adam state tensors."""
     import torch
 
-    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
-    master = sum(p.numel() for g in inner.param_groups for p in g["params"])
+    opt = engine.optimizer
+    inner = getattr(opt, "optimizer", opt)
+    if hasattr(opt, "fp32_partitioned_groups_flat"):  # ZeRO-3 swaps sub-groups in and out of `inner`
+        master = sum(t.numel() for t in opt.fp32_partitioned_groups_flat)
+    elif hasattr(opt, "single_partition_of_fp32_groups"):  # ZeRO-1/2
+        master = sum(t.numel() for t in opt.single_partition_of_fp32_groups)
+    else:
+        master = sum(p.numel() for g in inner.param_groups for p in g["params"])
     state = sum(
         t.numel()
         for s in inner.state.values()
@@ -410,6 +416,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         )
 
     position = {"step": step, "epoch": epoch, "batch_in_epoch": skip, "samples_seen": samples_seen}
+    tag_box = [f"{int(time.time()) % 10**8:08d}{os.getpid() % 1000:03d}"]
+    torch.distributed.broadcast_object_list(tag_box, src=0)  # one tag per attempt, rank 0's
+    attempt_tag = str(tag_box[0])
 
     def checkpoint_and_report(position: dict[str, int], metrics: dict[str, float]) -> None:
         local = ck.save_checkpoint(
@@ -429,7 +438,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(
                 report,
                 checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-                checkpoint_dir_name=ck.step_dir_name(position["step"]),
+                checkpoint_dir_name=ck.step_dir_name(position["step"], attempt_tag),
             )
         finally:
             shutil.rmtree(local, ignore_errors=True)

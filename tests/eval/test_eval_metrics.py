@@ -1,0 +1,221 @@
+"""Metric correctness on known inputs: PSNR, SSIM, Fréchet distance, metric-network plumbing, controllability."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from eval_helpers import save_conv_net, save_lpips_net
+from scipy.ndimage import correlate1d
+
+from v2w_core.eval import features as fe
+from v2w_core.eval.config import EvalConfig
+from v2w_core.eval.controllability import controllability
+from v2w_core.eval.evaluate import compute_metrics
+from v2w_core.eval.metrics import (
+    PSNR_CAP_DB,
+    frechet_distance,
+    frechet_distance_from_features,
+    gaussian_window,
+    psnr,
+    ssim,
+    to_unit,
+)
+from v2w_core.eval.rollouts import EvalChunk, RolloutResult
+
+
+def _images(n: int = 2, size: int = 48, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    base = torch.stack([torch.sin(0.2 * xx + 0.1 * c * yy) for c in range(3)]) * 0.35 + 0.5
+    return (base[None] + 0.05 * torch.randn(n, 3, size, size, generator=g)).clamp(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------ PSNR
+def test_psnr_of_known_mse() -> None:
+    target = torch.zeros(2, 3, 3, 8, 8)
+    pred = torch.full_like(target, 0.1)  # MSE 0.01 → 20 dB
+    out = psnr(pred, target)
+    assert out.shape == (2, 3)
+    torch.testing.assert_close(out, torch.full((2, 3), 20.0))
+    pred[1, 2] = 0.01  # MSE 1e-4 → 40 dB
+    assert float(psnr(pred, target)[1, 2]) == pytest.approx(40.0, abs=1e-4)
+
+
+def test_psnr_identical_is_capped() -> None:
+    x = _images()
+    assert torch.all(psnr(x, x) == PSNR_CAP_DB)
+
+
+def test_to_unit_conventions() -> None:
+    u8 = torch.tensor([0, 255], dtype=torch.uint8)
+    torch.testing.assert_close(to_unit(u8), torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(to_unit(torch.tensor([-1.0, 1.0, 3.0])), torch.tensor([0.0, 1.0, 1.0]))
+
+
+# ------------------------------------------------------------------------------------------------ SSIM
+def _ssim_scipy(x: np.ndarray, y: np.ndarray) -> float:
+    """Independent SSIM (Wang et al.): separable Gaussian via scipy, valid region, mean over channels."""
+    g = gaussian_window().numpy()
+    r = len(g) // 2
+
+    def blur(z: np.ndarray) -> np.ndarray:
+        return correlate1d(correlate1d(z, g, axis=0, mode="constant"), g, axis=1, mode="constant")[r:-r, r:-r]
+
+    vals = []
+    for c in range(x.shape[0]):
+        a, b = x[c].astype(np.float64), y[c].astype(np.float64)
+        mu_a, mu_b = blur(a), blur(b)
+        saa, sbb, sab = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+        c1, c2 = 0.01**2, 0.03**2
+        m = ((2 * mu_a * mu_b + c1) * (2 * sab + c2)) / ((mu_a**2 + mu_b**2 + c1) * (saa + sbb + c2))
+        vals.append(m.mean())
+    return float(np.mean(vals))
+
+
+def test_ssim_identical_is_one() -> None:
+    x = _images()
+    torch.testing.assert_close(ssim(x, x), torch.ones(2))
+
+
+def test_ssim_matches_independent_implementations() -> None:
+    x = _images(seed=1)
+    y = (x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(2))).clamp(0, 1)
+    ours = ssim(x, y)
+    for i in range(2):
+        assert float(ours[i]) == pytest.approx(_ssim_scipy(x[i].numpy(), y[i].numpy()), abs=1e-6)
+    tm = pytest.importorskip("torchmetrics.functional.image")
+    # torchmetrics averages a reflect-padded "same" map; the valid region (our and skimage's convention)
+    # is its full map without the 5-pixel border.
+    _, full = tm.structural_similarity_index_measure(
+        y.double(), x.double(), data_range=1.0, reduction="none", return_full_image=True
+    )
+    ref = full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3))
+    torch.testing.assert_close(ours, ref.float(), atol=1e-5, rtol=0)
+
+
+def test_noise_scores_monotonically_worse() -> None:
+    x = _images(n=1)
+    g = torch.Generator().manual_seed(3)
+    noise = torch.randn(x.shape, generator=g)
+    ps, ss = [], []
+    for sigma in (0.01, 0.05, 0.1, 0.3):
+        y = (x + sigma * noise).clamp(0, 1)
+        ps.append(float(psnr(y, x)[0]))
+        ss.append(float(ssim(y, x)[0]))
+    assert ps == sorted(ps, reverse=True) and len(set(ps)) == 4
+    assert ss == sorted(ss, reverse=True) and len(set(ss)) == 4
+
+
+# ---------------------------------------------------------------------------------- Fréchet distance
+def test_frechet_identical_sets_is_zero() -> None:
+    f = np.random.default_rng(0).normal(size=(64, 5))
+    assert frechet_distance_from_features(f, f) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_isotropic_closed_form() -> None:
+    d = 6
+    mu1, mu2 = np.zeros(d), np.full(d, 0.5)
+    a, b = 1.0, 2.0
+    expected = float(np.sum((mu1 - mu2) ** 2) + d * (a - b) ** 2)  # ‖Δμ‖² + d(σ₁−σ₂)²
+    got = frechet_distance(mu1, a**2 * np.eye(d), mu2, b**2 * np.eye(d))
+    assert got == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_general_covariances_match_scipy_sqrtm() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    s1, s2 = a @ a.T + 0.1 * np.eye(4), b @ b.T + 0.1 * np.eye(4)  # non-commuting SPD matrices
+    mu1, mu2 = rng.normal(size=4), rng.normal(size=4)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real  # the pytorch-fid formula
+    expected = float(np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
+
+
+def test_frechet_of_samples_approaches_closed_form() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.normal(0.0, 1.0, size=(20000, 3))
+    y = rng.normal(1.0, 1.5, size=(20000, 3))
+    assert frechet_distance_from_features(x, y) == pytest.approx(3 * 1.0 + 3 * 0.5**2, rel=0.05)
+
+
+# ---------------------------------------------------------------------------- unavailable metric nets
+def test_metric_nets_unavailable_say_why(tmp_path) -> None:  # noqa: ANN001
+    none = fe.load_metric_net(None, "frame")
+    assert isinstance(none, fe.Unavailable) and "no frame network weights configured" in none.reason
+    assert str(none).startswith("unavailable: ")
+    missing = fe.load_metric_net(str(tmp_path / "nope.safetensors"), "video")
+    assert isinstance(missing, fe.Unavailable) and "cannot read weights" in missing.reason
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
+    assert "not a readable safetensors" in fe.load_metric_net(str(junk), "frame").reason
+    inception = save_conv_net(tmp_path / "inc.safetensors", 2, arch="inception_v3_fid")
+    assert "not implemented" in fe.load_metric_net(inception, "frame").reason
+    video = save_conv_net(tmp_path / "v.safetensors", 3)
+    assert "computes video features, not frame" in fe.load_metric_net(video, "frame").reason
+
+
+def _chunks_and_results(noise: float, n: int = 3, horizon: int = 3) -> tuple[list, list]:
+    """Constructed chunks and 'rollouts' = ground truth + noise (model space)."""
+    g = torch.Generator().manual_seed(7)
+    chunks, results = [], []
+    for i in range(n):
+        frames = (torch.rand(2 + horizon, 32, 32, 3, generator=g) * 255).to(torch.uint8).numpy()
+        truth = torch.from_numpy(frames[2:]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        gen = (truth + noise * torch.randn(truth.shape, generator=g)).clamp(-1, 1).numpy()
+        chunks.append(EvalChunk(f"e{i}@0", f"e{i}", 0, frames, np.zeros((4, 2), np.float32)))
+        results.append(RolloutResult(f"e{i}@0", f"e{i}", gen, shuffled=None))
+    return chunks, results
+
+
+def test_compute_metrics_reports_unavailable_without_weights() -> None:
+    chunks, results = _chunks_and_results(0.1)
+    cfg = EvalConfig.from_dict({"context_frames": 2, "horizon": 3, "controllability": False})
+    report = compute_metrics(chunks, results, cfg)
+    assert set(report.unavailable) == {"lpips_mean", "fid", "fvd"}
+    assert not {"lpips_mean", "fid", "fvd"} & set(report.metrics)  # no made-up numbers
+    assert len(report.drift["psnr"]) == 3 and len(report.drift["ssim"]) == 3
+
+
+def test_fid_fvd_lpips_plumbing_with_random_weight_networks(tmp_path) -> None:  # noqa: ANN001
+    """PLUMBING test with random-weight networks: identical → 0 and more noise → larger distances.
+    These numbers are not the published FID/FVD/LPIPS."""
+    weights = {
+        "fid": save_conv_net(tmp_path / "fid.safetensors", 2),
+        "fvd": save_conv_net(tmp_path / "fvd.safetensors", 3),
+        "lpips": save_lpips_net(tmp_path / "lpips.safetensors"),
+    }
+    cfg = EvalConfig.from_dict(
+        {"context_frames": 2, "horizon": 3, "controllability": False, "metric_weights": weights}
+    )
+    values = {}
+    for noise in (0.0, 0.2, 0.6):
+        report = compute_metrics(*_chunks_and_results(noise), cfg)
+        assert not report.unavailable, report.unavailable
+        values[noise] = report.metrics
+        assert len(report.drift["lpips"]) == 3
+        assert "sha256" in report.weights["fid"]
+    assert values[0.0]["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert values[0.0]["fvd"] == pytest.approx(0.0, abs=1e-6)
+    assert values[0.0]["lpips_mean"] == pytest.approx(0.0, abs=1e-6)
+    for key in ("fid", "fvd", "lpips_mean"):
+        assert values[0.0][key] < values[0.2][key] < values[0.6][key], key
+    assert values[0.2]["psnr_mean"] > values[0.6]["psnr_mean"]
+
+
+# ------------------------------------------------------------------------------------ controllability
+def test_controllability_measure_on_constructed_rollouts() -> None:
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    recorded = (truth + 0.05 * torch.randn(truth.shape, generator=g)).clamp(-1, 1)
+    shuffled = (truth + 0.5 * torch.randn(truth.shape, generator=g)).clamp(-1, 1)
+    out = controllability(truth, recorded, shuffled)
+    assert out["ctrl_mse_recorded"] < out["ctrl_mse_shuffled"]
+    assert out["ctrl_psnr_gain_db"] > 5
+    assert out["ctrl_rollout_diff"] > 0
+    same = controllability(truth, recorded, recorded)
+    assert same["ctrl_rollout_diff"] == 0.0 and same["ctrl_psnr_gain_db"] == 0.0
+    assert math.isfinite(same["ctrl_psnr_recorded"])

@@ -1,0 +1,216 @@
+"""GPU fast path for the streaming rollout: bf16 autocast, CUDA graphs, ``torch.compile``.
+
+A denoising step of the newest frame is a few hundred small kernels; at batch 1 on a GPU it is bound
+by the CPU launching them (DESIGN §3: 121 ms eager vs 31 ms replayed as a CUDA graph). The streaming
+cache makes the step graph-capturable: its inputs have fixed shapes and the history it reads is a set
+of tensors that :meth:`HistoryCache.copy_` refreshes in place once per generated frame. So:
+
+* :meth:`FastStreamer.encode_history` runs the history forward (eagerly, under autocast) and copies the
+  result into a *static* cache, one per cache shape (the shape changes only while the window fills up);
+* :meth:`FastStreamer.step_newest` copies its inputs into static buffers and replays a CUDA graph
+  captured once per (static cache, input shapes), after warm-up iterations on a side stream.
+
+``torch.compile`` (optional) wraps the model's forward; with ``mode="max-autotune-no-cudagraphs"`` the
+graph capture here is still ours, with ``"reduce-overhead"`` inductor captures its own graphs and ours is
+skipped. Compiled artefacts go to inductor's FX-graph cache (on by default in recent torch; we set
+``TORCHINDUCTOR_FX_GRAPH_CACHE=1`` and, if given, ``TORCHINDUCTOR_CACHE_DIR``) so a second process with
+the same model and shapes skips most of the compile time.
+
+Everything degrades to eager: no CUDA device, a capture that fails (e.g. a data-dependent check in
+the forward) or ``cuda_graph=False`` all run :meth:`WorldModel.step_newest` under the same autocast.
+Use it as ``rollout(model, ..., runner=FastStreamer(model, FastPathConfig(...)))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from v2w_core.models.streaming import HistoryCache
+
+logger = logging.getLogger(__name__)
+
+AutocastDtype = Literal["bfloat16", "float16"]
+CompileMode = Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"]
+
+
+@dataclass(frozen=True)
+class FastPathConfig:
+    """Options of the fast path; the defaults are plain fp32 with CUDA graphs where CUDA is available."""
+
+    autocast: AutocastDtype | None = None
+    cuda_graph: bool = True
+    compile: CompileMode | None = None
+    compile_cache_dir: str | None = None
+    warmup_iters: int = 2
+
+
+def enable_compile_cache(cache_dir: str | None = None) -> None:
+    """Turn on inductor's on-disk FX-graph cache (and pick its directory) before the first compile."""
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "1")
+    if cache_dir:
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", cache_dir)
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor | None, ...]
+    output: torch.Tensor
+
+
+def _key(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
+    return tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in tensors)
+
+
+class FastStreamer:
+    """Drop-in for a causal :class:`~v2w_core.models.world_model.WorldModel`'s ``encode_history`` /
+    ``step_newest`` in :func:`~v2w_core.diffusion.rollout.rollout` (``runner=``).
+
+    Holds static caches and captured graphs; they stay valid as long as the model's weights are not
+    replaced (in-place updates are fine). Memory: one static cache per distinct history length seen
+    (only while the window fills up); :meth:`reset` drops them.
+    """
+
+    def __init__(self, model: Any, config: FastPathConfig | None = None) -> None:
+        self.model = model
+        self.config = config or FastPathConfig()
+        self._graphs: dict[tuple[Any, ...], _Graph] = {}
+        self._static: dict[tuple[Any, ...], HistoryCache] = {}
+        self._graph_failed = False
+        self._pool: Any = None
+        self.compile_seconds = 0.0  # wall time of the first call(s) that triggered compilation
+        self._forward: Callable[..., torch.Tensor] = model.forward
+        if self.config.compile is not None:
+            enable_compile_cache(self.config.compile_cache_dir)
+            self._forward = torch.compile(model.forward, mode=self.config.compile, dynamic=False)
+
+    def reset(self) -> None:
+        """Forget captured graphs and static caches (frees their memory)."""
+        self._graphs.clear()
+        self._static.clear()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if self.config.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=getattr(torch, self.config.autocast))
+
+    def _graphs_on(self, device: torch.device) -> bool:
+        # reduce-overhead / max-autotune make inductor capture its own CUDA graphs: don't nest ours.
+        own_graphs = self.config.compile in ("reduce-overhead", "max-autotune")
+        return self.config.cuda_graph and device.type == "cuda" and not own_graphs and not self._graph_failed
+
+    def _run(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        a: torch.Tensor | None,
+        m: torch.Tensor | None,
+        cache: HistoryCache,
+    ) -> torch.Tensor:
+        """One replay forward (what gets captured); output in the input's dtype for the fp32 sampler."""
+        with (
+            torch.no_grad(),
+            self._autocast(x.device),
+            self.model.replaying(cache, x.shape[0] // cache.batch_size),
+        ):
+            return self._forward(x, t, a, m).to(x.dtype)
+
+    # ------------------------------------------------------------------ the runner interface
+
+    @torch.no_grad()
+    def encode_history(
+        self,
+        x_hist: torch.Tensor,
+        t_hist: torch.Tensor,
+        a_hist: torch.Tensor | None = None,
+        mask_hist: torch.Tensor | None = None,
+    ) -> HistoryCache:
+        """``model.encode_history`` under autocast; with graphs on, written into the static cache."""
+        with self._autocast(x_hist.device):
+            cache = self.model.encode_history(x_hist, t_hist, a_hist, mask_hist)
+        if not self._graphs_on(x_hist.device):
+            return cache
+        sig = cache.signature()
+        static = self._static.get(sig)
+        if static is None:  # the first cache of this shape becomes the static one
+            self._static[sig] = cache
+            return cache
+        return static.copy_(cache)
+
+    @torch.no_grad()
+    def step_newest(
+        self,
+        x_new: torch.Tensor,
+        t_new: torch.Tensor,
+        a_new: torch.Tensor | None,
+        mask_new: torch.Tensor | None,
+        cache: HistoryCache,
+    ) -> torch.Tensor:
+        """``model.step_newest``, replayed from a CUDA graph when possible."""
+        key = (id(cache), *_key(x_new, t_new, a_new, mask_new))
+        graph = self._graphs.get(key)
+        if graph is None and self._graphs_on(x_new.device) and any(c is cache for c in self._static.values()):
+            # Validate once through the checked entry point (also a warm-up), then capture.
+            with self._autocast(x_new.device):
+                self.model.step_newest(x_new, t_new, a_new, mask_new, cache)
+            graph = self._capture(key, (x_new, t_new, a_new, mask_new), cache)
+        if graph is None:
+            if self.config.compile is None:
+                with self._autocast(x_new.device):
+                    return self.model.step_newest(x_new, t_new, a_new, mask_new, cache).to(x_new.dtype)
+            # Clone: with inductor's own CUDA graphs the output lives in its pool until the next call.
+            return self._timed_compile(lambda: self._run(x_new, t_new, a_new, mask_new, cache)).clone()
+        for dst, src in zip(graph.inputs, (x_new, t_new, a_new, mask_new), strict=True):
+            if dst is not None:
+                dst.copy_(src)
+        graph.graph.replay()
+        return graph.output.clone()
+
+    def _timed_compile(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        first = self.compile_seconds == 0.0
+        t0 = time.perf_counter()
+        out = fn()
+        if first:
+            self.compile_seconds = time.perf_counter() - t0
+            logger.info("fast path: first compiled step took %.1f s (compile + run)", self.compile_seconds)
+        return out
+
+    def _capture(
+        self, key: tuple[Any, ...], inputs: tuple[torch.Tensor | None, ...], cache: HistoryCache
+    ) -> _Graph | None:
+        static_in = tuple(None if t is None else t.clone() for t in inputs)
+        x, t, a, m = static_in
+        assert x is not None and t is not None
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                self._timed_compile(lambda: self._run(x, t, a, m, cache))
+                for _ in range(max(0, self.config.warmup_iters - 1)):
+                    self._run(x, t, a, m, cache)
+            torch.cuda.current_stream().wait_stream(stream)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self._run(x, t, a, m, cache)
+        except RuntimeError as err:  # capture is an optimisation: fall back to eager, say why
+            logger.warning(
+                "fast path: CUDA graph capture failed (%s: %s); running eagerly", type(err).__name__, err
+            )
+            self._graph_failed = True
+            torch.cuda.synchronize()
+            return None
+        self._graphs[key] = _Graph(graph, static_in, out)
+        logger.info("fast path: captured a CUDA graph for newest-frame batch %d", x.shape[0])
+        return self._graphs[key]

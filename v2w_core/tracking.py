@@ -1,0 +1,445 @@
+"""MLflow helpers: resolve model URIs, log eval runs, register world models, promote the champion.
+
+Model URIs understood everywhere in eval/registry code (:func:`load_model_from_uri`):
+  * a local directory or ``s3://`` prefix holding a saved world model (``config.json`` + safetensors);
+  * ``runs:/<run_id>/<path>`` — e.g. ``runs:/<train run>/model``, where training logs its export;
+  * ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` — a registered version (the pyfunc logged by
+    :func:`register_world_model`, whose ``artifacts/world_model`` is the same safetensors directory).
+
+Registry policy (:func:`promote_if_better`): every registered version carries its eval metrics, the eval
+split fingerprint and the primary metric as version tags. Alias ``champion`` moves to the new version only
+when its primary metric is strictly better than the current champion's *on the same split*; otherwise the
+new version gets ``challenger``. The primary metric is ``fvd`` (lower is better) when both versions have
+it, else the fallback ``psnr_mean`` (higher is better). A tie, a different split, or a missing metric keeps
+the champion: nothing is overwritten silently, and every decision is written to the version's
+``v2w.promotion`` tag.
+
+The registered flavor is a pyfunc (:class:`WorldModelPyfunc`): its weights travel as the safetensors
+directory in the model's artifacts; the pickled python_model object holds no weights, only the class
+reference.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+PRIMARY_METRIC = "fvd"
+FALLBACK_METRIC = "psnr_mean"
+#: Direction of each comparable metric: True when higher is better.
+HIGHER_IS_BETTER: dict[str, bool] = {
+    "fvd": False,
+    "fid": False,
+    "lpips_mean": False,
+    "psnr_mean": True,
+    "ssim_mean": True,
+}
+PYFUNC_ARTIFACT_PATH = "world_model_pyfunc"
+WORLD_MODEL_ARTIFACT = "world_model"
+ROLLOUT_CONFIG_ARTIFACT = "rollout_config"
+TAG_SPLIT = "v2w.eval_split"
+TAG_METRIC_PREFIX = "v2w.metric."
+TAG_PRIMARY = "v2w.primary_metric"
+
+
+def _client(tracking_uri: str | None = None) -> Any:
+    from mlflow import MlflowClient
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def is_mlflow_uri(uri: str) -> bool:
+    return uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
+
+
+# ------------------------------------------------------------------------------------- model loading
+def find_world_model_dir(root: str | Path) -> Path:
+    """The directory under ``root`` whose config.json is a saved WorldModel (root itself first)."""
+    from v2w_core.models.io import CLASS_NAME, CONFIG_NAME
+
+    root = Path(root)
+    candidates = [root / CONFIG_NAME, *sorted(root.rglob(CONFIG_NAME))]
+    for cfg in candidates:
+        try:
+            if cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == CLASS_NAME:
+                return cfg.parent
+        except (OSError, json.JSONDecodeError):
+            continue
+    raise FileNotFoundError(f"no saved WorldModel (config.json with _class_name {CLASS_NAME!r}) under {root}")
+
+
+def resolve_model_dir(uri: str, *, tracking_uri: str | None = None, dst: str | Path | None = None) -> str:
+    """A directory that :func:`v2w_core.models.load_world_model` can read: MLflow URIs are downloaded
+    (to ``dst`` or a temp dir) and searched for the world-model directory; others are returned as is."""
+    if not is_mlflow_uri(uri):
+        return uri
+    import mlflow.artifacts
+
+    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="v2w-model-"))
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri, registry_uri=tracking_uri
+    )
+    return str(find_world_model_dir(local))
+
+
+def load_model_from_uri(uri: str, *, tracking_uri: str | None = None, device: Any = None) -> Any:
+    """Load a world model from any URI of the module docstring (once per actor / process)."""
+    from v2w_core.models.io import load_world_model
+
+    return load_world_model(resolve_model_dir(uri, tracking_uri=tracking_uri), device=device)
+
+
+def _local_copy(uri: str, dst: Path) -> Path:
+    """Copy a world-model directory (local, s3:// or MLflow URI) to ``dst`` (for logging as artifacts)."""
+    from v2w_core import storage
+
+    if is_mlflow_uri(uri):
+        shutil.copytree(resolve_model_dir(uri), dst)
+        return dst
+    if not storage.is_s3(uri):
+        shutil.copytree(find_world_model_dir(uri), dst)
+        return dst
+    dst.mkdir(parents=True)
+    base = uri.rstrip("/") + "/"
+    for f in storage.list_files(base):
+        rel = f[len(base) :]
+        if "/" not in rel:  # the model directory is flat
+            (dst / rel).write_bytes(storage.read_bytes(f))
+    return dst
+
+
+# ------------------------------------------------------------------------------------------- eval runs
+def log_eval_run(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    model_uri: str,
+    metrics: Mapping[str, float],
+    unavailable: Mapping[str, str],
+    drift: Mapping[str, list[float]],
+    split_id: str,
+    params: Mapping[str, str] | None = None,
+    artifact_dir: str | Path | None = None,
+    parent_run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Create a finished eval run: metrics, drift curves (metric history, step = horizon step), tags with
+    the reasons of unavailable metrics and the split fingerprint, and ``artifact_dir`` as artifacts."""
+    from mlflow.entities import Metric, RunTag
+
+    from v2w_core.train import mlflow_logging
+
+    all_tags = {
+        "v2w.stage": "evaluate",
+        "v2w.model_uri": model_uri,
+        TAG_SPLIT: split_id,
+        **{f"v2w.unavailable.{k}": f"unavailable: {v}"[:5000] for k, v in unavailable.items()},
+        **dict(tags or {}),
+    }
+    run_id = mlflow_logging.start_run(
+        tracking_uri, experiment, run_name=run_name or "evaluate", parent_run_id=parent_run_id,
+        params=dict(params or {}), tags=all_tags,
+    )  # fmt: skip
+    client = _client(tracking_uri)
+    status = "FAILED"
+    try:
+        entries = [Metric(k, float(v), 0, 0) for k, v in metrics.items() if math.isfinite(float(v))]
+        for name, ys in drift.items():
+            entries += [Metric(f"drift_{name}", float(y), 0, j + 1) for j, y in enumerate(ys)]
+        for i in range(0, len(entries), 1000):
+            client.log_batch(run_id, metrics=entries[i : i + 1000])
+        client.log_batch(run_id, tags=[RunTag("v2w.metrics_json", json.dumps(dict(metrics))[:5000])])
+        if artifact_dir is not None:
+            client.log_artifacts(run_id, str(artifact_dir))
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status)
+    logger.info("eval run %s logged (%d metrics, %d unavailable)", run_id, len(metrics), len(unavailable))
+    return run_id
+
+
+# ------------------------------------------------------------------------------------------- the pyfunc
+try:  # the class must exist at import time for MLflow to unpickle it; mlflow is a core dependency
+    from mlflow.pyfunc import PythonModel as _PythonModel
+except ImportError:  # pragma: no cover
+    _PythonModel = object  # type: ignore[assignment,misc]
+
+
+class WorldModelPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
+    """Loads the safetensors world model from the registered model's artifacts and rolls it out.
+
+    ``predict`` input: a dict with ``context`` (uint8 (B, K, H, W, 3) or (K, H, W, 3)), ``actions``
+    (recorded, (B, ≥K+N−1, ...) or unbatched), ``num_frames`` (int) and optional ``seed`` (int).
+    Output: uint8 frames (B, N, H, W, 3). Sampler settings are the rollout config stored at registration.
+    """
+
+    # MLflow 3 turns a predict type hint into input-schema validation that only understands list[...]
+    # inputs; ours is one dict of arrays, validated in predict itself.
+    _skip_type_hint_validation = True
+
+    def load_context(self, context: Any) -> None:
+        from v2w_core.diffusion.rollout import RolloutConfig
+        from v2w_core.models.io import load_world_model
+
+        self.model = load_world_model(
+            str(find_world_model_dir(context.artifacts[WORLD_MODEL_ARTIFACT]))
+        ).eval()
+        raw = json.loads(Path(context.artifacts[ROLLOUT_CONFIG_ARTIFACT]).read_text())
+        self.rollout_config = RolloutConfig.from_dict(raw, source="registered rollout_config.json")
+
+    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        import numpy as np
+        import torch
+
+        from v2w_core.data.clips import normalize_frames
+        from v2w_core.diffusion.rollout import rollout
+        from v2w_core.eval.videos import to_uint8
+
+        if not isinstance(model_input, Mapping) or "context" not in model_input:
+            raise ValueError(
+                "predict expects a dict with 'context', 'actions', 'num_frames' and optional 'seed'"
+            )
+        frames = np.asarray(model_input["context"], dtype=np.uint8)
+        actions = model_input.get("actions")
+        batched = frames.ndim == 5
+        if not batched:
+            frames = frames[None]
+            actions = None if actions is None else np.asarray(actions)[None]
+        num_frames = int(np.asarray(model_input.get("num_frames", 1)).reshape(-1)[0])
+        seed = int(np.asarray(model_input.get("seed", 0)).reshape(-1)[0])
+        ctx = normalize_frames(torch.from_numpy(frames).permute(0, 1, 4, 2, 3)).float()
+        act = (
+            None
+            if actions is None or self.model.action_encoder is None
+            else torch.from_numpy(np.asarray(actions))
+        )
+        gen = torch.Generator().manual_seed(seed)
+        out = rollout(self.model, ctx, act, num_frames, self.rollout_config, generator=gen)
+        result = np.stack([to_uint8(o.numpy()) for o in out])
+        return result if batched else result[0]
+
+
+# ------------------------------------------------------------------------------------------- registry
+@dataclass(frozen=True)
+class PromotionResult:
+    """What :func:`promote_if_better` did. ``decision`` is ``"champion"`` or ``"challenger"``."""
+
+    name: str
+    version: str
+    decision: str
+    metric: str | None
+    value: float | None
+    champion_version: str | None  # the champion before this decision (None: there was none)
+    champion_value: float | None
+    reason: str
+
+    @property
+    def promoted(self) -> bool:
+        return self.decision == CHAMPION
+
+
+def register_world_model(
+    model_uri: str,
+    name: str,
+    *,
+    metrics: Mapping[str, float],
+    split_id: str,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    experiment: str = "vid2world",
+    rollout_config: Any = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Log the world model at ``model_uri`` as a pyfunc under ``run_id`` (a new "register" run if None)
+    and create a registry version carrying ``metrics`` and ``split_id`` as tags; returns the version."""
+    import mlflow.pyfunc
+
+    from v2w_core.diffusion.rollout import RolloutConfig
+    from v2w_core.train import mlflow_logging
+
+    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not tracking_uri:
+        raise ValueError("register_world_model needs a tracking_uri (or MLFLOW_TRACKING_URI)")
+    client = _client(tracking_uri)
+    own_run = run_id is None
+    if own_run:
+        run_id = mlflow_logging.start_run(
+            tracking_uri, experiment, run_name=f"register:{name}", tags={"v2w.stage": "register"}
+        )
+    work = Path(tempfile.mkdtemp(prefix="v2w-register-"))
+    try:
+        wm_dir = _local_copy(model_uri, work / "world_model")
+        rc = rollout_config if rollout_config is not None else RolloutConfig()
+        rc_path = work / "rollout_config.json"
+        rc_path.write_text(json.dumps(rc.model_dump(mode="json"), indent=2))
+        mlflow.pyfunc.save_model(
+            path=str(work / "pyfunc"),
+            python_model=WorldModelPyfunc(),
+            artifacts={WORLD_MODEL_ARTIFACT: str(wm_dir), ROLLOUT_CONFIG_ARTIFACT: str(rc_path)},
+            pip_requirements=["vid2world", "torch", "diffusers", "safetensors", "mlflow"],
+        )
+        client.log_artifacts(run_id, str(work / "pyfunc"), PYFUNC_ARTIFACT_PATH)
+        try:
+            client.get_registered_model(name)
+        except Exception:  # noqa: BLE001 - RESOURCE_DOES_NOT_EXIST: first version of this name
+            client.create_registered_model(name, description="vid2world world models (pyfunc rollout)")
+        version_tags = {
+            TAG_SPLIT: split_id,
+            "v2w.source_model_uri": model_uri,
+            **{f"{TAG_METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()},
+            **dict(tags or {}),
+        }
+        mv = client.create_model_version(
+            name, source=f"runs:/{run_id}/{PYFUNC_ARTIFACT_PATH}", run_id=run_id, tags=version_tags
+        )
+        if own_run:
+            client.set_terminated(run_id, "FINISHED")
+    except BaseException:
+        if own_run:
+            client.set_terminated(run_id, "FAILED")
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    logger.info("registered %s version %s (run %s)", name, mv.version, run_id)
+    return str(mv.version)
+
+
+def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
+    """Metrics stored on a model version's tags."""
+    out = {}
+    for k, v in tags.items():
+        if k.startswith(TAG_METRIC_PREFIX):
+            try:
+                out[k[len(TAG_METRIC_PREFIX) :]] = float(v)
+            except ValueError:
+                continue
+    return out
+
+
+def choose_primary(new: Mapping[str, float], champion: Mapping[str, float]) -> str | None:
+    """``fvd`` when both have a finite one, else ``psnr_mean`` when both do, else None (not comparable)."""
+    for name in (PRIMARY_METRIC, FALLBACK_METRIC):
+        a, b = new.get(name), champion.get(name)
+        if a is not None and b is not None and math.isfinite(a) and math.isfinite(b):
+            return name
+    return None
+
+
+def is_better(metric: str, new: float, old: float) -> bool:
+    """Strictly better in the metric's direction (a tie is not better)."""
+    return new > old if HIGHER_IS_BETTER[metric] else new < old
+
+
+def promote_if_better(name: str, version: str | int, *, tracking_uri: str | None = None) -> PromotionResult:
+    """Give ``version`` alias ``champion`` if it beats the current champion on the same split, else
+    ``challenger``; see the module docstring for the policy. Reads metrics and split from version tags."""
+    client = _client(tracking_uri)
+    version = str(version)
+    mv = client.get_model_version(name, version)
+    new_metrics, new_split = version_metrics(mv.tags), mv.tags.get(TAG_SPLIT)
+    try:
+        champ = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - no alias yet
+        champ = None
+
+    def decide(decision: str, metric: str | None, champ_value: float | None, reason: str) -> PromotionResult:
+        client.set_registered_model_alias(name, decision, version)
+        client.set_model_version_tag(name, version, "v2w.promotion", f"{decision}: {reason}"[:5000])
+        if metric:
+            client.set_model_version_tag(name, version, TAG_PRIMARY, metric)
+        res = PromotionResult(
+            name=name, version=version, decision=decision, metric=metric,
+            value=new_metrics.get(metric) if metric else None,
+            champion_version=str(champ.version) if champ is not None else None,
+            champion_value=champ_value, reason=reason,
+        )  # fmt: skip
+        logger.info("registry %s v%s -> %s (%s)", name, version, decision, reason)
+        return res
+
+    if champ is None:
+        metric = choose_primary(new_metrics, new_metrics)
+        return decide(CHAMPION, metric, None, "no champion yet")
+    if str(champ.version) == version:
+        return decide(CHAMPION, None, None, "already the champion")
+    champ_metrics, champ_split = version_metrics(champ.tags), champ.tags.get(TAG_SPLIT)
+    if not new_split or new_split != champ_split:
+        return decide(
+            CHALLENGER, None, None,
+            f"eval split {new_split!r} differs from the champion's {champ_split!r}: not comparable; "
+            "re-evaluate both on the same split",
+        )  # fmt: skip
+    metric = choose_primary(new_metrics, champ_metrics)
+    if metric is None:
+        return decide(
+            CHALLENGER, None, None, f"no common primary metric ({PRIMARY_METRIC} or {FALLBACK_METRIC})"
+        )
+    new_v, old_v = new_metrics[metric], champ_metrics[metric]
+    direction = "higher" if HIGHER_IS_BETTER[metric] else "lower"
+    if is_better(metric, new_v, old_v):
+        return decide(
+            CHAMPION,
+            metric,
+            old_v,
+            f"{metric} {new_v:.6g} beats champion v{champ.version}'s {old_v:.6g} ({direction} is better)",
+        )
+    return decide(
+        CHALLENGER,
+        metric,
+        old_v,
+        f"{metric} {new_v:.6g} does not beat champion v{champ.version}'s {old_v:.6g} ({direction} is better; a tie keeps the champion)",
+    )
+
+
+def register_and_promote(
+    model_uri: str,
+    name: str,
+    *,
+    metrics: Mapping[str, float],
+    split_id: str,
+    tracking_uri: str | None = None,
+    run_id: str | None = None,
+    experiment: str = "vid2world",
+    rollout_config: Any = None,
+) -> PromotionResult:
+    """The register stage in one call: :func:`register_world_model` then :func:`promote_if_better`."""
+    version = register_world_model(
+        model_uri, name, metrics=metrics, split_id=split_id, tracking_uri=tracking_uri, run_id=run_id,
+        experiment=experiment, rollout_config=rollout_config,
+    )  # fmt: skip
+    return promote_if_better(name, version, tracking_uri=tracking_uri)
+
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "FALLBACK_METRIC",
+    "HIGHER_IS_BETTER",
+    "PRIMARY_METRIC",
+    "PromotionResult",
+    "WorldModelPyfunc",
+    "choose_primary",
+    "find_world_model_dir",
+    "is_better",
+    "load_model_from_uri",
+    "log_eval_run",
+    "promote_if_better",
+    "register_and_promote",
+    "register_world_model",
+    "resolve_model_dir",
+    "version_metrics",
+]
