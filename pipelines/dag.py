@@ -94,7 +94,7 @@ def run_stage(stage: Stage, root: str, force: bool, tracking: Mapping[str, Any] 
     log.info("[%s] running (fingerprint %s)", stage.name, fp)
     start = time.perf_counter()
     run_id = _start_tracking(tracking, stage, fp)
-    ctx = StageContext(stage.name, fp, root, stage.config, run_id)
+    ctx = StageContext(stage.name, fp, root, stage.config, run_id, {"tracking": tracking})
     try:
         outputs = stage.fn(ctx, inputs)
     except BaseException:

@@ -62,7 +62,8 @@ def start_tracking(cfg: PipelineConfig) -> tuple[dict[str, Any] | None, Any]:
     exp = client.get_experiment_by_name(cfg.run.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(cfg.run.experiment)
     run = client.create_run(exp_id, run_name=f"pipeline:{cfg.run.name}", tags={"v2w.pipeline": cfg.run.name})
-    return {"tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": run.info.run_id}, client
+    return {"tracking_uri": uri, "experiment_id": exp_id, "experiment_name": cfg.run.experiment,
+            "parent_run_id": run.info.run_id}, client
 
 
 #: What stage tasks need to reach storage and tracking. Secrets travel only for the local stack's dummy

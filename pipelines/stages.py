@@ -66,3 +66,114 @@ def clips_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[st
         "reconciles": report.reconciles,
         "verified_lossless": bool(config.verify),
     }
+
+
+# --- model stages ------------------------------------------------------------------------------------
+
+def _manifest_action_space(manifest_uri: str) -> dict[str, Any]:
+    """The action space every episode of the data set shares (the model's action encoder is built for it)."""
+    from v2w_core.data.manifest import Manifest
+
+    rows = Manifest.read(manifest_uri).rows()
+    spaces = {(r["action_type"], int(r["action_dim"])) for r in rows}
+    if len(spaces) != 1:
+        raise ValueError(f"{manifest_uri}: episodes mix action spaces {sorted(spaces)}; train one per data set")
+    kind, dim = spaces.pop()
+    return {"type": kind, "dim": dim}
+
+
+def _train_config(ctx: StageContext, section: Mapping[str, Any], *, mode: str, manifest: str,
+                  model: dict[str, Any], clips: Mapping[str, Any], tracking: Mapping[str, Any] | None):
+    from v2w_core.train.config import TrainConfig
+
+    data = dict(section)
+    data.update({
+        "experiment": f"{ctx.name}-{ctx.fingerprint}",
+        "mode": mode,
+        "storage_path": storage.join(ctx.output_dir, "runs"),
+        "output_uri": storage.join(ctx.output_dir, "model"),
+        "model": {**section.get("model", {}), **model},
+        "data": {**section.get("data", {}), "manifest_uri": manifest, "clips": dict(clips)},
+    })
+    track = dict(section.get("tracking", {}))
+    if tracking:
+        track.update({"tracking_uri": tracking["tracking_uri"], "parent_run_id": ctx.mlflow_run_id,
+                      "experiment": tracking["experiment_name"]})
+    else:
+        track["enabled"] = False
+    data["tracking"] = track
+    return TrainConfig.from_dict(data, source=f"pipeline stage {ctx.name}")
+
+
+def base_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    """A bidirectional base model: the user's pretrained diffusers weights, or pretrained here.
+
+    With ``pretrained_uri`` set (a diffusers ``from_pretrained`` UNet directory or a saved world model,
+    local or s3://) the stage only checks that it loads. Without it the stage pretrains the preset
+    bidirectionally on action-free clips, so the Vid2World transfer really happens at small scale.
+    """
+    cfg = ctx.config
+    if cfg.get("pretrained_uri"):
+        from v2w_core.train.model_store import base_kind, load_model
+
+        uri = cfg["pretrained_uri"]
+        model = load_model(uri)
+        return {"model": uri, "kind": base_kind(uri), "parameters": int(model.num_parameters()),
+                "pretrained_here": False}
+    from v2w_core.train.api import train
+
+    manifest = inputs["ingest"].outputs["manifest"]
+    tcfg = _train_config(ctx, cfg["train"], mode="pretrain", manifest=manifest,
+                         model={"preset": cfg["preset"]}, clips=cfg["clips"], tracking=ctx.extra.get("tracking"))
+    result = train(tcfg)
+    return {"model": result.model_uri, "kind": "world_model", "pretrained_here": True,
+            "final_loss": _final(result.metrics, "loss"), "train_run_id": result.run_id}
+
+
+def causalize_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    """Base → causal world model with weight transfer + an action encoder for the data set's actions."""
+    import torch
+
+    from v2w_core.models.causalize import causalize
+    from v2w_core.models.io import save_world_model
+    from v2w_core.train.model_store import load_model
+
+    cfg = ctx.config
+    model = load_model(inputs["base"].outputs["model"])
+    if model.is_causal:
+        raise ValueError(f"base {inputs['base'].outputs['model']} is already causal; give a bidirectional base")
+    # How much the causal mask + weight transfer changes the base's prediction on a clip (diagnostic).
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, model.config.data_channels, *model.config.sample_size, generator=gen)
+    t = torch.full((1, 8), 500, dtype=torch.long)
+    with torch.no_grad():
+        before = model(x, t)
+        causalize(model, cfg["causal_mode"], cfg["extrapolation_window"])
+        after = model(x, t)
+    space = _manifest_action_space(inputs["ingest"].outputs["manifest"])
+    model.set_action_space(space)
+    out = storage.join(ctx.output_dir, "model")
+    save_world_model(model, out)
+    rel = float((after - before).norm() / before.norm().clamp_min(1e-12))
+    return {"model": out, "causal_mode": cfg["causal_mode"], "action_space": space,
+            "relative_change_vs_base": rel}
+
+
+def train_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    """Vid2World fine-tuning: diffusion forcing + per-frame action drop on the causal model."""
+    from v2w_core.train.api import train
+
+    cfg = ctx.config
+    causal = inputs["causalize"].outputs
+    tcfg = _train_config(ctx, cfg["train"], mode="finetune", manifest=inputs["ingest"].outputs["manifest"],
+                         model={"base_uri": causal["model"], "causal_mode": causal["causal_mode"],
+                                "action_space": causal["action_space"]},
+                         clips=cfg["clips"], tracking=ctx.extra.get("tracking"))
+    result = train(tcfg)
+    return {"model": result.model_uri, "checkpoint": result.checkpoint_uri, "train_run_id": result.run_id,
+            "final_loss": _final(result.metrics, "loss")}
+
+
+def _final(metrics: Mapping[str, Any] | None, key: str) -> float | None:
+    value = (metrics or {}).get(key)
+    return float(value) if isinstance(value, (int, float)) else None

@@ -96,7 +96,7 @@ def write_dataset(root: str, n: int = 3, length: int = 8) -> str:
     return root.rstrip("/") + "/manifest.parquet"
 
 
-def eval_config(**overrides) -> EvalConfig:  # noqa: ANN003
+def eval_config(**overrides) -> EvalConfig:
     """A fast protocol: 2 context frames, 3 generated, 4 DDIM steps, guidance on."""
     data = {
         "context_frames": 2,

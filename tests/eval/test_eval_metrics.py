@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,7 +144,7 @@ def test_frechet_of_samples_approaches_closed_form() -> None:
 
 
 # ---------------------------------------------------------------------------- unavailable metric nets
-def test_metric_nets_unavailable_say_why(tmp_path) -> None:  # noqa: ANN001
+def test_metric_nets_unavailable_say_why(tmp_path: Path) -> None:
     none = fe.load_metric_net(None, "frame")
     assert isinstance(none, fe.Unavailable) and "no frame network weights configured" in none.reason
     assert str(none).startswith("unavailable: ")
@@ -180,7 +181,7 @@ def test_compute_metrics_reports_unavailable_without_weights() -> None:
     assert len(report.drift["psnr"]) == 3 and len(report.drift["ssim"]) == 3
 
 
-def test_fid_fvd_lpips_plumbing_with_random_weight_networks(tmp_path) -> None:  # noqa: ANN001
+def test_fid_fvd_lpips_plumbing_with_random_weight_networks(tmp_path: Path) -> None:
     """PLUMBING test with random-weight networks: identical → 0 and more noise → larger distances.
     These numbers are not the published FID/FVD/LPIPS."""
     weights = {

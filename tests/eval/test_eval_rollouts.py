@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 from eval_helpers import eval_config, make_model, save_model, write_dataset
@@ -42,27 +45,26 @@ def test_chunks_and_split_fingerprint(dataset: str) -> None:
 
 @pytest.mark.slow
 def test_parallel_rollouts_equal_serial_and_do_not_depend_on_assignment(
-    ray_cluster, dataset: str, tmp_path  # noqa: ANN001
+    ray_cluster: Any, dataset: str, tmp_path: Path
 ) -> None:
     model_dir = save_model(tmp_path / "model")
-    cfg = eval_config(num_actors=2)
+    cfg = eval_config(num_actors=2, controllability=False)  # controllability is covered below
     chunks = load_chunks(dataset, cfg)
     serial = rollout_chunks(make_model(), chunks, cfg)
-    reverse = {r.chunk_id: r for r in rollout_chunks(make_model(), chunks[::-1], cfg)}
-    parallel = run_parallel_rollouts(model_dir, chunks, cfg)
+    alone = rollout_chunks(make_model(), chunks[-1:], cfg)[0]  # same chunk, other position in the work
+    np.testing.assert_array_equal(alone.generated, serial[-1].generated)
+    parallel = run_parallel_rollouts(model_dir, chunks, cfg)  # 2 actors, chunks handed out as they free up
     assert [r.chunk_id for r in parallel] == [c.chunk_id for c in chunks]
     for s, p in zip(serial, parallel, strict=True):
         assert s.generated.shape == (3, 3, 32, 32)
         np.testing.assert_allclose(p.generated, s.generated, atol=1e-5)
-        np.testing.assert_allclose(p.shuffled, s.shuffled, atol=1e-5)
-        np.testing.assert_array_equal(reverse[s.chunk_id].generated, s.generated)
     # Different chunks get different noise (seeds derived from the chunk id, not shared).
     assert not np.allclose(serial[0].generated, serial[1].generated)
 
 
 def test_controllability_distinguishes_action_sensitive_from_action_blind_model(dataset: str) -> None:
-    cfg = eval_config(horizon=3)
-    chunks = load_chunks(dataset, cfg)[:2]
+    cfg = eval_config(horizon=2)
+    chunks = load_chunks(dataset, cfg)[:1]
     steered = compute_metrics(chunks, rollout_chunks(make_model(action_strength=1.0), chunks, cfg), cfg)
     blind = compute_metrics(chunks, rollout_chunks(make_model(action_strength=0.0), chunks, cfg), cfg)
     # Same seed, same noise: an action-blind model gives exactly the same future under other actions.

@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="convert this data set (local path) with the converter named by --source")
     p.add_argument("--episodes", type=int, help="number of episodes to record (simulator sources)")
     p.add_argument("--out", required=True, help="data-set root: local directory or s3://bucket/prefix")
-    p.add_argument("--seed", type=int, help="run seed; episode i is a function of (seed, i) (simulator sources)")
+    p.add_argument(
+        "--seed", type=int, help="run seed; episode i is a function of (seed, i) (simulator sources)"
+    )
     p.add_argument("--lossless", action="store_true", help="lossless H.264 (bit-exact frames)")
     p.add_argument("--codec", choices=["h264", "h264-lossless", "zstd"], help="frame codec (default h264)")
     p.add_argument("--crf", type=int, default=CodecConfig().crf, help="x264 CRF for lossy h264")
@@ -153,15 +155,21 @@ def _convert(args: argparse.Namespace) -> int:
             key, raw = item.split("=", 1)
             options[key.strip()] = yaml.safe_load(raw)
         codec = args.codec or ("h264-lossless" if args.lossless else "h264")
-        writer = ShardWriterConfig.from_dict({"codec": {"name": codec, "crf": args.crf},
-                                              "shard_size_mb": args.shard_size_mb,
-                                              "eval_fraction": args.eval_fraction})
+        writer = ShardWriterConfig.from_dict(
+            {
+                "codec": {"name": codec, "crf": args.crf},
+                "shard_size_mb": args.shard_size_mb,
+                "eval_fraction": args.eval_fraction,
+            }
+        )
         result = convert(args.source, args.input, args.out, writer, **options)
     except (ConfigError, UnknownConverterError, DataError, StorageError) as err:
         log.error("%s", err)
         return 2
-    print(f"converted {result.written} episodes with {args.source!r} from {args.input} into {args.out} "
-          f"({result.stats.summary()}); the manifest lists {result.manifest_len} episodes")
+    print(
+        f"converted {result.written} episodes with {args.source!r} from {args.input} into {args.out} "
+        f"({result.stats.summary()}); the manifest lists {result.manifest_len} episodes"
+    )
     return 0
 
 

@@ -50,6 +50,9 @@ class FastPathConfig:
     compile: CompileMode | None = None
     compile_cache_dir: str | None = None
     warmup_iters: int = 2
+    # Run encode_history in chunks of this many rollouts and join the caches: a history forward over
+    # B·15 frames at paper size needs tens of GiB of transient activations at B = 64.
+    encode_batch_chunk: int | None = None
 
 
 def enable_compile_cache(cache_dir: str | None = None) -> None:
@@ -136,8 +139,21 @@ class FastStreamer:
         mask_hist: torch.Tensor | None = None,
     ) -> HistoryCache:
         """``model.encode_history`` under autocast; with graphs on, written into the static cache."""
+        chunk = self.config.encode_batch_chunk or x_hist.shape[0]
+        parts = []
         with self._autocast(x_hist.device):
-            cache = self.model.encode_history(x_hist, t_hist, a_hist, mask_hist)
+            for i in range(0, x_hist.shape[0], chunk):
+                rows = slice(i, i + chunk)
+                parts.append(
+                    self.model.encode_history(
+                        x_hist[rows],
+                        t_hist[rows],
+                        None if a_hist is None else a_hist[rows],
+                        None if mask_hist is None else mask_hist[rows],
+                    )
+                )
+        cache = parts[0] if len(parts) == 1 else HistoryCache.cat(parts)
+        del parts
         if not self._graphs_on(x_hist.device):
             return cache
         sig = cache.signature()

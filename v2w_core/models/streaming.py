@@ -85,6 +85,22 @@ class HistoryCache:
                 dst.copy_(src)
         return self
 
+    @classmethod
+    def cat(cls, caches: list[HistoryCache]) -> HistoryCache:
+        """Join caches of consecutive batch chunks (same layers, same history length) along the batch.
+
+        Every cached tensor is batch-major in dim 0 (rows b·H·W + p for attention), so chunking a large
+        ``encode_history`` over the batch and joining the pieces gives the cache of the whole batch with
+        the activation peak of one chunk.
+        """
+        first = caches[0]
+        if any(c.num_frames != first.num_frames or c.entries.keys() != first.entries.keys() for c in caches):
+            raise ValueError("can only join caches of the same layers and history length")
+        out = cls(batch_size=sum(c.batch_size for c in caches), num_frames=first.num_frames)
+        for key, ts in first.entries.items():
+            out.entries[key] = tuple(torch.cat([c.entries[key][i] for c in caches]) for i in range(len(ts)))
+        return out
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self.entries.values() for t in ts)
 

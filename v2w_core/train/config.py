@@ -38,16 +38,16 @@ class ModelSection(StrictConfig):
 
 
 class DataSection(StrictConfig):
-    """Where the clips come from; passed to the Ray Data clip pipeline (``v2w_core.data.clips``).
+    """Where the clips come from: the Ray Data clip pipeline (:func:`v2w_core.data.clips.build_clip_dataset`).
 
-    ``clips`` holds that pipeline's own config keys (validated by it). Tests and pipeline stages may
-    instead hand ``train`` a ready ``ray.data.Dataset``.
+    ``clips`` holds that pipeline's :class:`~v2w_core.data.clips.ClipConfig` keys (validated at preflight).
+    Tests and pipeline stages may instead hand ``train`` a ready ``ray.data.Dataset`` with a ``frames``
+    column (uint8 (F, H, W, 3) pixels, scaled to [-1, 1] on the worker, or float (F, C, H, W) latents) and,
+    for fine-tuning, an ``actions`` column.
     """
 
     manifest_uri: str | None = None
     clips: dict[str, Any] = Field(default_factory=dict)
-    # Pixel clips are uint8; they are scaled to [-1, 1]. Latent clips are used as they are.
-    pixel_range: Literal["uint8", "none"] = "uint8"
     prefetch_batches: int = Field(1, ge=0)
 
 

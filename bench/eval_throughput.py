@@ -1,0 +1,125 @@
+"""Evaluation throughput: held-out rollouts per minute on CPU, 1 Ray actor vs. as many as cores allow.
+
+The embedded tiny UNet3D preset (``tiny_unet3d``, 3×64×64 pixels, random causal weights: speed does not
+depend on training), causal action guidance on, ``--steps`` DDIM steps, ``--context`` context frames and
+``--horizon`` generated frames per rollout, controllability off (one rollout per chunk). Each actor loads
+the model once and runs ``torch_threads=1``; chunks are handed out as actors free up. Wall time includes
+actor start-up (model load), which is what an evaluate stage pays.
+
+    .venv/bin/python bench/eval_throughput.py [--episodes 8] [--steps 4] [--horizon 4] [--actors 1,N]
+
+Prints a table and writes bench/results/eval_throughput.json with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from v2w_core.data.episode import ActionSpace, Episode
+from v2w_core.data.shards import ShardWriterConfig, write_episodes
+from v2w_core.eval.config import EvalConfig
+from v2w_core.eval.rollouts import load_chunks, run_parallel_rollouts
+from v2w_core.models.causalize import causalize
+from v2w_core.models.io import save_world_model
+from v2w_core.models.presets import tiny_unet3d
+from v2w_core.models.world_model import WorldModel
+
+RESULTS = Path(__file__).resolve().parent / "results" / "eval_throughput.json"
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def episodes(n: int, length: int) -> list[Episode]:
+    rng = np.random.default_rng(0)
+    return [
+        Episode(
+            episode_id=f"bench{i:03d}",
+            frames=rng.integers(0, 255, size=(length, 64, 64, 3), dtype=np.uint8),
+            actions=rng.uniform(-1, 1, size=(length, 2)).astype(np.float32),
+            action_space=ActionSpace(type="continuous", dim=2),
+            domain="robot",
+            source="bench",
+            fps=10.0,
+        )
+        for i in range(n)
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--episodes", type=int, default=8)
+    p.add_argument("--context", type=int, default=4)
+    p.add_argument("--horizon", type=int, default=4)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--actors", default=f"1,{os.cpu_count()}")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args()
+
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="v2w-bench-eval-"))
+    torch.manual_seed(0)
+    model = WorldModel(tiny_unet3d(action_space={"type": "continuous", "dim": 2}))
+    causalize(model, "extrapolative")
+    save_world_model(model, str(work / "model"))
+    write_episodes(
+        episodes(args.episodes, args.context + args.horizon),
+        str(work / "data"),
+        ShardWriterConfig.from_dict({"codec": {"name": "zstd"}, "eval_fraction": 1.0}),
+    )
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    rows = []
+    for n in [int(x) for x in args.actors.split(",")]:
+        cfg = EvalConfig.from_dict({
+            "context_frames": args.context, "horizon": args.horizon, "num_actors": n, "controllability": False,
+            "rollout": {"num_inference_steps": args.steps},
+        })  # fmt: skip
+        chunks = load_chunks(str(work / "data"), cfg)
+        t0 = time.perf_counter()
+        results = run_parallel_rollouts(str(work / "model"), chunks, cfg)
+        wall = time.perf_counter() - t0
+        per = float(np.mean([r.seconds for r in results]))
+        rows.append({"actors": n, "rollouts": len(results), "wall_s": wall,
+                     "rollouts_per_min": 60 * len(results) / wall, "s_per_rollout_in_actor": per})  # fmt: skip
+    ray.shutdown()
+    print(f"{'actors':>6} {'rollouts':>8} {'wall s':>8} {'rollouts/min':>13} {'s/rollout (actor)':>18}")
+    for r in rows:
+        print(f"{r['actors']:>6} {r['rollouts']:>8} {r['wall_s']:>8.1f} {r['rollouts_per_min']:>13.1f} "
+              f"{r['s_per_rollout_in_actor']:>18.2f}")  # fmt: skip
+    record = {
+        "bench": "eval_throughput",
+        "settings": vars(args) | {"out": str(args.out), "model": "tiny_unet3d 64x64", "guidance": 2.5},
+        "results": rows,
+        "machine": {
+            "cpu": cpu_name(),
+            "cpu_count": os.cpu_count(),
+            "load_avg_1m": os.getloadavg()[0],
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

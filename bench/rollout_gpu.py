@@ -1,0 +1,383 @@
+"""Rollout speed on a GPU: full window vs. streaming cache vs. CUDA graph vs. torch.compile (issue 10).
+
+Paper-size models with random weights, causalized (extrapolative): the ModelScope UNet3D
+(``modelscope_unet3d``, 1.41 B parameters) and the SVD UNet (``svd_unet``, 1.5 B) on 4×40×64 latents,
+window 16 (15 history frames + the new one), 50 DDIM steps, causal action guidance (s = 2.5, both
+branches in one batch). Rows per family:
+
+* seconds per generated frame at one rollout for: full-window eager, streaming eager, streaming + CUDA
+  graph, streaming + graph + ``torch.compile`` (compile time reported; inductor's FX-graph cache is on,
+  so a second run with the same ``--compile-cache`` skips most of it);
+* batched rollouts (``--batches``, streaming + CUDA graph): frames/s, effective TFLOP/s (FLOPs counted
+  with ``FlopCounterMode`` on one ``encode_history`` and one ``step_newest`` at batch 1, times B), peak
+  memory;
+* agreement: the bf16 fast path (graph) vs. fp32 eager streaming on the same noise, one frame.
+
+Timed paths run bf16 weights under bf16 autocast (the DDIM arithmetic stays fp32). Only torch, diffusers,
+einops, safetensors, pydantic and pyyaml are needed.
+
+    python bench/rollout_gpu.py                      # both families, ~8 min on one H100
+    python bench/rollout_gpu.py --preset tiny        # CPU smoke test of every code path
+    python bench/rollout_gpu.py --families unet3d --batches 1,8 --modes full,stream,graph
+
+Prints a table and writes bench/results/rollout_gpu.json (device, torch version).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import importlib.util
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "rollout_gpu.json"
+ACTION_DIM = 4
+MODES = ("full", "stream", "graph", "compile")
+logger = logging.getLogger("bench.rollout_gpu")
+
+
+def _import_models_without_io() -> None:
+    """Import v2w_core.models without its package __init__ when pyarrow is missing.
+
+    ``v2w_core/models/__init__.py`` re-exports io.py, which imports ``v2w_core.storage`` and with it
+    pyarrow (for s3://); the rollout path needs none of that. Registering the package module by hand
+    lets the submodules import on a machine with only torch + diffusers + einops + pydantic + pyyaml.
+    """
+    if importlib.util.find_spec("pyarrow") is not None or "v2w_core.models" in sys.modules:
+        return
+    import v2w_core
+
+    pkg = types.ModuleType("v2w_core.models")
+    pkg.__path__ = [str(Path(v2w_core.__file__).parent / "models")]
+    sys.modules["v2w_core.models"] = pkg
+    logger.info("pyarrow not installed: importing v2w_core.models submodules directly")
+
+
+sys.path.insert(0, str(ROOT))
+_import_models_without_io()
+
+import diffusers
+from torch.utils.flop_counter import FlopCounterMode
+
+from v2w_core.diffusion.fast_rollout import FastPathConfig, FastStreamer
+from v2w_core.diffusion.rollout import RolloutConfig, rollout
+from v2w_core.models.causalize import causalize
+from v2w_core.models.presets import modelscope_unet3d, svd_unet, tiny_svd, tiny_unet3d
+from v2w_core.models.world_model import WorldModel
+
+PRESETS = {
+    "paper": {"unet3d": modelscope_unet3d, "svd": svd_unet},
+    "tiny": {"unet3d": tiny_unet3d, "svd": tiny_svd},
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build(family: str, preset: str, device: torch.device) -> tuple[WorldModel, WorldModel]:
+    """(fp32 model, bf16 copy), built directly on ``device`` with random weights, causalized."""
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = WorldModel(PRESETS[preset][family](action_space={"type": "continuous", "dim": ACTION_DIM}))
+        causalize(model, "extrapolative")
+        with torch.no_grad():  # the action head is zero-initialised: make guidance do something
+            for p in model.action_encoder.mlp[-1].parameters():
+                p.normal_(0, 0.02)
+    model.eval().requires_grad_(False)  # inference only (FlopCounterMode's module hooks need this too)
+    timed_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # CPU: fp32 smoke test
+    return model, copy.deepcopy(model).to(timed_dtype)
+
+
+def inputs(model: WorldModel, batch: int, context: int, frames: int, device: torch.device) -> tuple[Any, ...]:
+    g = torch.Generator(device="cpu").manual_seed(batch)
+    c, (h, w) = model.config.data_channels, model.config.sample_size
+    ctx = torch.randn(batch, context, c, h, w, generator=g).to(device)
+    acts = torch.randn(batch, context + frames - 1, ACTION_DIM, generator=g).to(device)
+    return ctx, acts
+
+
+def timed_rollout(
+    model: WorldModel,
+    runner: Any,
+    args: argparse.Namespace,
+    batch: int,
+    frames: int,
+    mode: str,
+    device: torch.device,
+) -> tuple[float, torch.Tensor]:
+    """Seconds per generated frame (after a one-frame warm-up), and the frames."""
+    cfg = RolloutConfig(num_inference_steps=args.steps, window=args.context + 1, mode=mode)
+    ctx, acts = inputs(model, batch, args.context, frames, device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    rollout(
+        model, ctx, acts, 1, cfg.model_copy(update={"num_inference_steps": 2}), generator=gen, runner=runner
+    )
+    sync(device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    t0 = time.perf_counter()
+    out = rollout(model, ctx, acts, frames, cfg, generator=gen, runner=runner)
+    sync(device)
+    return (time.perf_counter() - t0) / frames, out
+
+
+@torch.no_grad()
+def count_flops(model: WorldModel, args: argparse.Namespace, device: torch.device) -> dict[str, float]:
+    """FLOPs of one encode_history (batch 1) and one guided step_newest (batch 1, both branches)."""
+    c, (h, w) = model.config.data_channels, model.config.sample_size
+    dt = next(model.parameters()).dtype
+    x = torch.randn(2, args.context + 1, c, h, w, device=device, dtype=dt)
+    t = torch.full((2, args.context + 1), 20, device=device)
+    a = torch.randn(2, args.context + 1, ACTION_DIM, device=device, dtype=dt)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        cache = model.encode_history(x[:1, :-1], t[:1, :-1], a[:1, :-1])
+    encode = counter.get_total_flops()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model.step_newest(x[:, -1:], t[:, -1:], a[:, -1:], None, cache)
+    step = counter.get_total_flops()
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(x, t, a)
+    return {"encode_history": encode, "step_newest": step, "window_forward": counter.get_total_flops()}
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run one row; an error (OOM, a compile failure) is recorded, not fatal, so one GPU run gives all rows."""
+    try:
+        return fn()
+    except (RuntimeError, AssertionError, ValueError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        logger.exception("%s failed", name)
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
+
+
+def bench_family(family: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    fp32, model = build(family, args.preset, device)
+    sync(device)
+    out: dict[str, Any] = {
+        "family": family,
+        "parameters": model.num_parameters(),
+        "latent": [model.config.data_channels, *model.config.sample_size],
+        "build_seconds": time.perf_counter() - t0,
+    }
+    logger.info("%s: %.2f B params, built in %.0f s", family, out["parameters"] / 1e9, out["build_seconds"])
+    bf16 = (
+        FastPathConfig(autocast="bfloat16", cuda_graph=False) if device.type == "cuda" else FastPathConfig()
+    )
+    graph_cfg = FastPathConfig(autocast=bf16.autocast, cuda_graph=True, encode_batch_chunk=args.encode_chunk)
+
+    # ---- agreement: bf16 fast path vs. fp32 eager streaming, same noise, one frame
+    def agreement() -> dict[str, Any]:
+        _, ref = timed_rollout(fp32, None, args, 1, 1, "streaming", device)
+        _, fast = timed_rollout(model, FastStreamer(model, graph_cfg), args, 1, 1, "streaming", device)
+        rel = ((fast - ref).norm() / ref.norm()).item()
+        return {
+            "rel_l2": rel,
+            "max_abs": (fast - ref).abs().max().item(),
+            "ref_abs_max": ref.abs().max().item(),
+        }
+
+    out["agreement_bf16_graph_vs_fp32_eager"] = guarded("agreement", agreement)
+    fp32.to("meta")  # free the fp32 weights before the timed rows
+    reset_peak(device)
+    out["flops_batch1"] = flops = count_flops(model, args, device)
+    per_frame_flops = flops["encode_history"] + args.steps * flops["step_newest"]
+
+    # ---- one rollout, each path
+    single: dict[str, Any] = {}
+    for mode in args.modes:
+
+        def row(mode: str = mode) -> dict[str, Any]:
+            reset_peak(device)
+            if mode == "full":
+                runner, path = None, "full"
+            elif mode == "stream":
+                runner, path = FastStreamer(model, bf16), "streaming"
+            elif mode == "graph":
+                runner, path = FastStreamer(model, graph_cfg), "streaming"
+            else:
+                cfg = FastPathConfig(
+                    autocast=bf16.autocast,
+                    cuda_graph=True,
+                    compile=args.compile_mode,
+                    compile_cache_dir=args.compile_cache,
+                )
+                runner, path = FastStreamer(model, cfg), "streaming"
+            if mode == "full" and device.type == "cuda":  # bf16 autocast for the reference path too
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    sec, _ = timed_rollout(model, runner, args, 1, args.frames, path, device)
+            else:
+                sec, _ = timed_rollout(model, runner, args, 1, args.frames, path, device)
+            r = {
+                "seconds_per_frame": sec,
+                "ms_per_step": 1000 * sec / args.steps,
+                "peak_gib": peak_gib(device),
+            }
+            if mode == "compile":
+                r["compile_seconds"] = runner.compile_seconds
+            if runner is not None:
+                r["cuda_graphs"] = len(runner._graphs)
+            return r
+
+        single[mode] = guarded(f"{family} {mode}", row)
+        logger.info("%s %s: %s", family, mode, single[mode])
+    out["single_rollout"] = single
+
+    # ---- batched rollouts, streaming + CUDA graph
+    batched = []
+    for b in args.batches:
+
+        def brow(b: int = b) -> dict[str, Any]:
+            reset_peak(device)
+            runner = FastStreamer(model, graph_cfg)
+            sec, _ = timed_rollout(model, runner, args, b, args.frames, "streaming", device)
+            return {
+                "seconds_per_frame": sec,
+                "frames_per_second": b / sec,
+                "effective_tflops": b * per_frame_flops / sec / 1e12,
+                "peak_gib": peak_gib(device),
+                "cuda_graphs": len(runner._graphs),
+            }
+
+        batched.append({"batch": b, **guarded(f"{family} batch {b}", brow)})
+        logger.info("%s batch %d: %s", family, b, batched[-1])
+    out["batched_graph"] = batched
+    return out
+
+
+def fmt(v: Any, spec: str) -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def print_tables(record: dict[str, Any]) -> None:
+    s = record["settings"]
+    print(
+        f"rollout_gpu: {record['machine']['device']}, torch {record['machine']['torch']}, window "
+        f"{s['window']}, {s['steps']} DDIM steps, guidance 2.5 (2 branches), bf16"
+    )
+    print(f"{'family':<7} {'path':<8} {'s/frame':>9} {'ms/step':>9} {'peak GiB':>9} {'compile s':>10}")
+    for fam in record["families"]:
+        for mode, r in fam["single_rollout"].items():
+            if "error" in r:
+                print(f"{fam['family']:<7} {mode:<8} error: {r['error']}")
+                continue
+            print(
+                f"{fam['family']:<7} {mode:<8} {r['seconds_per_frame']:>9.3f} {r['ms_per_step']:>9.1f} "
+                f"{fmt(r['peak_gib'], '9.1f'):>9} {fmt(r.get('compile_seconds'), '10.0f'):>10}"
+            )
+    print(f"{'family':<7} {'batch':>5} {'s/frame':>9} {'frames/s':>9} {'TFLOP/s':>9} {'peak GiB':>9}")
+    for fam in record["families"]:
+        for r in fam["batched_graph"]:
+            if "error" in r:
+                print(f"{fam['family']:<7} {r['batch']:>5} error: {r['error']}")
+                continue
+            print(
+                f"{fam['family']:<7} {r['batch']:>5} {r['seconds_per_frame']:>9.3f} {r['frames_per_second']:>9.2f} "
+                f"{r['effective_tflops']:>9.1f} {fmt(r['peak_gib'], '9.1f'):>9}"
+            )
+    for fam in record["families"]:
+        a = fam["agreement_bf16_graph_vs_fp32_eager"]
+        print(f"{fam['family']}: bf16 fast path vs fp32 eager: {a}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    parser.add_argument("--families", default="unet3d,svd")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
+    parser.add_argument("--batches", default="1,8,32,64", help="batched rollouts (streaming + CUDA graph)")
+    parser.add_argument("--svd-batches", default="1,8,32", help="batches for the svd family")
+    parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
+    parser.add_argument("--frames", type=int, default=1, help="generated frames per timed rollout")
+    parser.add_argument("--context", type=int, default=15, help="history frames (window = context + 1)")
+    parser.add_argument("--encode-chunk", type=int, default=8, help="encode_history batch chunk")
+    parser.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode; our CUDA graph wraps it unless inductor graphs itself (reduce-overhead). "
+        "max-autotune-no-cudagraphs autotunes every GEMM/conv shape (many minutes at paper size)",
+    )
+    parser.add_argument("--compile-cache", default=str(Path.home() / ".cache" / "v2w_inductor"))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.modes = [m for m in args.modes.split(",") if m]
+    if unknown := set(args.modes) - set(MODES):
+        parser.error(f"unknown modes {sorted(unknown)}")
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    t_start = time.perf_counter()
+
+    families = []
+    for fam in [f for f in args.families.split(",") if f]:
+        fam_args = copy.copy(args)
+        fam_args.batches = [
+            int(b) for b in (args.svd_batches if fam == "svd" else args.batches).split(",") if b
+        ]
+        families.append(bench_family(fam, fam_args, device))
+        reset_peak(device)
+
+    record = {
+        "benchmark": "rollout_gpu",
+        "settings": {
+            "preset": args.preset,
+            "window": args.context + 1,
+            "steps": args.steps,
+            "generated_frames_timed": args.frames,
+            "guidance_scale": 2.5,
+            "guidance_rescale": 0.7,
+            "precision": "bf16 weights + bf16 autocast (DDIM in fp32)" if device.type == "cuda" else "fp32",
+            "compile_mode": args.compile_mode,
+            "encode_batch_chunk": args.encode_chunk,
+            "total_seconds": time.perf_counter() - t_start,
+        },
+        "families": families,
+        "machine": {
+            "device": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or "cpu",
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+            "host_cores": os.cpu_count(),
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print_tables(record)
+    print(f"wrote {args.out} in {record['settings']['total_seconds']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""Registry on a real MLflow server: champion / challenger policy and the pyfunc loaded from an alias."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from v2w_core import tracking
+from v2w_core.diffusion.rollout import RolloutConfig
+
+sys.path.insert(0, str(Path(__file__).parent / "eval"))
+from eval_helpers import make_episode, make_model, save_model
+
+
+def test_primary_metric_and_direction() -> None:
+    assert (
+        tracking.choose_primary({"fvd": 10.0, "psnr_mean": 20.0}, {"fvd": 12.0, "psnr_mean": 25.0}) == "fvd"
+    )
+    assert tracking.choose_primary({"psnr_mean": 20.0}, {"fvd": 12.0, "psnr_mean": 25.0}) == "psnr_mean"
+    assert tracking.choose_primary({"ssim_mean": 0.5}, {"psnr_mean": 25.0}) is None
+    assert tracking.is_better("fvd", 10.0, 12.0) and not tracking.is_better("fvd", 12.0, 10.0)
+    assert tracking.is_better("psnr_mean", 21.0, 20.0) and not tracking.is_better("psnr_mean", 19.0, 20.0)
+    assert not tracking.is_better("fvd", 10.0, 10.0) and not tracking.is_better("psnr_mean", 20.0, 20.0)
+
+
+@pytest.mark.slow
+def test_promotion_policy_and_pyfunc_from_alias(mlflow_stack: Any, tmp_path: Path) -> None:
+    import mlflow.pyfunc
+
+    uri = mlflow_stack.env()["MLFLOW_TRACKING_URI"]
+    name = f"wm-{uuid.uuid4().hex[:8]}"
+    model_dir = save_model(tmp_path / "model")
+    split = "split-a"
+
+    def register(metrics: dict[str, float], split_id: str = split) -> tracking.PromotionResult:
+        return tracking.register_and_promote(
+            model_dir, name, metrics=metrics, split_id=split_id, tracking_uri=uri, experiment="v2w-reg-test",
+            rollout_config=RolloutConfig(num_inference_steps=2, window=8),
+        )  # fmt: skip
+
+    first = register({"psnr_mean": 20.0})
+    assert first.promoted and first.version == "1" and first.champion_version is None
+    worse = register({"psnr_mean": 18.0})
+    assert worse.decision == "challenger" and worse.champion_version == "1" and worse.metric == "psnr_mean"
+    better = register({"psnr_mean": 22.0})
+    assert better.promoted and better.champion_value == 20.0
+    tie = register({"psnr_mean": 22.0})
+    assert tie.decision == "challenger"  # a tie keeps the champion
+    other_split = register({"psnr_mean": 40.0}, split_id="split-b")
+    assert other_split.decision == "challenger" and "not comparable" in other_split.reason
+
+    client = tracking._client(uri)
+    assert client.get_model_version_by_alias(name, "champion").version == better.version
+    assert client.get_model_version_by_alias(name, "challenger").version == other_split.version
+    assert client.get_model_version(name, worse.version).tags["v2w.promotion"].startswith("challenger:")
+
+    # FVD, when both have it, decides (lower is better) even against a better PSNR.
+    fvd_champ = register({"psnr_mean": 23.0, "fvd": 100.0})
+    assert fvd_champ.promoted and fvd_champ.metric == "psnr_mean"  # champion had no FVD: fallback
+    lower_fvd = register({"psnr_mean": 10.0, "fvd": 90.0})
+    assert lower_fvd.promoted and lower_fvd.metric == "fvd"
+    higher_fvd = register({"psnr_mean": 30.0, "fvd": 120.0})
+    assert higher_fvd.decision == "challenger" and higher_fvd.metric == "fvd"
+
+    # The champion loads through the registry alias as a pyfunc and rolls out.
+    pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
+    ep = make_episode(0, length=5)
+    out = pyfunc.predict({"context": ep.frames[:2], "actions": ep.actions, "num_frames": 2, "seed": 3})
+    assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
+    again = pyfunc.predict({"context": ep.frames[:2], "actions": ep.actions, "num_frames": 2, "seed": 3})
+    np.testing.assert_array_equal(out, again)
+    # ... and as the world model itself (what evaluate's actors load), with the same weights.
+    wm = tracking.load_model_from_uri(f"models:/{name}@champion", tracking_uri=uri)
+    ref = make_model()
+    for (k, a), (_, b) in zip(wm.state_dict().items(), ref.state_dict().items(), strict=True):
+        assert torch.equal(a, b), k
