@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import importlib.util
 import json
 import logging
 import os
@@ -56,7 +55,13 @@ def _import_models_without_io() -> None:
     pyarrow (for s3://); the rollout path needs none of that. Registering the package module by hand
     lets the submodules import on a machine with only torch + diffusers + einops + pydantic + pyyaml.
     """
-    if importlib.util.find_spec("pyarrow") is not None or "v2w_core.models" in sys.modules:
+    if "v2w_core.models" in sys.modules:
+        return
+    try:
+        import pyarrow.fs  # noqa: F401
+    except ImportError:
+        pass
+    else:
         return
     import v2w_core
 
@@ -280,7 +285,7 @@ def print_tables(record: dict[str, Any]) -> None:
     s = record["settings"]
     print(
         f"rollout_gpu: {record['machine']['device']}, torch {record['machine']['torch']}, window "
-        f"{s['window']}, {s['steps']} DDIM steps, guidance 2.5 (2 branches), bf16"
+        f"{s['window']}, {s['steps']} DDIM steps, guidance 2.5 (2 branches), {s['precision']}"
     )
     print(f"{'family':<7} {'path':<8} {'s/frame':>9} {'ms/step':>9} {'peak GiB':>9} {'compile s':>10}")
     for fam in record["families"]:
@@ -333,6 +338,8 @@ def main() -> None:
     if unknown := set(args.modes) - set(MODES):
         parser.error(f"unknown modes {sorted(unknown)}")
     device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(1)  # the CPU run is a smoke test; OpenMP spin-waits on shared cores
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

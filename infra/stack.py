@@ -201,6 +201,9 @@ class StackConfig:
         }
         if "mlflow" in services:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
+            # MLflow's telemetry thread races on os.environ (KeyError _MLFLOW_TELEMETRY_SESSION_ID seen in
+            # Ray workers) and would phone home; a local stack wants neither.
+            env["MLFLOW_DISABLE_TELEMETRY"] = "true"
         if "ray" in services:
             env["RAY_ADDRESS"] = self.ray_address  # ray.init() in clients
             # Without this a client canonicalizes 127.0.0.1 to the machine's external IP and never

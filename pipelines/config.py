@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
 from v2w_core.config import StrictConfig
 from v2w_core.data.clips import ClipConfig
@@ -31,7 +31,52 @@ class DataConfig(StrictConfig):
     num_cpus: float = Field(default=1.0, gt=0)
 
 
+class BaseConfig(StrictConfig):
+    """The base stage: load the user's pretrained weights, or pretrain ``preset`` bidirectionally here."""
+
+    pretrained_uri: str | None = None
+    preset: str = "tiny_unet3d"
+    #: TrainConfig keys for the pretraining run (max_steps, optim, scaling, …); validated by TrainConfig.
+    train: dict[str, Any] = Field(default_factory=dict)
+    num_cpus: float = Field(default=0.1, ge=0)
+
+
+class CausalizeConfig(StrictConfig):
+    causal_mode: Literal["shift", "masked", "extrapolative"] = "extrapolative"
+    extrapolation_window: int = Field(default=2, ge=1)
+
+
+class FinetuneConfig(StrictConfig):
+    """The train stage: TrainConfig keys for the Vid2World fine-tuning run."""
+
+    train: dict[str, Any] = Field(default_factory=dict)
+    num_cpus: float = Field(default=0.1, ge=0)
+
+
 class PipelineConfig(StrictConfig):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     clips: ClipConfig = ClipConfig()
+    base: BaseConfig = BaseConfig()
+    causalize: CausalizeConfig = CausalizeConfig()
+    train: FinetuneConfig = FinetuneConfig()
+
+    @model_validator(mode="after")
+    def _check_train_sections(self) -> PipelineConfig:
+        """Validate the embedded TrainConfig sections now, not an hour into the pipeline."""
+        from v2w_core.train.config import TrainConfig
+
+        for name, section, extra in (("base.train", self.base.train, {"mode": "pretrain"}),
+                                     ("train.train", self.train.train,
+                                      {"mode": "finetune", "model": {"base_uri": "x", "action_space":
+                                                                     {"type": "continuous", "dim": 1}}})):
+            data = {**section, "experiment": "check", "storage_path": "/tmp/check", **extra}
+            if "model" in section:
+                data["model"] = {**extra.get("model", {}), **section["model"]}
+            try:
+                TrainConfig.model_validate(data)
+            except ValidationError as err:
+                first = err.errors()[0]
+                key = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"{name}.{key}: {first['msg']}") from None
+        return self

@@ -165,9 +165,10 @@ def _start_tracking(tracking: Mapping[str, Any] | None, stage: Stage, fp: str) -
     run = client.create_run(tracking["experiment_id"], run_name=stage.name,
                             tags={"mlflow.parentRunId": tracking["parent_run_id"], "v2w.stage": stage.name,
                                   "v2w.fingerprint": fp})
-    flat = _flatten(stage.config)
-    for key, value in list(flat.items())[:200]:
-        client.log_param(run.info.run_id, key, str(value)[:500])
+    from mlflow.entities import Param
+
+    params = [Param(k, str(v)[:500]) for k, v in list(_flatten(stage.config).items())[:100]]
+    client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
 
 

@@ -4,7 +4,8 @@
     ray job submit --address http://127.0.0.1:8266 --working-dir . -- python pipelines/full.py --config …
 
 Stages (each a Ray task with its own resources, skipped when its outputs exist with the same
-fingerprint): ingest → clips.
+fingerprint): ingest → clips (round-trip check) and ingest → base → causalize → train
+→ evaluate → register.
 """
 
 from __future__ import annotations
@@ -20,17 +21,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from pipelines.config import PipelineConfig  # noqa: E402
 from pipelines.dag import Stage, StageResult, build_and_run, downstream_of  # noqa: E402
-from pipelines.stages import clips_stage, ingest_stage  # noqa: E402
+from pipelines.stages import (  # noqa: E402
+    base_stage,
+    causalize_stage,
+    clips_stage,
+    ingest_stage,
+    train_stage,
+)
 from v2w_core import storage  # noqa: E402
 
 log = logging.getLogger("pipelines.full")
 
 
 def build_stages(cfg: PipelineConfig) -> list[Stage]:
-    dump = cfg.model_dump(mode="json")
+    """The DAG. Each stage's config is its own section (plus what it reads from others), so changing
+    one section re-runs that stage and what depends on it, nothing before it."""
+    d = cfg.model_dump(mode="json")
     return [
-        Stage("ingest", ingest_stage, dump["data"], num_cpus=cfg.data.num_cpus),
-        Stage("clips", clips_stage, dump["clips"], ("ingest",), num_cpus=0.25),
+        Stage("ingest", ingest_stage, d["data"], num_cpus=cfg.data.num_cpus),
+        Stage("clips", clips_stage, d["clips"], ("ingest",), num_cpus=0.25),
+        Stage("base", base_stage, {**d["base"], "clips": d["clips"]}, ("ingest",), num_cpus=cfg.base.num_cpus),
+        Stage("causalize", causalize_stage, d["causalize"], ("ingest", "base"), num_cpus=0.5),
+        Stage("train", train_stage, {**d["train"], "clips": d["clips"]}, ("ingest", "causalize"),
+              num_cpus=cfg.train.num_cpus),
     ]
 
 
@@ -69,7 +82,7 @@ def start_tracking(cfg: PipelineConfig) -> tuple[dict[str, Any] | None, Any]:
 #: What stage tasks need to reach storage and tracking. Secrets travel only for the local stack's dummy
 #: credentials; on a real cluster the nodes' own credential chain (instance roles, mounted secrets) applies.
 WORKER_ENV_VARS = ("V2W_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                   "V2W_BUCKET", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL")
+                   "V2W_BUCKET", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY")
 SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 
@@ -94,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for key, value in StackConfig.from_env().client_env().items():
             os.environ.setdefault(key, value)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see infra/stack.py
     cfg = PipelineConfig.from_yaml(args.config, args.overrides)
     stages = build_stages(cfg)
     force = downstream_of(stages, args.from_stage) if args.from_stage else set()

@@ -49,8 +49,6 @@ CAUSAL_MODES: tuple[str, ...] = ("shift", "masked", "extrapolative")
 # Temporal attention runs one sequence per pixel (B·H·W of them); CUDA attention kernels put that batch on
 # a grid axis capped at 65535 and fail beyond it (DESIGN §3: batch 32 at 40×64 latents), so chunk it.
 MAX_ATTENTION_BATCH = 32768
-# Batched GEMMs (cuBLAS/CUTLASS) may put the batch on grid axis z, also capped at 65535.
-_MAX_GEMM_BATCH = 65535
 
 # Modules whose GroupNorms see 5-D (B, C, F, H, W) tensors, i.e. normalise across frames.
 _FRAME_MIXING_NORM_PARENTS = (TemporalConvLayer, TransformerTemporalModel, TemporalResnetBlock)
@@ -274,45 +272,12 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any)
     return torch.cat(chunks)
 
 
-def _newest_frame_attention(
-    q: torch.Tensor,
-    k_new: torch.Tensor,
-    v_new: torch.Tensor,
-    k_hist: torch.Tensor,
-    v_hist: torch.Tensor,
-    scale: float,
-) -> torch.Tensor:
-    """The last row of causal attention, for n branches that share one history.
-
-    ``q``, ``k_new``, ``v_new`` are (N, heads, n, d): the newest frame's query/key/value of every branch
-    (n = guidance branches), and ``k_hist``, ``v_hist`` (N, heads, F_h, d) the shared cached history. The n
-    branches become n queries against the same history keys, so the history is never tiled or
-    concatenated with the new key: each branch's scores are [q·K_hist, q·k_own], one softmax (fp32), then
-    p_hist·V_hist + p_own·v_own. Two small matmuls instead of SDPA (whose one-query launch overhead and
-    chunking machinery dominate at batch 1). Batched GEMM kernels put the batch (N·heads) on a grid axis
-    capped at 65535, so rows are chunked to stay under it; at small batches that is a single chunk.
-    """
-    heads = q.shape[1]
-    step = max(1, min(MAX_ATTENTION_BATCH, _MAX_GEMM_BATCH // heads))
-    out = []
-    for i in range(0, q.shape[0], step):
-        qi = q[i : i + step] * scale
-        s_hist = torch.matmul(qi, k_hist[i : i + step].transpose(-1, -2))
-        s_own = (qi * k_new[i : i + step]).sum(-1, keepdim=True)
-        p = torch.cat([s_hist, s_own], dim=-1).float().softmax(dim=-1).to(v_hist.dtype)
-        fh = k_hist.shape[2]
-        o = torch.matmul(p[..., :fh], v_hist[i : i + step]) + p[..., fh:] * v_new[i : i + step]
-        out.append(o)
-    return out[0] if len(out) == 1 else torch.cat(out)
-
-
 class CausalTemporalAttnProcessor:
     """diffusers attention processor for temporal self-attention with a causal (lower-triangular) mask.
 
     Input is (B·H·W, F, C): each spatial position attends over its own frames. In streaming "record" mode
     the per-head keys/values are stored; in "replay" mode the newest frame's query attends to the cached
-    history keys/values plus its own, which is the last row of the causal attention
-    (:func:`_newest_frame_attention`).
+    history keys/values plus its own, which is the last row of the causal attention.
     """
 
     def __init__(self, stream: StreamState, stream_key: str) -> None:
@@ -352,15 +317,17 @@ class CausalTemporalAttnProcessor:
         if self.stream.mode == "replay":
             if q.shape[2] != 1:
                 raise ValueError(f"{self.stream_key}: streaming replays one new frame, got {q.shape[2]}")
-            k_hist, v_hist = self.stream.history(self.stream_key)
+            # The n branches are n queries of the same row against one shared history: their keys sit in
+            # a preallocated (N, h, F_h + n, d) buffer whose history part was written once per generated
+            # frame; only the n newest keys/values are written per step (no concatenation, no tiled
+            # history), and a mask lets branch r see the history plus its own newest key only.
             n = self.stream.repeats
-
-            def branches(t: torch.Tensor) -> torch.Tensor:  # (n·N, h, 1, d) -> (N, h, n, d)
-                return rearrange(t, "(r m) h 1 d -> m h r d", r=n)
-
-            out = _newest_frame_attention(
-                branches(q), branches(k), branches(v), k_hist.to(k.dtype), v_hist.to(v.dtype), attn.scale
-            )
+            k_buf, v_buf, mask = self.stream.cache.kv_buffer(self.stream_key, n)
+            fh = k_buf.shape[2] - n
+            k_buf[:, :, fh:] = rearrange(k, "(r m) h 1 d -> m h r d", r=n)
+            v_buf[:, :, fh:] = rearrange(v, "(r m) h 1 d -> m h r d", r=n)
+            q = rearrange(q, "(r m) h 1 d -> m h r d", r=n)
+            out = _attention(q, k_buf, v_buf, attn_mask=mask, scale=attn.scale)
             out = rearrange(out, "m h r d -> (r m) h 1 d")
         else:
             self.stream.record(self.stream_key, k, v)

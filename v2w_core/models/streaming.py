@@ -39,8 +39,9 @@ class HistoryCache:
     ``entries`` maps a causal layer's module path to the tensors it recorded, batch-major in the first
     dimension: for temporal attention the per-head K and V, for causal convs the history's contribution
     to the newest frame's output. A newest-frame batch of ``n * batch_size`` (e.g. the conditional and
-    unconditional guidance branches, ``torch.cat([x] * n)`` order) shares them without copies: the layers
-    broadcast over the n branches, so the cache is never tiled.
+    unconditional guidance branches, ``torch.cat([x] * n)`` order) shares them without copies: convs
+    broadcast over the n branches, attention treats them as n queries (:meth:`kv_buffer`), so the cache
+    is never tiled.
 
     For CUDA graphs the cache's tensors must stay at fixed addresses across generated frames:
     :meth:`copy_` writes a new history of the same shapes into an existing cache in place.
@@ -49,6 +50,7 @@ class HistoryCache:
     batch_size: int
     num_frames: int
     entries: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    _buffers: dict[tuple[str, int], tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
 
     def put(self, key: str, *tensors: torch.Tensor) -> None:
         if key in self.entries:
@@ -65,6 +67,30 @@ class HistoryCache:
                 "causalization"
             )
         return entry
+
+    def kv_buffer(self, key: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(K, V, mask) for ``n`` newest-frame queries of one attention layer, allocated on first use.
+
+        K and V are (N, heads, F_h + n, d): the cached history in the first F_h slots, then one slot per
+        branch that the layer overwrites at every step. The entry itself becomes a view of the buffer's
+        history part, so memory is not doubled and :meth:`copy_` refreshes the buffer in place. ``mask``
+        (n, F_h + n) lets branch r see the history and slot F_h + r only.
+        """
+        memo = self._buffers.get((key, n))
+        if memo is None:
+            k, v = self.get(key)
+            fh = k.shape[2]
+            bufs = []
+            for t in (k, v):
+                buf = t.new_empty((*t.shape[:2], fh + n, t.shape[3]))
+                buf[:, :, :fh] = t
+                bufs.append(buf)
+            mask = torch.ones(n, fh + n, dtype=torch.bool, device=k.device)
+            mask[:, fh:] = torch.eye(n, dtype=torch.bool, device=k.device)
+            memo = (bufs[0], bufs[1], mask)
+            self._buffers[(key, n)] = memo
+            self.entries[key] = (bufs[0][:, :, :fh], bufs[1][:, :, :fh])
+        return memo  # type: ignore[return-value]
 
     def signature(self) -> tuple[Any, ...]:
         """Shapes/dtypes/devices of everything cached: two caches with equal signatures are interchangeable."""
@@ -83,6 +109,10 @@ class HistoryCache:
         for key, ts in self.entries.items():
             for dst, src in zip(ts, other.entries[key], strict=True):
                 dst.copy_(src)
+        for (key, _), bufs in self._buffers.items():  # buffers whose history part is not the entry itself
+            for buf, entry in zip(bufs[:2], self.entries[key], strict=True):
+                if buf.data_ptr() != entry.data_ptr():
+                    buf[:, :, : entry.shape[2]] = entry
         return self
 
     @classmethod

@@ -1,0 +1,42 @@
+"""Side-by-side videos (GIF and MP4) and the drift-curve PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image
+
+from v2w_core.eval.videos import plot_drift, side_by_side, write_video
+
+
+def _pair() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 255, size=(5, 16, 16, 3), dtype=np.uint8)
+    generated = rng.uniform(-1, 1, size=(3, 3, 16, 16)).astype(np.float32)  # model space (N, C, H, W)
+    return truth, generated
+
+
+def test_side_by_side_layout() -> None:
+    truth, generated = _pair()
+    out = side_by_side(truth, generated, context_frames=2, scale=2, gap=2)
+    assert out.shape == (5, 32, 2 * (2 * 16 + 2), 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[:, ::2, ::2][:, :, :16], truth)  # ground truth on the left
+    np.testing.assert_array_equal(out[:2, ::2, ::2][:, :, 18:], truth[:2])  # context repeated on the right
+
+
+def test_gif_and_mp4_round_trip(tmp_path: Path) -> None:
+    frames = side_by_side(*_pair(), context_frames=2, scale=2)
+    gif = write_video(frames, tmp_path / "a.gif")
+    assert Image.open(gif).n_frames == 5
+    mp4 = write_video(frames, tmp_path / "a.mp4")
+    with av.open(str(mp4)) as container:
+        decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    assert len(decoded) == 5 and decoded[0].shape[:2] == frames.shape[1:3]
+
+
+def test_drift_plot_is_png(tmp_path: Path) -> None:
+    path = plot_drift({"psnr": [30.0, 25.0, 20.0], "ssim": [0.9, 0.8, 0.7]}, tmp_path / "d.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(path).size[0] > Image.open(path).size[1]  # two panels side by side
