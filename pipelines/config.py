@@ -24,6 +24,9 @@ class DataConfig(StrictConfig):
     """The ingest stage: which source, how many episodes, how they are stored."""
 
     source: str = "vizdoom"
+    #: Convert this data set (local path) with the converter ``source`` (lerobot, rlds, csgo) instead of
+    #: recording ``episodes`` new episodes from a simulator.
+    input: str | None = None
     episodes: int = Field(default=24, ge=1)
     seed: int = Field(default=0, ge=0)
     source_options: dict[str, Any] = Field(default_factory=dict)

@@ -19,16 +19,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a working dir
 
-from pipelines.config import PipelineConfig  # noqa: E402
-from pipelines.dag import Stage, StageResult, build_and_run, downstream_of  # noqa: E402
-from pipelines.stages import (  # noqa: E402
+from pipelines.config import PipelineConfig
+from pipelines.dag import Stage, StageResult, build_and_run, downstream_of
+from pipelines.stages import (
     base_stage,
     causalize_stage,
     clips_stage,
     ingest_stage,
     train_stage,
 )
-from v2w_core import storage  # noqa: E402
+from v2w_core import storage
 
 log = logging.getLogger("pipelines.full")
 

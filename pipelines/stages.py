@@ -17,16 +17,22 @@ log = logging.getLogger(__name__)
 
 
 def ingest_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
-    """Record episodes from the configured source into WebDataset shards + a parquet manifest."""
-    from v2w_core.data.ingest import IngestConfig, ingest
+    """Record episodes from a simulator source, or convert the user's data set, into WebDataset shards +
+    a parquet manifest."""
     from v2w_core.data.manifest import MANIFEST_NAME
 
     cfg = ctx.config
     out = storage.join(ctx.output_dir, "data")
-    manifest = ingest(IngestConfig.from_dict({
-        "source": cfg["source"], "episodes": cfg["episodes"], "seed": cfg["seed"], "out": out,
-        "writer": cfg["writer"], "source_options": cfg["source_options"],
-    }))
+    if cfg.get("input"):
+        from v2w_core.data.converters import convert
+        from v2w_core.data.manifest import Manifest
+        from v2w_core.data.shards import ShardWriterConfig
+
+        convert(cfg["source"], cfg["input"], out, ShardWriterConfig.from_dict(cfg["writer"]),
+                **cfg["source_options"])
+        manifest = Manifest.read(storage.join(out, MANIFEST_NAME))
+    else:
+        manifest = _record(cfg, out)
     splits = manifest.table.column("split").to_pylist()
     return {
         "manifest": storage.join(out, MANIFEST_NAME),
@@ -36,6 +42,15 @@ def ingest_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[s
         "frames": int(sum(manifest.table.column("length").to_pylist())),
         "shards": len(manifest.shard_uris()),
     }
+
+
+def _record(cfg: Mapping[str, Any], out: str):
+    from v2w_core.data.ingest import IngestConfig, ingest
+
+    return ingest(IngestConfig.from_dict({
+        "source": cfg["source"], "episodes": cfg["episodes"], "seed": cfg["seed"], "out": out,
+        "writer": cfg["writer"], "source_options": cfg["source_options"],
+    }))
 
 
 def clips_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
