@@ -84,7 +84,9 @@ def main() -> None:
         str(work / "data"),
         ShardWriterConfig.from_dict({"codec": {"name": "zstd"}, "eval_fraction": 1.0}),
     )
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ray.init(
+        num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False, _node_ip_address="127.0.0.1"
+    )
     rows = []
     for n in [int(x) for x in args.actors.split(",")]:
         cfg = EvalConfig.from_dict({

@@ -319,6 +319,7 @@ def main() -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--batches", default="1,8,32,64", help="batched rollouts (streaming + CUDA graph)")
     parser.add_argument("--svd-batches", default="1,8,32", help="batches for the svd family")
+    parser.add_argument("--svd-modes", default="full,stream,graph", help="modes for svd ('' = as --modes)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--frames", type=int, default=1, help="generated frames per timed rollout")
     parser.add_argument("--context", type=int, default=15, help="history frames (window = context + 1)")
@@ -345,15 +346,24 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     t_start = time.perf_counter()
 
-    families = []
+    families: list[dict[str, Any]] = []
     for fam in [f for f in args.families.split(",") if f]:
         fam_args = copy.copy(args)
         fam_args.batches = [
             int(b) for b in (args.svd_batches if fam == "svd" else args.batches).split(",") if b
         ]
+        if fam == "svd" and args.svd_modes:
+            fam_args.modes = [m for m in args.svd_modes.split(",") if m]
         families.append(bench_family(fam, fam_args, device))
         reset_peak(device)
+        write_record(args, device, families, t_start)  # after each family: a killed run keeps its rows
+    print_tables(write_record(args, device, families, t_start))
+    print(f"wrote {args.out} in {time.perf_counter() - t_start:.0f} s")
 
+
+def write_record(
+    args: argparse.Namespace, device: torch.device, families: list[dict[str, Any]], t_start: float
+) -> dict[str, Any]:
     record = {
         "benchmark": "rollout_gpu",
         "settings": {
@@ -382,8 +392,7 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print_tables(record)
-    print(f"wrote {args.out} in {record['settings']['total_seconds']:.0f} s")
+    return record
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 from v2w_core.config import StrictConfig
 from v2w_core.data.clips import ClipConfig
 from v2w_core.data.shards import ShardWriterConfig
+from v2w_core.eval.config import EvalConfig
 
 
 class RunConfig(StrictConfig):
@@ -56,6 +57,19 @@ class FinetuneConfig(StrictConfig):
     num_cpus: float = Field(default=0.1, ge=0)
 
 
+class EvaluateConfig(StrictConfig):
+    """The evaluate stage: the eval protocol, and whether to score the untrained causal model too."""
+
+    protocol: EvalConfig = EvalConfig()
+    #: Also evaluate the causalized base before fine-tuning (the baseline the trained model must beat).
+    baseline: bool = True
+    num_cpus: float = Field(default=0.25, ge=0)
+
+
+class RegisterConfig(StrictConfig):
+    model_name: str = Field(default="vid2world-tiny", min_length=1)
+
+
 class PipelineConfig(StrictConfig):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
@@ -63,6 +77,8 @@ class PipelineConfig(StrictConfig):
     base: BaseConfig = BaseConfig()
     causalize: CausalizeConfig = CausalizeConfig()
     train: FinetuneConfig = FinetuneConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegisterConfig = RegisterConfig()
 
     @model_validator(mode="after")
     def _check_train_sections(self) -> PipelineConfig:

@@ -25,7 +25,9 @@ from pipelines.stages import (
     base_stage,
     causalize_stage,
     clips_stage,
+    evaluate_stage,
     ingest_stage,
+    register_stage,
     train_stage,
 )
 from v2w_core import storage
@@ -44,6 +46,9 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
         Stage("causalize", causalize_stage, d["causalize"], ("ingest", "base"), num_cpus=0.5),
         Stage("train", train_stage, {**d["train"], "clips": d["clips"]}, ("ingest", "causalize"),
               num_cpus=cfg.train.num_cpus),
+        Stage("evaluate", evaluate_stage, d["evaluate"], ("ingest", "causalize", "train"),
+              num_cpus=cfg.evaluate.num_cpus),
+        Stage("register", register_stage, d["registry"], ("evaluate",), num_cpus=0.1),
     ]
 
 
@@ -131,6 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"round trip: {clips['episodes_read']}/{clips['episodes_expected']} episodes read, "
           f"{clips['episodes_bad']} bad, {clips['clips']} clips of shape {clips['clip_shape']}, "
           f"counts reconcile: {clips['reconciles']}")
+    ev, reg = results["evaluate"].outputs, results["register"].outputs
+    base = ev.get("baseline_metrics", {})
+    print(f"evaluation: PSNR {ev['metrics'].get('psnr_mean', float('nan')):.2f} dB "
+          f"(untrained causal base {base.get('psnr_mean', float('nan')):.2f} dB), "
+          f"SSIM {ev['metrics'].get('ssim_mean', float('nan')):.3f}; unavailable: {sorted(ev['unavailable'])}")
+    print(f"registry: {reg['name']} v{reg['version']} -> {reg['decision']} ({reg['reason']})")
     return 0
 
 

@@ -192,3 +192,46 @@ def train_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[st
 def _final(metrics: Mapping[str, Any] | None, key: str) -> float | None:
     value = (metrics or {}).get(key)
     return float(value) if isinstance(value, (int, float)) else None
+
+
+# --- evaluation and registry ---------------------------------------------------------------------------
+
+def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    """Parallel held-out rollouts of the fine-tuned model (and the untrained causal baseline) + metrics."""
+    from v2w_core.eval import EvalConfig, evaluate
+
+    cfg = ctx.config
+    protocol = EvalConfig.from_dict(cfg["protocol"], source="evaluate.protocol")
+    manifest = inputs["ingest"].outputs["manifest"]
+    tracking = ctx.extra.get("tracking") or {}
+    common = {"tracking_uri": tracking.get("tracking_uri"), "parent_run_id": ctx.mlflow_run_id,
+              "experiment": tracking.get("experiment_name", "vid2world")}
+    if not tracking:
+        common["tracking_uri"] = None
+    result = evaluate(inputs["train"].outputs["model"], manifest, protocol, run_name="eval:trained", **common)
+    out: dict[str, Any] = {"model": result.model_uri, "eval_run_id": result.run_id, "split_id": result.split_id,
+                           "metrics": result.metrics, "unavailable": result.unavailable,
+                           "artifacts": result.artifacts}
+    if cfg["baseline"]:
+        base = evaluate(inputs["causalize"].outputs["model"], manifest, protocol, run_name="eval:baseline",
+                        tags={"v2w.baseline": "untrained-causal-base"}, **common)
+        out["baseline_metrics"] = base.metrics
+        if "psnr_mean" in result.metrics and "psnr_mean" in base.metrics:
+            out["psnr_gain_over_baseline_db"] = result.metrics["psnr_mean"] - base.metrics["psnr_mean"]
+    return out
+
+
+def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    """Register the model; alias ``champion`` moves only if it beats the champion on the same eval split."""
+    from v2w_core.tracking import register_and_promote
+
+    ev = inputs["evaluate"].outputs
+    tracking = ctx.extra.get("tracking") or {}
+    if not tracking:
+        raise RuntimeError("the register stage needs MLflow: set run.tracking=true and MLFLOW_TRACKING_URI")
+    promo = register_and_promote(ev["model"], ctx.config["model_name"], metrics=ev["metrics"],
+                                 split_id=ev["split_id"], tracking_uri=tracking["tracking_uri"],
+                                 run_id=ev["eval_run_id"], experiment=tracking["experiment_name"])
+    return {"name": promo.name, "version": promo.version, "decision": promo.decision,
+            "metric": promo.metric, "value": promo.value, "champion_version": promo.champion_version,
+            "reason": promo.reason}

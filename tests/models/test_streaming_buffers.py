@@ -81,3 +81,15 @@ def test_copy_refuses_other_shapes() -> None:
         long = _encode(model, clip(frames=4))
     with pytest.raises(ValueError, match="different shapes"):
         short.copy_(long)
+
+
+@torch.no_grad()
+def test_chunks_written_into_a_static_cache() -> None:
+    """The fast path refreshes its static cache chunk by chunk (write_rows_), buffers included."""
+    model = causalize(make_model("unet3d"))
+    first, second = clip(batch=3, frames=4, seed=5), clip(batch=3, frames=4, seed=6)
+    static = _encode(model, first)
+    _guided_step(model, first, static)  # allocates the attention buffers
+    for rows in (slice(0, 2), slice(2, 3)):
+        static.write_rows_(_encode(model, {k: v[rows] for k, v in second.items()}), rows.start)
+    torch.testing.assert_close(_guided_step(model, second, static), _full_last(model, second), **TOL)

@@ -138,30 +138,32 @@ class FastStreamer:
         a_hist: torch.Tensor | None = None,
         mask_hist: torch.Tensor | None = None,
     ) -> HistoryCache:
-        """``model.encode_history`` under autocast; with graphs on, written into the static cache."""
-        chunk = self.config.encode_batch_chunk or x_hist.shape[0]
-        parts = []
+        """``model.encode_history`` under autocast (in batch chunks); with graphs on, written in place into
+        the static cache of these input shapes, whose addresses the captured graphs read."""
+        batch = x_hist.shape[0]
+        chunk = self.config.encode_batch_chunk or batch
+        graphs = self._graphs_on(x_hist.device)
+        static = self._static.get(_key(x_hist, t_hist, a_hist, mask_hist)) if graphs else None
+        parts: list[HistoryCache] = []
         with self._autocast(x_hist.device):
-            for i in range(0, x_hist.shape[0], chunk):
+            for i in range(0, batch, chunk):
                 rows = slice(i, i + chunk)
-                parts.append(
-                    self.model.encode_history(
-                        x_hist[rows],
-                        t_hist[rows],
-                        None if a_hist is None else a_hist[rows],
-                        None if mask_hist is None else mask_hist[rows],
-                    )
+                part = self.model.encode_history(
+                    x_hist[rows],
+                    t_hist[rows],
+                    None if a_hist is None else a_hist[rows],
+                    None if mask_hist is None else mask_hist[rows],
                 )
+                if static is not None:
+                    static.write_rows_(part, i)  # straight into the graph's buffers, chunk by chunk
+                else:
+                    parts.append(part)
+        if static is not None:
+            return static
         cache = parts[0] if len(parts) == 1 else HistoryCache.cat(parts)
-        del parts
-        if not self._graphs_on(x_hist.device):
-            return cache
-        sig = cache.signature()
-        static = self._static.get(sig)
-        if static is None:  # the first cache of this shape becomes the static one
-            self._static[sig] = cache
-            return cache
-        return static.copy_(cache)
+        if graphs:  # the first cache of these input shapes becomes the static one
+            self._static[_key(x_hist, t_hist, a_hist, mask_hist)] = cache
+        return cache
 
     @torch.no_grad()
     def step_newest(

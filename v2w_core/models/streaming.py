@@ -106,9 +106,22 @@ class HistoryCache:
         """Overwrite this cache's tensors in place with ``other``'s (same signature); returns self."""
         if other.signature() != self.signature():
             raise ValueError("cannot copy a history cache of different shapes into this one")
+        return self.write_rows_(other, 0)
+
+    def write_rows_(self, part: HistoryCache, start: int) -> HistoryCache:
+        """Write ``part`` (the cache of rollouts start .. start + part.batch_size) into this one in place.
+
+        Lets a batch-chunked history encode fill a static cache chunk by chunk, so the memory peak is
+        the static cache plus one chunk's cache, not two whole caches.
+        """
+        if part.num_frames != self.num_frames or part.entries.keys() != self.entries.keys():
+            raise ValueError("cannot copy a history cache of different shapes into this one")
+        if start < 0 or start + part.batch_size > self.batch_size:
+            raise ValueError(f"rows {start}..{start + part.batch_size} outside batch {self.batch_size}")
         for key, ts in self.entries.items():
-            for dst, src in zip(ts, other.entries[key], strict=True):
-                dst.copy_(src)
+            for dst, src in zip(ts, part.entries[key], strict=True):
+                per = dst.shape[0] // self.batch_size  # rows per rollout (H·W for attention entries)
+                dst[start * per : (start + part.batch_size) * per] = src
         for (key, _), bufs in self._buffers.items():  # buffers whose history part is not the entry itself
             for buf, entry in zip(bufs[:2], self.entries[key], strict=True):
                 if buf.data_ptr() != entry.data_ptr():
