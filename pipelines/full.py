@@ -48,7 +48,7 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
               num_cpus=cfg.train.num_cpus),
         Stage("evaluate", evaluate_stage, d["evaluate"], ("ingest", "causalize", "train"),
               num_cpus=cfg.evaluate.num_cpus),
-        Stage("register", register_stage, d["registry"], ("evaluate",), num_cpus=0.1),
+        Stage("register", register_stage, d["registry"], ("ingest", "evaluate"), num_cpus=0.1),
     ]
 
 

@@ -232,6 +232,21 @@ def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
     promo = register_and_promote(ev["model"], ctx.config["model_name"], metrics=ev["metrics"],
                                  split_id=ev["split_id"], tracking_uri=tracking["tracking_uri"],
                                  run_id=ev["eval_run_id"], experiment=tracking["experiment_name"])
+    tag_data_lineage(tracking["tracking_uri"], promo.name, promo.version, model_uri=ev["model"],
+                     manifest_uri=inputs["ingest"].outputs["manifest"] if "ingest" in inputs else ev["manifest"])
     return {"name": promo.name, "version": promo.version, "decision": promo.decision,
             "metric": promo.metric, "value": promo.value, "champion_version": promo.champion_version,
             "reason": promo.reason}
+
+
+def tag_data_lineage(tracking_uri: str, name: str, version: str, *, model_uri: str, manifest_uri: str) -> None:
+    """Record on the model version what it was trained on, so retraining can find "episodes added since"."""
+    from mlflow.tracking import MlflowClient
+
+    from v2w_core.data.manifest import Manifest
+
+    created = Manifest.read(manifest_uri).table.column("created_at").to_pylist()
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_model_version_tag(name, version, "v2w.data_manifest", manifest_uri)
+    client.set_model_version_tag(name, version, "v2w.data_cutoff", max(created).isoformat())
+    client.set_model_version_tag(name, version, "v2w.model_uri", model_uri)

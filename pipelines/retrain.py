@@ -1,0 +1,126 @@
+"""Scheduled retraining: warm-start from the champion on the episodes added since it was trained.
+
+    python pipelines/retrain.py --config configs/tiny.yaml [--local-stack] [--set train.train.max_steps=…]
+
+1. Find the registry's ``champion`` of ``registry.model_name`` and the data it was trained on (the
+   ``v2w.data_manifest`` / ``v2w.data_cutoff`` tags the register stage writes).
+2. Episodes appended to that manifest after the cutoff are the new data; none → nothing to do (exit 0).
+3. Fine-tune from the champion's weights on the train split (old + new episodes).
+4. Evaluate on the champion's held-out split — the eval episodes that existed at the cutoff — so the
+   comparison is like for like, then register; ``champion`` moves only if the new model is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipelines.config import PipelineConfig
+from pipelines.full import start_tracking, worker_env
+from v2w_core import storage
+
+log = logging.getLogger("pipelines.retrain")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--local-stack", action="store_true", help="use the local stack's endpoints (see full.py)")
+    p.add_argument("--ray-address", default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.local_stack:
+        from infra.stack import StackConfig
+
+        for key, value in StackConfig.from_env().client_env().items():
+            os.environ.setdefault(key, value)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    cfg = PipelineConfig.from_yaml(args.config, args.overrides)
+
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    from v2w_core.data.manifest import Manifest
+    from v2w_core.eval import EvalConfig, evaluate
+    from v2w_core.tracking import register_and_promote
+    from v2w_core.train.api import train
+    from v2w_core.train.config import TrainConfig
+
+    tracking, _ = start_tracking(cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": True})}))
+    uri, name = tracking["tracking_uri"], cfg.registry.model_name
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        champion = client.get_model_version_by_alias(name, "champion")
+    except Exception as err:  # noqa: BLE001 - MLflow raises its own RestException subclasses
+        raise SystemExit(f"no champion for {name!r} in the registry ({err}); run pipelines/full.py first")
+    tags = champion.tags
+    manifest_uri, cutoff = tags["v2w.data_manifest"], datetime.fromisoformat(tags["v2w.data_cutoff"])
+    manifest = Manifest.read(manifest_uri)
+    new = manifest.select(since=cutoff + timedelta(microseconds=1))
+    if len(new) == 0:
+        print(f"retrain: no episodes added to {manifest_uri} since {cutoff.isoformat()}; champion "
+              f"{name} v{champion.version} stays")
+        client.set_terminated(tracking["parent_run_id"], "FINISHED")
+        return 0
+    log.info("%d new episodes since %s; warm-starting from %s v%s", len(new), cutoff, name, champion.version)
+
+    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"),
+             runtime_env={"env_vars": worker_env(include_secrets=args.local_stack)})
+    stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+    root = storage.join(cfg.run.root, "retrain", stamp)
+    section = dict(cfg.train.train)
+    tcfg = TrainConfig.from_dict({
+        **section, "experiment": f"retrain-{stamp}", "mode": "finetune",
+        "storage_path": storage.join(root, "runs"), "output_uri": storage.join(root, "model"),
+        "model": {**section.get("model", {}), "base_uri": tags["v2w.model_uri"],
+                  "action_space": _action_space(manifest)},
+        "data": {"manifest_uri": manifest_uri, "clips": cfg.clips.model_dump(mode="json")},
+        "tracking": {"tracking_uri": uri, "parent_run_id": tracking["parent_run_id"],
+                     "experiment": cfg.run.experiment},
+    }, source="retrain")
+    result = train(tcfg)
+
+    # The champion's held-out split: eval episodes that existed at its cutoff.
+    old = Manifest(manifest.table.filter(_created_before(manifest, cutoff)), manifest.root)
+    eval_manifest_uri = storage.join(manifest.root, f"manifest-eval-{name}-v{champion.version}.parquet")
+    old.write(eval_manifest_uri)
+    protocol = EvalConfig.from_dict(cfg.evaluate.protocol.model_dump(mode="json"))
+    ev = evaluate(result.model_uri, eval_manifest_uri, protocol, tracking_uri=uri,
+                  parent_run_id=tracking["parent_run_id"], experiment=cfg.run.experiment,
+                  run_name="eval:retrained")
+    promo = register_and_promote(result.model_uri, name, metrics=ev.metrics, split_id=ev.split_id,
+                                 tracking_uri=uri, run_id=ev.run_id, experiment=cfg.run.experiment)
+    from pipelines.stages import tag_data_lineage
+
+    tag_data_lineage(uri, name, promo.version, model_uri=result.model_uri, manifest_uri=manifest_uri)
+    client.set_terminated(tracking["parent_run_id"], "FINISHED")
+    print(f"retrain: {len(new)} new episodes; {name} v{promo.version} -> {promo.decision} ({promo.reason})")
+    return 0
+
+
+def _action_space(manifest) -> dict:
+    (kind, dim), = {(r["action_type"], int(r["action_dim"])) for r in manifest.rows()}
+    return {"type": kind, "dim": dim}
+
+
+def _created_before(manifest, cutoff: datetime):
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    ts = pa.scalar(cutoff, type=manifest.table.schema.field("created_at").type)
+    return pc.less_equal(manifest.table.column("created_at"), ts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
