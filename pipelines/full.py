@@ -96,6 +96,18 @@ def worker_env(*, include_secrets: bool) -> dict[str, str]:
     return {k: os.environ[k] for k in names if os.environ.get(k)}
 
 
+def connect_ray(address: str | None, *, include_secrets: bool) -> None:
+    """Join the cluster. Under ``ray job submit`` the job's own runtime_env (working dir, env vars) applies
+    and must not be replaced; run directly, the stage tasks get the storage/tracking variables."""
+    import ray
+
+    if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+        ray.init()
+    else:
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"),
+                 runtime_env={"env_vars": worker_env(include_secrets=include_secrets)})
+
+
 def summarize(results: dict[str, StageResult]) -> str:
     lines = []
     for name, r in results.items():
@@ -119,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     if storage.is_s3(cfg.run.root):
         storage.ensure_bucket(cfg.run.root)
 
-    import ray
-
-    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"),
-             runtime_env={"env_vars": worker_env(include_secrets=args.local_stack)})
+    connect_ray(args.ray_address, include_secrets=args.local_stack)
     tracking, client = start_tracking(cfg)
     status = "FAILED"
     try:

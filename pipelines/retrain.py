@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.config import PipelineConfig
-from pipelines.full import start_tracking, worker_env
+from pipelines.full import connect_ray, start_tracking
 from v2w_core import storage
 
 log = logging.getLogger("pipelines.retrain")
@@ -48,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     cfg = PipelineConfig.from_yaml(args.config, args.overrides)
 
-    import ray
     from mlflow.tracking import MlflowClient
 
     from v2w_core.data.manifest import Manifest
@@ -75,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     log.info("%d new episodes since %s; warm-starting from %s v%s", len(new), cutoff, name, champion.version)
 
-    ray.init(address=args.ray_address or os.environ.get("RAY_ADDRESS"),
-             runtime_env={"env_vars": worker_env(include_secrets=args.local_stack)})
+    connect_ray(args.ray_address, include_secrets=args.local_stack)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     root = storage.join(cfg.run.root, "retrain", stamp)
     section = dict(cfg.train.train)
