@@ -68,8 +68,13 @@ def test_cache_is_shared_by_branches_not_tiled() -> None:
 def test_batch_chunked_encoding_joins_to_the_whole_batch(family: str) -> None:
     model = causalize(make_model(family))
     b = clip(batch=3, frames=4, seed=4)
-    parts = [_encode(model, {k: v[rows] for k, v in b.items()}) for rows in (slice(0, 2), slice(2, 3))]
-    joined = HistoryCache.cat(parts)
+    parts = [
+        (rows.start, _encode(model, {k: v[rows] for k, v in b.items()}))
+        for rows in (slice(0, 2), slice(2, 3))
+    ]
+    joined = HistoryCache.allocate_like(parts[0][1], 3)
+    for start, part in parts:
+        joined.write_rows_(part, start)
     assert joined.batch_size == 3 and joined.signature() == _encode(model, b).signature()
     torch.testing.assert_close(_guided_step(model, b, joined), _full_last(model, b), **TOL)
 

@@ -144,7 +144,6 @@ class FastStreamer:
         chunk = self.config.encode_batch_chunk or batch
         graphs = self._graphs_on(x_hist.device)
         static = self._static.get(_key(x_hist, t_hist, a_hist, mask_hist)) if graphs else None
-        parts: list[HistoryCache] = []
         with self._autocast(x_hist.device):
             for i in range(0, batch, chunk):
                 rows = slice(i, i + chunk)
@@ -154,16 +153,17 @@ class FastStreamer:
                     None if a_hist is None else a_hist[rows],
                     None if mask_hist is None else mask_hist[rows],
                 )
-                if static is not None:
-                    static.write_rows_(part, i)  # straight into the graph's buffers, chunk by chunk
-                else:
-                    parts.append(part)
-        if static is not None:
-            return static
-        cache = parts[0] if len(parts) == 1 else HistoryCache.cat(parts)
-        if graphs:  # the first cache of these input shapes becomes the static one
-            self._static[_key(x_hist, t_hist, a_hist, mask_hist)] = cache
-        return cache
+                if chunk >= batch:
+                    static = static.copy_(part) if static is not None else part
+                    break
+                if static is None:
+                    static = HistoryCache.allocate_like(part, batch)
+                static.write_rows_(part, i)  # in place, chunk by chunk: no second whole cache
+                del part
+        assert static is not None
+        if graphs:  # the first cache of these input shapes stays: the captured graphs read its addresses
+            self._static.setdefault(_key(x_hist, t_hist, a_hist, mask_hist), static)
+        return static
 
     @torch.no_grad()
     def step_newest(

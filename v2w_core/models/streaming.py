@@ -129,19 +129,18 @@ class HistoryCache:
         return self
 
     @classmethod
-    def cat(cls, caches: list[HistoryCache]) -> HistoryCache:
-        """Join caches of consecutive batch chunks (same layers, same history length) along the batch.
+    def allocate_like(cls, part: HistoryCache, batch_size: int) -> HistoryCache:
+        """An uninitialised cache for ``batch_size`` rollouts with ``part``'s layers and history length.
 
-        Every cached tensor is batch-major in dim 0 (rows b·H·W + p for attention), so chunking a large
-        ``encode_history`` over the batch and joining the pieces gives the cache of the whole batch with
-        the activation peak of one chunk.
+        Every cached tensor is batch-major in dim 0 (rows b·H·W + p for attention), so a large
+        ``encode_history`` can run in batch chunks that :meth:`write_rows_` puts in place: the memory
+        peak is the whole cache plus one chunk's, not two whole caches as with a concatenation.
         """
-        first = caches[0]
-        if any(c.num_frames != first.num_frames or c.entries.keys() != first.entries.keys() for c in caches):
-            raise ValueError("can only join caches of the same layers and history length")
-        out = cls(batch_size=sum(c.batch_size for c in caches), num_frames=first.num_frames)
-        for key, ts in first.entries.items():
-            out.entries[key] = tuple(torch.cat([c.entries[key][i] for c in caches]) for i in range(len(ts)))
+        out = cls(batch_size=batch_size, num_frames=part.num_frames)
+        for key, ts in part.entries.items():
+            out.entries[key] = tuple(
+                t.new_empty((t.shape[0] // part.batch_size * batch_size, *t.shape[1:])) for t in ts
+            )
         return out
 
     def nbytes(self) -> int:
