@@ -120,6 +120,16 @@ def test_s3_parquet_through_get_filesystem(s3_prefix: str) -> None:
 
 
 @pytest.mark.slow
+def test_s3_directory_markers_are_not_files(s3_prefix: str) -> None:
+    """pyarrow (and so Ray Train) writes empty ``dir/`` marker objects; listing must not return them."""
+    fs, path = storage.get_filesystem(storage.join(s3_prefix, "model"))
+    fs.create_dir(path)
+    storage.write_bytes(storage.join(s3_prefix, "model", "config.json"), b"{}")
+    listed = storage.list_files(storage.join(s3_prefix, "model"))
+    assert listed == [storage.join(s3_prefix, "model", "config.json")]
+
+
+@pytest.mark.slow
 def test_s3_missing_key_and_bucket(s3_prefix: str) -> None:
     missing = storage.join(s3_prefix, "missing.bin")
     with pytest.raises(storage.NotFoundError, match="missing.bin"):

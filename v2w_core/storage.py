@@ -575,7 +575,8 @@ def list_files(prefix_uri: str | os.PathLike[str]) -> list[str]:
         if token:
             kwargs["ContinuationToken"] = token
         resp = with_retries(lambda kw=kwargs: client.list_objects_v2(**kw), uri=uri, settings=settings)
-        out.extend(f"s3://{bucket}/{obj['Key']}" for obj in resp.get("Contents", []))
+        # Keys ending in "/" are directory markers (pyarrow's S3FileSystem and Ray Train write them), not files.
+        out.extend(f"s3://{bucket}/{obj['Key']}" for obj in resp.get("Contents", []) if not obj["Key"].endswith("/"))
         if not resp.get("IsTruncated"):
             break
         token = resp["NextContinuationToken"]
