@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-import cloudpickle
 import pytest
+from ray import cloudpickle  # Ray serialises with its own vendored copy
 
 from pipelines.dag import Stage, build_and_run, downstream_of, fingerprint
 
