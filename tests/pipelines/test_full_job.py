@@ -33,11 +33,12 @@ SMALL = [
 @pytest.fixture(scope="module")
 def ray_head(mlflow_stack, _stack_config):
     """A Ray head on loopback (the stack's), for `ray job submit`; stopped after the module."""
-    info = stack_mod.ensure_running(("s3", "mlflow", "ray"), config=_stack_config)
+    cfg = _stack_config["cfg"]  # the session's stack config (a holder: see tests/conftest.py)
+    info = stack_mod.ensure_running(("s3", "mlflow", "ray"), config=cfg)
     try:
         yield info
     finally:
-        stack_mod.stop([s for s in info.started if s == "ray"], config=_stack_config)
+        stack_mod.stop([s for s in info.started if s == "ray"], config=cfg)
 
 
 def _submit(info, name: str, root: str, model_name: str) -> str:
