@@ -96,6 +96,16 @@ def worker_env(*, include_secrets: bool) -> dict[str, str]:
     return {k: os.environ[k] for k in names if os.environ.get(k)}
 
 
+def use_stack_env(*, local_stack: bool) -> None:
+    """Fill unset variables from the local stack (``--local-stack``); MLflow telemetry off either way."""
+    if local_stack:
+        from infra.stack import StackConfig
+
+        for key, value in StackConfig.from_env().client_env().items():
+            os.environ.setdefault(key, value)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see infra/stack.py
+
+
 def connect_ray(address: str | None, *, include_secrets: bool) -> None:
     """Join the cluster. Under ``ray job submit`` the job's own runtime_env (working dir, env vars) applies
     and must not be replaced; run directly, the stage tasks get the storage/tracking variables."""
@@ -119,12 +129,7 @@ def summarize(results: dict[str, StageResult]) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    if args.local_stack:
-        from infra.stack import StackConfig
-
-        for key, value in StackConfig.from_env().client_env().items():
-            os.environ.setdefault(key, value)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see infra/stack.py
+    use_stack_env(local_stack=args.local_stack)
     cfg = PipelineConfig.from_yaml(args.config, args.overrides)
     stages = build_stages(cfg)
     force = downstream_of(stages, args.from_stage) if args.from_stage else set()

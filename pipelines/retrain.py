@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.config import PipelineConfig
-from pipelines.full import connect_ray, start_tracking
+from pipelines.full import connect_ray, start_tracking, use_stack_env
+from pipelines.stages import manifest_action_space, tag_data_lineage
 from v2w_core import storage
 
 log = logging.getLogger("pipelines.retrain")
@@ -40,12 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    if args.local_stack:
-        from infra.stack import StackConfig
-
-        for key, value in StackConfig.from_env().client_env().items():
-            os.environ.setdefault(key, value)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    use_stack_env(local_stack=args.local_stack)
     cfg = PipelineConfig.from_yaml(args.config, args.overrides)
 
     from mlflow.tracking import MlflowClient
@@ -82,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         **section, "experiment": f"retrain-{stamp}", "mode": "finetune",
         "storage_path": storage.join(root, "runs"), "output_uri": storage.join(root, "model"),
         "model": {**section.get("model", {}), "base_uri": tags["v2w.model_uri"],
-                  "action_space": _action_space(manifest)},
+                  "action_space": manifest_action_space(manifest_uri)},
         "data": {"manifest_uri": manifest_uri, "clips": cfg.clips.model_dump(mode="json")},
         "tracking": {"tracking_uri": uri, "parent_run_id": tracking["parent_run_id"],
                      "experiment": cfg.run.experiment},
@@ -99,17 +94,10 @@ def main(argv: list[str] | None = None) -> int:
                   run_name="eval:retrained")
     promo = register_and_promote(result.model_uri, name, metrics=ev.metrics, split_id=ev.split_id,
                                  tracking_uri=uri, run_id=ev.run_id, experiment=cfg.run.experiment)
-    from pipelines.stages import tag_data_lineage
-
     tag_data_lineage(uri, name, promo.version, model_uri=result.model_uri, manifest_uri=manifest_uri)
     client.set_terminated(tracking["parent_run_id"], "FINISHED")
     print(f"retrain: {len(new)} new episodes; {name} v{promo.version} -> {promo.decision} ({promo.reason})")
     return 0
-
-
-def _action_space(manifest) -> dict:
-    (kind, dim), = {(r["action_type"], int(r["action_dim"])) for r in manifest.rows()}
-    return {"type": kind, "dim": dim}
 
 
 def _created_before(manifest, cutoff: datetime):

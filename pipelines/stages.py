@@ -85,7 +85,7 @@ def clips_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[st
 
 # --- model stages ------------------------------------------------------------------------------------
 
-def _manifest_action_space(manifest_uri: str) -> dict[str, Any]:
+def manifest_action_space(manifest_uri: str) -> dict[str, Any]:
     """The action space every episode of the data set shares (the model's action encoder is built for it)."""
     from v2w_core.data.manifest import Manifest
 
@@ -165,7 +165,7 @@ def causalize_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dic
         before = model(x, t)
         causalize(model, cfg["causal_mode"], cfg["extrapolation_window"])
         after = model(x, t)
-    space = _manifest_action_space(inputs["ingest"].outputs["manifest"])
+    space = manifest_action_space(inputs["ingest"].outputs["manifest"])
     model.set_action_space(space)
     out = storage.join(ctx.output_dir, "model")
     save_world_model(model, out)
