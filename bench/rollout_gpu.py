@@ -100,6 +100,9 @@ def build(family: str, preset: str, device: torch.device) -> tuple[WorldModel, W
     with torch.device(device):
         model = WorldModel(PRESETS[preset][family](action_space={"type": "continuous", "dim": ACTION_DIM}))
         causalize(model, "extrapolative")
+        # Tensors made with the legacy torch.Tensor([...]) constructor (SVD's AlphaBlender.mix_factor)
+        # ignore the default-device context: move the stragglers.
+        model.to(device)
         with torch.no_grad():  # the action head is zero-initialised: make guidance do something
             for p in model.action_encoder.mlp[-1].parameters():
                 p.normal_(0, 0.02)
@@ -162,6 +165,17 @@ def count_flops(model: WorldModel, args: argparse.Namespace, device: torch.devic
     return {"encode_history": encode, "step_newest": step, "window_forward": counter.get_total_flops()}
 
 
+@torch.no_grad()
+def cache_gib(model: WorldModel, args: argparse.Namespace, device: torch.device) -> float:
+    """Size of one rollout's history cache (temporal K/V + conv history terms): what bounds the batch."""
+    c, (h, w) = model.config.data_channels, model.config.sample_size
+    dt = next(model.parameters()).dtype
+    x = torch.zeros(1, args.context, c, h, w, device=device, dtype=dt)
+    t = torch.zeros(1, args.context, dtype=torch.long, device=device)
+    a = torch.zeros(1, args.context, ACTION_DIM, device=device, dtype=dt)
+    return model.encode_history(x, t, a).nbytes() / 2**30
+
+
 def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
@@ -193,10 +207,15 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
         "build_seconds": time.perf_counter() - t0,
     }
     logger.info("%s: %.2f B params, built in %.0f s", family, out["parameters"] / 1e9, out["build_seconds"])
+    cl = args.channels_last
     bf16 = (
-        FastPathConfig(autocast="bfloat16", cuda_graph=False) if device.type == "cuda" else FastPathConfig()
+        FastPathConfig(autocast="bfloat16", cuda_graph=False, channels_last=cl)
+        if device.type == "cuda"
+        else FastPathConfig()
     )
-    graph_cfg = FastPathConfig(autocast=bf16.autocast, cuda_graph=True, encode_batch_chunk=args.encode_chunk)
+    graph_cfg = FastPathConfig(
+        autocast=bf16.autocast, cuda_graph=True, encode_batch_chunk=args.encode_chunk, channels_last=cl
+    )
 
     # ---- agreement: bf16 fast path vs. fp32 eager streaming, same noise, one frame
     def agreement() -> dict[str, Any]:
@@ -213,6 +232,7 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
     fp32.to("meta")  # free the fp32 weights before the timed rows
     reset_peak(device)
     out["flops_batch1"] = flops = count_flops(model, args, device)
+    out["history_cache_gib_per_rollout"] = cache_gib(model, args, device)
     per_frame_flops = flops["encode_history"] + args.steps * flops["step_newest"]
 
     # ---- one rollout, each path
@@ -233,6 +253,7 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
                     cuda_graph=True,
                     compile=args.compile_mode,
                     compile_cache_dir=args.compile_cache,
+                    channels_last=cl,
                 )
                 runner, path = FastStreamer(model, cfg), "streaming"
             if mode == "full" and device.type == "cuda":  # bf16 autocast for the reference path too
@@ -330,6 +351,8 @@ def main() -> None:
         help="torch.compile mode; our CUDA graph wraps it unless inductor graphs itself (reduce-overhead). "
         "max-autotune-no-cudagraphs autotunes every GEMM/conv shape (many minutes at paper size)",
     )
+    parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                        help="keep NCHW 2-D conv weights (default: channels-last, cuDNN's native bf16 layout)")
     parser.add_argument("--compile-cache", default=str(Path.home() / ".cache" / "v2w_inductor"))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -376,6 +399,7 @@ def write_record(
             "precision": "bf16 weights + bf16 autocast (DDIM in fp32)" if device.type == "cuda" else "fp32",
             "compile_mode": args.compile_mode,
             "encode_batch_chunk": args.encode_chunk,
+            "channels_last": args.channels_last,
             "total_seconds": time.perf_counter() - t_start,
         },
         "families": families,

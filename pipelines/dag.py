@@ -78,9 +78,16 @@ def record_uri(root: str, name: str, fp: str) -> str:
     return storage.join(root, "stages", name, f"{fp}.json")
 
 
+class InjectedFault(RuntimeError):
+    """Raised by ``--fail-after STAGE`` once that stage's outputs are recorded (tests resumption)."""
+
+
 def run_stage(stage: Stage, root: str, force: bool, tracking: Mapping[str, Any] | None,
-              *upstream: StageResult) -> StageResult:
-    """Run (or skip) one stage. Executed inside a Ray task; ``upstream`` arrive resolved by Ray."""
+              *upstream: StageResult, fail_after: bool = False) -> StageResult:
+    """Run (or skip) one stage. Executed inside a Ray task; ``upstream`` arrive resolved by Ray.
+
+    ``fail_after``: crash the pipeline right after this stage has run and recorded its outputs, as a
+    node loss or a bug in the next stage would (fault injection for resumption tests)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     inputs = {u.name: u for u in upstream}
     fp = fingerprint(stage.name, stage.config, [inputs[n].fingerprint for n in stage.upstream])
@@ -106,6 +113,8 @@ def run_stage(stage: Stage, root: str, force: bool, tracking: Mapping[str, Any] 
                                         indent=2, sort_keys=True, default=str).encode())
     _finish_tracking(tracking, run_id, outputs, seconds)
     log.info("[%s] done in %.1fs", stage.name, seconds)
+    if fail_after:
+        raise InjectedFault(f"[{stage.name}] injected failure after the stage finished (--fail-after)")
     return StageResult(stage.name, fp, outputs, False, seconds, run_id)
 
 
@@ -122,19 +131,25 @@ def downstream_of(stages: Sequence[Stage], start: str) -> set[str]:
 
 
 def build_and_run(stages: Sequence[Stage], root: str, *, force: set[str] | None = None,
-                  tracking: Mapping[str, Any] | None = None) -> dict[str, StageResult]:
-    """Wire the stages with Ray's DAG API and execute; returns every stage's result by name."""
+                  tracking: Mapping[str, Any] | None = None,
+                  fail_after: str | None = None) -> dict[str, StageResult]:
+    """Wire the stages with Ray's DAG API and execute; returns every stage's result by name.
+
+    ``fail_after``: name of a stage after which the pipeline crashes (see :func:`run_stage`)."""
     import ray
     from ray.dag import MultiOutputNode
 
     force = force or set()
     _check_topological(stages)
+    if fail_after is not None and fail_after not in {s.name for s in stages}:
+        raise ValueError(f"--fail-after {fail_after!r}: no such stage")
     nodes: dict[str, Any] = {}
     remote = ray.remote(run_stage)
     for s in stages:
         opts = remote.options(name=f"stage:{s.name}", num_cpus=s.num_cpus, num_gpus=s.num_gpus,
                               max_retries=0)
-        nodes[s.name] = opts.bind(s, root, s.name in force, tracking, *(nodes[u] for u in s.upstream))
+        nodes[s.name] = opts.bind(s, root, s.name in force, tracking, *(nodes[u] for u in s.upstream),
+                                  fail_after=s.name == fail_after)
     results = ray.get(MultiOutputNode([nodes[s.name] for s in stages]).execute())
     return {r.name: r for r in results}
 

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value (YAML-parsed), repeatable")
     p.add_argument("--from", dest="from_stage", help="re-run this stage and everything after it")
+    p.add_argument("--fail-after", metavar="STAGE", default=None,
+                   help="fault injection: crash the pipeline once STAGE has finished (a rerun resumes)")
     p.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (default: RAY_ADDRESS, else a local Ray started here)")
     p.add_argument("--local-stack", action="store_true",
@@ -140,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     tracking, client = start_tracking(cfg)
     status = "FAILED"
     try:
-        results = build_and_run(stages, cfg.run.root, force=force, tracking=tracking)
+        results = build_and_run(stages, cfg.run.root, force=force, tracking=tracking,
+                                fail_after=args.fail_after)
         status = "FINISHED"
     finally:
         if client is not None:

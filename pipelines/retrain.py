@@ -6,8 +6,9 @@
    ``v2w.data_manifest`` / ``v2w.data_cutoff`` tags the register stage writes).
 2. Episodes appended to that manifest after the cutoff are the new data; none → nothing to do (exit 0).
 3. Fine-tune from the champion's weights on the train split (old + new episodes).
-4. Evaluate on the champion's held-out split — the eval episodes that existed at the cutoff — so the
-   comparison is like for like, then register; ``champion`` moves only if the new model is better.
+4. Evaluate on the champion's held-out split (the frozen snapshot its version carries, see
+   ``freeze_eval_split``) so the comparison is like for like, then register; ``champion`` moves only if
+   the new model is better, and the new version carries the same snapshot to the next retraining.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.config import PipelineConfig
 from pipelines.full import connect_ray, start_tracking, use_stack_env
-from pipelines.stages import manifest_action_space, tag_data_lineage
+from pipelines.stages import freeze_eval_split, manifest_action_space, tag_data_lineage
 from v2w_core import storage
+from v2w_core.data.manifest import Manifest
 
 log = logging.getLogger("pipelines.retrain")
 
@@ -45,7 +47,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from v2w_core.data.manifest import Manifest
     from v2w_core.eval import EvalConfig, evaluate
     from v2w_core.tracking import register_and_promote
     from v2w_core.train.api import train
@@ -84,20 +85,30 @@ def main(argv: list[str] | None = None) -> int:
     }, source="retrain")
     result = train(tcfg)
 
-    # The champion's held-out split: eval episodes that existed at its cutoff.
-    old = Manifest(manifest.table.filter(_created_before(manifest, cutoff)), manifest.root)
-    eval_manifest_uri = storage.join(manifest.root, f"manifest-eval-{name}-v{champion.version}.parquet")
-    old.write(eval_manifest_uri)
     protocol = EvalConfig.from_dict(cfg.evaluate.protocol.model_dump(mode="json"))
+    eval_manifest_uri = champion_eval_split(tags, manifest, cutoff, protocol.split)
     ev = evaluate(result.model_uri, eval_manifest_uri, protocol, tracking_uri=uri,
                   parent_run_id=tracking["parent_run_id"], experiment=cfg.run.experiment,
                   run_name="eval:retrained")
     promo = register_and_promote(result.model_uri, name, metrics=ev.metrics, split_id=ev.split_id,
                                  tracking_uri=uri, run_id=ev.run_id, experiment=cfg.run.experiment)
-    tag_data_lineage(uri, name, promo.version, model_uri=result.model_uri, manifest_uri=manifest_uri)
+    tag_data_lineage(uri, name, promo.version, model_uri=result.model_uri, manifest_uri=manifest_uri,
+                     eval_manifest_uri=eval_manifest_uri)
     client.set_terminated(tracking["parent_run_id"], "FINISHED")
     print(f"retrain: {len(new)} new episodes; {name} v{promo.version} -> {promo.decision} ({promo.reason})")
     return 0
+
+
+def champion_eval_split(tags: dict[str, str], manifest, cutoff: datetime, split: str) -> str:
+    """The held-out split the champion was evaluated on: its frozen snapshot (``v2w.eval_manifest``,
+    written by the register stage and carried by every retrained version), else the split's episodes
+    that existed at its cutoff, frozen now. New eval episodes never enter the comparison."""
+    if tags.get("v2w.eval_manifest"):
+        return tags["v2w.eval_manifest"]
+    at_cutoff = Manifest(manifest.table.filter(_created_before(manifest, cutoff)), manifest.root)
+    uri = storage.join(manifest.root, f"manifest-at-{cutoff.strftime('%Y%m%dT%H%M%S%f')}.parquet")
+    at_cutoff.write(uri)
+    return freeze_eval_split(uri, split)
 
 
 def _created_before(manifest, cutoff: datetime):

@@ -202,7 +202,7 @@ def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
 
     cfg = ctx.config
     protocol = EvalConfig.from_dict(cfg["protocol"], source="evaluate.protocol")
-    manifest = inputs["ingest"].outputs["manifest"]
+    manifest = freeze_eval_split(inputs["ingest"].outputs["manifest"], protocol.split)
     tracking = ctx.extra.get("tracking") or {}
     common = {"tracking_uri": tracking.get("tracking_uri"), "parent_run_id": ctx.mlflow_run_id,
               "experiment": tracking.get("experiment_name", "vid2world")}
@@ -210,6 +210,7 @@ def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
         common["tracking_uri"] = None
     result = evaluate(inputs["train"].outputs["model"], manifest, protocol, run_name="eval:trained", **common)
     out: dict[str, Any] = {"model": result.model_uri, "eval_run_id": result.run_id, "split_id": result.split_id,
+                           "eval_manifest": manifest,
                            "metrics": result.metrics, "unavailable": result.unavailable,
                            "artifacts": result.artifacts}
     if cfg["baseline"]:
@@ -233,14 +234,37 @@ def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
                                  split_id=ev["split_id"], tracking_uri=tracking["tracking_uri"],
                                  run_id=ev["eval_run_id"], experiment=tracking["experiment_name"])
     tag_data_lineage(tracking["tracking_uri"], promo.name, promo.version, model_uri=ev["model"],
-                     manifest_uri=inputs["ingest"].outputs["manifest"] if "ingest" in inputs else ev["manifest"])
+                     manifest_uri=inputs["ingest"].outputs["manifest"], eval_manifest_uri=ev["eval_manifest"])
     return {"name": promo.name, "version": promo.version, "decision": promo.decision,
             "metric": promo.metric, "value": promo.value, "champion_version": promo.champion_version,
             "reason": promo.reason}
 
 
-def tag_data_lineage(tracking_uri: str, name: str, version: str, *, model_uri: str, manifest_uri: str) -> None:
-    """Record on the model version what it was trained on, so retraining can find "episodes added since"."""
+def freeze_eval_split(manifest_uri: str, split: str = "eval") -> str:
+    """Snapshot the held-out split of a manifest that may still grow; returns the snapshot's URI.
+
+    Evaluation and every later comparison (the register stage, scheduled retraining) must use the same
+    episodes, while ingestion keeps appending new ones, some to the eval split. The snapshot holds that
+    split's rows only, sits next to the manifest (so relative shard paths resolve) and is named by its
+    content, so freezing the same split twice gives the same file.
+    """
+    import hashlib
+
+    from v2w_core.data.manifest import Manifest
+
+    held_out = Manifest.read(manifest_uri).select(split=split)
+    rows = sorted(zip(held_out.episode_ids(), held_out.table.column("content_hash").to_pylist(), strict=True))
+    digest = hashlib.sha256(repr(rows).encode()).hexdigest()[:16]
+    uri = storage.join(held_out.root, f"manifest-{split}-{digest}.parquet")
+    if not storage.exists(uri):
+        held_out.write(uri)
+    return uri
+
+
+def tag_data_lineage(tracking_uri: str, name: str, version: str, *, model_uri: str, manifest_uri: str,
+                     eval_manifest_uri: str) -> None:
+    """Record on the model version what it was trained on, so retraining can find "episodes added since",
+    and the frozen held-out split it was evaluated on, so retraining compares like for like."""
     from mlflow.tracking import MlflowClient
 
     from v2w_core.data.manifest import Manifest
@@ -250,3 +274,4 @@ def tag_data_lineage(tracking_uri: str, name: str, version: str, *, model_uri: s
     client.set_model_version_tag(name, version, "v2w.data_manifest", manifest_uri)
     client.set_model_version_tag(name, version, "v2w.data_cutoff", max(created).isoformat())
     client.set_model_version_tag(name, version, "v2w.model_uri", model_uri)
+    client.set_model_version_tag(name, version, "v2w.eval_manifest", eval_manifest_uri)

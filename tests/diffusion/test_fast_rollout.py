@@ -49,6 +49,38 @@ def test_fast_path_falls_back_to_eager_on_cpu_and_is_exact(
     assert not runner._graphs and not runner._static  # nothing captured on CPU
 
 
+def test_channels_last_convs_give_the_same_frames(plain: torch.Tensor) -> None:
+    from v2w_core.diffusion.fast_rollout import set_conv_memory_format
+
+    model = make_causal_model()  # its own copy: channels-last changes the weights' layout in place
+    runner = FastStreamer(model, FastPathConfig(channels_last=True))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    # same arithmetic in another memory order: equal up to float summation order
+    torch.testing.assert_close(_rollout(model, runner), plain, rtol=1e-4, atol=1e-4)
+    set_conv_memory_format(model, torch.contiguous_format)
+    assert all(m.weight.is_contiguous() for m in convs)
+
+
+def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    causalize_mod = importlib.import_module("v2w_core.models.causalize")
+    from v2w_core.models.causalize import _attention, _few_query_attention
+
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(40, 4, 2, 16, generator=g)
+    k, v = torch.randn(2, 40, 4, 9, 16, generator=g)
+    mask = torch.ones(2, 9, dtype=torch.bool)
+    mask[:, 7:] = torch.eye(2, dtype=torch.bool)  # branch r sees the history and its own newest key
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25)
+    got = _attention(q, k, v, _few_query_attention, attn_mask=mask, scale=0.25)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(causalize_mod, "MAX_ATTENTION_BATCH", 16)  # rows in chunks of 16, 16, 8
+    chunked = _attention(q, k, v, _few_query_attention, attn_mask=mask, scale=0.25)
+    torch.testing.assert_close(chunked, want, rtol=1e-5, atol=1e-5)
+
+
 def test_bf16_autocast_stays_close_to_fp32(causal_model: WorldModel, plain: torch.Tensor) -> None:
     fast = _rollout(causal_model, FastStreamer(causal_model, FastPathConfig(autocast="bfloat16")))
     assert fast.dtype == plain.dtype
@@ -67,3 +99,23 @@ def test_cuda_graph_replay_equals_eager() -> None:
     graphed = _rollout(model, runner, "cuda")
     assert runner._graphs, "no CUDA graph was captured"
     torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+
+
+def test_temporal_cross_attention_runs_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SVD's per-pixel temporal cross-attention is chunked like the self-attention (no kernel grid overflow
+    at large batch), with the same result."""
+    import importlib
+
+    from tests.models.conftest import clip, make_model
+    from v2w_core.models.causalize import RowChunkedAttnProcessor, causalize
+
+    causalize_mod = importlib.import_module("v2w_core.models.causalize")
+    model = causalize(make_model("svd"))
+    wrapped = [m for m in model.modules() if isinstance(getattr(m, "processor", None), RowChunkedAttnProcessor)]
+    assert wrapped, "SVD's temporal cross-attentions should be wrapped"
+    b = clip(batch=2, frames=3, seed=5)
+    with torch.no_grad():
+        whole = model(b["x"], b["timesteps"], b["actions"])
+        monkeypatch.setattr(causalize_mod, "MAX_ATTENTION_BATCH", 7)  # rows = 2·3·H·W, not a multiple of 7
+        chunked = model(b["x"], b["timesteps"], b["actions"])
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)

@@ -98,3 +98,22 @@ def test_chunks_written_into_a_static_cache() -> None:
     for rows in (slice(0, 2), slice(2, 3)):
         static.write_rows_(_encode(model, {k: v[rows] for k, v in second.items()}), rows.start)
     torch.testing.assert_close(_guided_step(model, second, static), _full_last(model, second), **TOL)
+
+
+@torch.no_grad()
+def test_prepare_replay_allocates_buffers_up_front_without_changing_results(family: str) -> None:
+    """Buffers made before the first step (what a compiled forward needs: stable strides) serve it
+    exactly, and the first step then allocates nothing new."""
+    model = causalize(make_model(family), "extrapolative")
+    b = clip(batch=2, frames=4, seed=4)
+    cache = _encode(model, b)
+    attention_keys = {k for k, ts in cache.entries.items() if len(ts) == 2}
+    assert attention_keys, "the test model has temporal attention layers"
+    ptrs = {k: cache.entries[k][0].data_ptr() for k in attention_keys}
+    cache.prepare_replay(2)
+    assert {k for k, _ in cache._buffers} == attention_keys
+    moved = {k for k in attention_keys if cache.entries[k][0].data_ptr() != ptrs[k]}
+    assert moved == attention_keys  # entries are now views of the buffers' history slots
+    buffers_before = {k: bufs[0].data_ptr() for k, bufs in cache._buffers.items()}
+    torch.testing.assert_close(_guided_step(model, b, cache), _full_last(model, b), **TOL)
+    assert {k: bufs[0].data_ptr() for k, bufs in cache._buffers.items()} == buffers_before

@@ -91,6 +91,19 @@ def test_run_skip_resume_and_force(ray_cluster, tmp_path):
     assert rec["outputs"] == {"value": 5}
 
 
+def test_fail_after_keeps_the_finished_stage_and_resumes_after_it(ray_cluster, tmp_path):
+    root, cnt = str(tmp_path / "root"), tmp_path / "counts"
+    cnt.mkdir()
+    with pytest.raises(Exception, match="injected failure after the stage finished"):
+        build_and_run(stages(cnt), root, fail_after="double")
+    assert counts(cnt) == {"data": 1, "double": 1, "report": 0}  # report never started
+    res = build_and_run(stages(cnt), root)
+    assert [res[n].skipped for n in ("data", "double", "report")] == [True, True, False]
+    assert res["report"].outputs["value"] == 7 and counts(cnt) == {"data": 1, "double": 1, "report": 1}
+    with pytest.raises(ValueError, match="no such stage"):
+        build_and_run(stages(cnt), root, fail_after="nope")
+
+
 def test_fingerprint_depends_on_config_and_upstream():
     a = fingerprint("s", {"x": 1}, ["u1"])
     assert a == fingerprint("s", {"x": 1}, ["u1"])

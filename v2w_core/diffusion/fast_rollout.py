@@ -50,9 +50,20 @@ class FastPathConfig:
     compile: CompileMode | None = None
     compile_cache_dir: str | None = None
     warmup_iters: int = 2
+    # Store 2-D conv weights (and so their activations) channels-last (NHWC): cuDNN's bf16 kernels are
+    # NHWC, and on NCHW input it transposes before and after every conv. Changes the model in place.
+    channels_last: bool = False
     # Run encode_history in chunks of this many rollouts and join the caches: a history forward over
     # B·15 frames at paper size needs tens of GiB of transient activations at B = 64.
     encode_batch_chunk: int | None = None
+
+
+def set_conv_memory_format(model: torch.nn.Module, memory_format: torch.memory_format) -> None:
+    """Put every ``Conv2d`` weight in ``memory_format`` (``model.to(memory_format=…)`` fails on the 5-D
+    temporal conv weights, and channels-last only pays for the 2-D convs)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=memory_format)
 
 
 def enable_compile_cache(cache_dir: str | None = None) -> None:
@@ -91,6 +102,8 @@ class FastStreamer:
         self._pool: Any = None
         self.compile_seconds = 0.0  # wall time of the first call(s) that triggered compilation
         self._forward: Callable[..., torch.Tensor] = model.forward
+        if self.config.channels_last:
+            set_conv_memory_format(model, torch.channels_last)
         if self.config.compile is not None:
             enable_compile_cache(self.config.compile_cache_dir)
             self._forward = torch.compile(model.forward, mode=self.config.compile, dynamic=False)
@@ -186,6 +199,7 @@ class FastStreamer:
             if self.config.compile is None:
                 with self._autocast(x_new.device):
                     return self.model.step_newest(x_new, t_new, a_new, mask_new, cache).to(x_new.dtype)
+            cache.prepare_replay(x_new.shape[0] // cache.batch_size)
             # Clone: with inductor's own CUDA graphs the output lives in its pool until the next call.
             return self._timed_compile(lambda: self._run(x_new, t_new, a_new, mask_new, cache)).clone()
         for dst, src in zip(graph.inputs, (x_new, t_new, a_new, mask_new), strict=True):

@@ -260,16 +260,54 @@ class FramePositionProj(nn.Module):
         return self.inner(positions + self.stream.frame_offset)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-    """scaled_dot_product_attention over (N, heads, F, d), in chunks of at most MAX_ATTENTION_BATCH rows."""
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fn: Any = None, **kwargs: Any) -> torch.Tensor:
+    """Attention over (N, heads, F, d) (``fn``, default scaled_dot_product_attention), in chunks of at most
+    MAX_ATTENTION_BATCH rows."""
+    fn = fn or F.scaled_dot_product_attention
     n, step = q.shape[0], MAX_ATTENTION_BATCH
     if n <= step:
-        return F.scaled_dot_product_attention(q, k, v, **kwargs)
-    chunks = [
-        F.scaled_dot_product_attention(q[i : i + step], k[i : i + step], v[i : i + step], **kwargs)
-        for i in range(0, n, step)
-    ]
-    return torch.cat(chunks)
+        return fn(q, k, v, **kwargs)
+    return torch.cat([fn(q[i : i + step], k[i : i + step], v[i : i + step], **kwargs) for i in range(0, n, step)])
+
+
+def _few_query_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Attention of a few queries per sequence over a short cached K/V, as two batched matmuls.
+
+    Streaming replay asks, for each of B·H·W sequences, 2 queries (the guidance branches) against ~17
+    keys. Fused attention kernels tile the query axis by 64–128 rows, so they compute mostly padding:
+    13.9 of a 33.8 ms step on an H100 (bench/results/rollout_profile.json). Two small batched GEMMs read
+    K and V once; the softmax runs in fp32.
+    """
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
+    scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return torch.matmul(scores.softmax(-1).to(v.dtype), v)
+
+
+class RowChunkedAttnProcessor:
+    """Wraps a diffusers processor to run its (N, L, C) rows in chunks of at most MAX_ATTENTION_BATCH.
+
+    SVD's temporal blocks also cross-attend per pixel (B·H·W rows against the image embedding); with 32
+    rollouts at 40×64 latents that is 81,920 rows and the fused kernel fails with "CUDA error: invalid
+    argument" (measured on an H100, bench/rollout_gpu.py). Every op of such a processor is row-wise.
+    """
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor,
+                 encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor:
+        n, step = hidden_states.shape[0], MAX_ATTENTION_BATCH
+        if n <= step or attention_mask is not None:
+            return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        return torch.cat([
+            self.inner(attn, hidden_states[i : i + step],
+                       None if encoder_hidden_states is None else encoder_hidden_states[i : i + step],
+                       None, **kwargs)
+            for i in range(0, n, step)
+        ])  # fmt: skip
 
 
 class CausalTemporalAttnProcessor:
@@ -327,7 +365,7 @@ class CausalTemporalAttnProcessor:
             k_buf[:, :, fh:] = rearrange(k, "(r m) h 1 d -> m h r d", r=n)
             v_buf[:, :, fh:] = rearrange(v, "(r m) h 1 d -> m h r d", r=n)
             q = rearrange(q, "(r m) h 1 d -> m h r d", r=n)
-            out = _attention(q, k_buf, v_buf, attn_mask=mask, scale=attn.scale)
+            out = _attention(q, k_buf, v_buf, _few_query_attention, attn_mask=mask, scale=attn.scale)
             out = rearrange(out, "m h r d -> (r m) h 1 d")
         else:
             self.stream.record(self.stream_key, k, v)
@@ -372,6 +410,8 @@ def causalize_unet(
             if attn is not None and attn in _temporal_self_attentions(block):
                 attn.set_processor(CausalTemporalAttnProcessor(stream, f"{path}.{attn_name}"))
                 counts["temporal_attentions"] += 1
+            elif attn is not None and not isinstance(attn.processor, RowChunkedAttnProcessor):
+                attn.set_processor(RowChunkedAttnProcessor(attn.processor))  # per-pixel cross-attention
 
     def visit(module: nn.Module, prefix: str, in_temporal: bool) -> None:
         for name, child in list(module.named_children()):

@@ -92,6 +92,16 @@ class HistoryCache:
             self.entries[key] = (bufs[0][:, :, :fh], bufs[1][:, :, :fh])
         return memo  # type: ignore[return-value]
 
+    def prepare_replay(self, n: int) -> HistoryCache:
+        """Allocate every attention layer's :meth:`kv_buffer` for ``n`` branches now, not on first use.
+
+        The buffers replace the entries' tensors (same values, new strides); doing it before a compiled
+        forward first runs keeps ``torch.compile``'s guards valid (else the first step recompiles)."""
+        for key, entry in list(self.entries.items()):
+            if len(entry) == 2:  # attention layers cache (K, V); causal convs one tensor
+                self.kv_buffer(key, n)
+        return self
+
     def signature(self) -> tuple[Any, ...]:
         """Shapes/dtypes/devices of everything cached: two caches with equal signatures are interchangeable."""
         return (
