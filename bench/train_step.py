@@ -7,7 +7,7 @@ plain forward + backward of the same batch, so MFU compares every variant agains
 
     python bench/train_step.py                       # tiny model, CPU (pixel 8×3×16×16 clips)
     python bench/train_step.py --preset paper        # ModelScope-size UNet3D (≈1.41 B), 16×4×40×64, bf16, GPU
-    torchrun --nproc_per_node 2 bench/train_step.py --preset paper   # data-parallel scaling (2 GPUs)
+    python bench/train_step.py --preset paper --nproc 2   # data-parallel scaling: each variant in a torchrun group
 
 Only torch, diffusers and deepspeed (plus this repo's model code) are imported: no Ray, no MLflow, so it
 runs on a bare GPU box. Results: a table on stdout and ``bench/results/train_step.json`` (with the

@@ -35,6 +35,18 @@ class DataConfig(StrictConfig):
     num_cpus: float = Field(default=1.0, gt=0)
 
 
+class LatentsConfig(StrictConfig):
+    """The optional encode stage: with ``vae_uri`` set, clips are VAE-encoded once and every model stage
+    works in latent space (the base preset or pretrained UNet must take the VAE's latent channels)."""
+
+    #: A diffusers AutoencoderKL ``from_pretrained`` directory (local or s3://), e.g. the base's ``vae``.
+    vae_uri: str | None = None
+    batch_size: int = Field(default=8, ge=1)
+    actors: int = Field(default=1, ge=1)
+    gpus_per_actor: float = Field(default=0.0, ge=0)
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+
+
 class BaseConfig(StrictConfig):
     """The base stage: load the user's pretrained weights, or pretrain ``preset`` bidirectionally here."""
 
@@ -74,6 +86,7 @@ class PipelineConfig(StrictConfig):
     run: RunConfig = RunConfig()
     data: DataConfig = DataConfig()
     clips: ClipConfig = ClipConfig()
+    latents: LatentsConfig = LatentsConfig()
     base: BaseConfig = BaseConfig()
     causalize: CausalizeConfig = CausalizeConfig()
     train: FinetuneConfig = FinetuneConfig()

@@ -4,8 +4,8 @@
     ray job submit --address http://127.0.0.1:8266 --working-dir . -- python pipelines/full.py --config …
 
 Stages (each a Ray task with its own resources, skipped when its outputs exist with the same
-fingerprint): ingest → clips (round-trip check) and ingest → base → causalize → train
-→ evaluate → register.
+fingerprint): ingest → clips (round-trip check) and ingest → [encode: VAE latents, when
+``latents.vae_uri`` is set] → base → causalize → train → evaluate → register.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pipelines.stages import (
     base_stage,
     causalize_stage,
     clips_stage,
+    encode_stage,
     evaluate_stage,
     ingest_stage,
     register_stage,
@@ -39,15 +40,20 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     """The DAG. Each stage's config is its own section (plus what it reads from others), so changing
     one section re-runs that stage and what depends on it, nothing before it."""
     d = cfg.model_dump(mode="json")
+    # With a VAE configured, an encode stage turns the clips into latents once; the model stages read those.
+    enc: tuple[str, ...] = ("encode",) if cfg.latents.vae_uri else ()
+    encode = [Stage("encode", encode_stage, {**d["latents"], "clips": d["clips"]}, ("ingest",),
+                    num_cpus=0.1)] if enc else []
     return [
         Stage("ingest", ingest_stage, d["data"], num_cpus=cfg.data.num_cpus),
         Stage("clips", clips_stage, d["clips"], ("ingest",), num_cpus=0.25),
-        Stage("base", base_stage, {**d["base"], "clips": d["clips"]}, ("ingest",), num_cpus=cfg.base.num_cpus),
+        *encode,
+        Stage("base", base_stage, {**d["base"], "clips": d["clips"]}, ("ingest", *enc), num_cpus=cfg.base.num_cpus),
         Stage("causalize", causalize_stage, d["causalize"], ("ingest", "base"), num_cpus=0.5),
-        Stage("train", train_stage, {**d["train"], "clips": d["clips"]}, ("ingest", "causalize"),
+        Stage("train", train_stage, {**d["train"], "clips": d["clips"]}, ("ingest", "causalize", *enc),
               num_cpus=cfg.train.num_cpus),
-        Stage("evaluate", evaluate_stage, d["evaluate"], ("ingest", "causalize", "train"),
-              num_cpus=cfg.evaluate.num_cpus),
+        Stage("evaluate", evaluate_stage, {**d["evaluate"], **({"vae_uri": cfg.latents.vae_uri} if enc else {})},
+              ("ingest", "causalize", "train"), num_cpus=cfg.evaluate.num_cpus),
         Stage("register", register_stage, d["registry"], ("ingest", "evaluate"), num_cpus=0.1),
     ]
 

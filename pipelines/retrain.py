@@ -63,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     manifest_uri, cutoff = tags["v2w.data_manifest"], datetime.fromisoformat(tags["v2w.data_cutoff"])
     manifest = Manifest.read(manifest_uri)
     new = manifest.select(since=cutoff + timedelta(microseconds=1))
-    if len(new) == 0:
-        print(f"retrain: no episodes added to {manifest_uri} since {cutoff.isoformat()}; champion "
-              f"{name} v{champion.version} stays")
+    last_version, last_cutoff = latest_attempt(client, name, manifest_uri, cutoff)
+    if len(manifest.select(since=last_cutoff + timedelta(microseconds=1))) == 0:
+        # Nothing new since the champion, or since the last challenger that already tried these episodes.
+        print(f"retrain: no episodes added to {manifest_uri} since {last_cutoff.isoformat()} (data of "
+              f"{name} v{last_version}); champion v{champion.version} stays")
         client.set_terminated(tracking["parent_run_id"], "FINISHED")
         return 0
     log.info("%d new episodes since %s; warm-starting from %s v%s", len(new), cutoff, name, champion.version)
@@ -97,6 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     client.set_terminated(tracking["parent_run_id"], "FINISHED")
     print(f"retrain: {len(new)} new episodes; {name} v{promo.version} -> {promo.decision} ({promo.reason})")
     return 0
+
+
+def latest_attempt(client, name: str, manifest_uri: str, champion_cutoff: datetime) -> tuple[str, datetime]:
+    """(version, data cutoff) of the newest version trained on ``manifest_uri``: a challenger that lost
+    already saw the episodes up to its cutoff, so only episodes after it justify another run."""
+    best: tuple[str, datetime] = ("?", champion_cutoff)
+    for v in client.search_model_versions(f"name='{name}'"):
+        tags = v.tags or {}
+        if tags.get("v2w.data_manifest") == manifest_uri and tags.get("v2w.data_cutoff"):
+            cut = datetime.fromisoformat(tags["v2w.data_cutoff"])
+            if cut >= best[1]:
+                best = (str(v.version), cut)
+    return best
 
 
 def champion_eval_split(tags: dict[str, str], manifest, cutoff: datetime, split: str) -> str:

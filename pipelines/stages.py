@@ -83,6 +83,38 @@ def clips_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[st
     }
 
 
+def encode_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    """Encode the training clips with the configured VAE once; write them as parquet latent clips."""
+    from v2w_core.data.clips import ClipConfig, build_clip_dataset
+    from v2w_core.data.latents import encode_clips, read_latent_clips, write_latent_clips
+
+    cfg = ctx.config
+    clip_cfg = ClipConfig.from_dict({**cfg["clips"], "shuffle": "none"})  # order is the reader's business
+    clips = build_clip_dataset(inputs["ingest"].outputs["manifest"], clip_cfg)
+    out = storage.join(ctx.output_dir, "latents")
+    write_latent_clips(encode_clips(clips.dataset, cfg["vae_uri"], batch_size=cfg["batch_size"],
+                                    actors=cfg["actors"], num_gpus=cfg["gpus_per_actor"],
+                                    num_cpus=cfg["cpus_per_actor"]), out)
+    report = clips.report()
+    if report.clips == 0:
+        raise ValueError(f"encode: no clips were read from {inputs['ingest'].outputs['manifest']} "
+                         f"({report.summary()})")
+    first = read_latent_clips(out).take(1)[0]["frames"]
+    log.info("encode: %d clips -> %s, latent clip shape %s", report.clips, out, list(first.shape))
+    return {"latents": out, "clips": report.clips, "latent_clip_shape": list(first.shape),
+            "vae_uri": cfg["vae_uri"], "reconciles": report.reconciles}
+
+
+def _latent_dataset(inputs: Mapping[str, StageResult], clips: Mapping[str, Any]) -> Any:
+    """The encode stage's latent clips when the pipeline has one, else None (train reads the shards)."""
+    if "encode" not in inputs:
+        return None
+    from v2w_core.data.latents import read_latent_clips
+
+    return read_latent_clips(inputs["encode"].outputs["latents"], shuffle=clips.get("shuffle", "none"),
+                             seed=int(clips.get("seed", 0)))
+
+
 # --- model stages ------------------------------------------------------------------------------------
 
 def manifest_action_space(manifest_uri: str) -> dict[str, Any]:
@@ -140,7 +172,7 @@ def base_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str
     manifest = inputs["ingest"].outputs["manifest"]
     tcfg = _train_config(ctx, cfg["train"], mode="pretrain", manifest=manifest,
                          model={"preset": cfg["preset"]}, clips=cfg["clips"], tracking=ctx.extra.get("tracking"))
-    result = train(tcfg)
+    result = train(tcfg, dataset=_latent_dataset(inputs, cfg["clips"]))
     return {"model": result.model_uri, "kind": "world_model", "pretrained_here": True,
             "final_loss": _final(result.metrics, "loss"), "train_run_id": result.run_id}
 
@@ -184,7 +216,7 @@ def train_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[st
                          model={"base_uri": causal["model"], "causal_mode": causal["causal_mode"],
                                 "action_space": causal["action_space"]},
                          clips=cfg["clips"], tracking=ctx.extra.get("tracking"))
-    result = train(tcfg)
+    result = train(tcfg, dataset=_latent_dataset(inputs, cfg["clips"]))
     return {"model": result.model_uri, "checkpoint": result.checkpoint_uri, "train_run_id": result.run_id,
             "final_loss": _final(result.metrics, "loss")}
 
@@ -201,7 +233,7 @@ def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
     from v2w_core.eval import EvalConfig, evaluate
 
     cfg = ctx.config
-    protocol = EvalConfig.from_dict(cfg["protocol"], source="evaluate.protocol")
+    protocol = EvalConfig.from_dict({**cfg["protocol"], "vae_uri": cfg.get("vae_uri")}, source="evaluate.protocol")
     manifest = freeze_eval_split(inputs["ingest"].outputs["manifest"], protocol.split)
     tracking = ctx.extra.get("tracking") or {}
     common = {"tracking_uri": tracking.get("tracking_uri"), "parent_run_id": ctx.mlflow_run_id,

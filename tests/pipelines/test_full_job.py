@@ -1,7 +1,10 @@
 """The product as users run it: `ray job submit … -- python pipelines/full.py` against the local stack.
 
-One small but complete run (ingest → clips, base → causalize → train → evaluate → register) submitted to
-a real Ray head through the real CLI; then the same submission again, which must skip every stage.
+One small but complete pipeline (ingest → clips, base → causalize → train → evaluate → register)
+submitted to a real Ray head through the real CLI, with a fault injected after training: the job fails,
+the resubmission runs only evaluate and register. Then: a rerun skips everything, ``--from train``
+re-runs train and what follows, and scheduled retraining (pipelines/retrain.py) twice with new episodes
+promotes only when the metric improves on the same frozen held-out split.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -41,44 +45,72 @@ def ray_head(mlflow_stack, _stack_config):
         stack_mod.stop([s for s in info.started if s == "ray"], config=cfg)
 
 
-def _submit(info, name: str, root: str, model_name: str) -> str:
+def _job_env(info) -> tuple[dict[str, str], dict[str, str]]:
     env = {**os.environ, **info.env()}
     job_env = {k: env[k] for k in ("V2W_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
                                    "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
                                    "MLFLOW_DISABLE_TELEMETRY")}
+    return env, job_env
+
+
+def _submit(info, name: str, root: str, model_name: str, *extra: str, succeed: bool = True) -> str:
+    env, job_env = _job_env(info)
     overrides = [*SMALL, f"run.name={name}", f"run.root={root}", f"registry.model_name={model_name}"]
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", info.ray_dashboard_url,
            "--working-dir", str(ROOT), "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
-           "python", "pipelines/full.py", "--config", "configs/tiny.yaml"]
+           "python", "pipelines/full.py", "--config", "configs/tiny.yaml", *extra]
     for o in overrides:
         cmd += ["--set", o]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1500,
                           check=False)
     out = proc.stdout + proc.stderr
-    assert proc.returncode == 0 and "succeeded" in out.lower(), out[-6000:]
+    if succeed:
+        assert proc.returncode == 0 and "succeeded" in out.lower(), out[-6000:]
+    else:
+        assert proc.returncode != 0 and "failed" in out.lower(), out[-6000:]
     return out
 
 
-def test_job_submit_runs_the_dag_and_resumes(ray_head, mlflow_stack):
-    from mlflow.tracking import MlflowClient
+def _ran(out: str) -> set[str]:
+    return {s for s in STAGES if f"[{s}] done" in out}
 
+
+def _skipped(out: str) -> set[str]:
+    return {s for s in STAGES if f"[{s}] skipped" in out}
+
+
+@pytest.fixture(scope="module")
+def pipeline(ray_head, mlflow_stack):
+    """Submit with a fault after training (the job fails), then resubmit (it resumes)."""
     name, model_name = f"job-{uuid.uuid4().hex[:6]}", f"v2w-test-{uuid.uuid4().hex[:6]}"
     root = f"s3://{mlflow_stack.bucket}/{name}"
-    out = _submit(ray_head, name, root, model_name)
+    failed = _submit(ray_head, name, root, model_name, "--fail-after", "train", succeed=False)
+    resumed = _submit(ray_head, name, root, model_name)
+    return SimpleNamespace(name=name, model_name=model_name, root=root, failed=failed, resumed=resumed)
+
+
+def test_job_fails_after_training_and_the_resubmission_runs_only_evaluate_and_register(pipeline, mlflow_stack):
+    from mlflow.tracking import MlflowClient
+
+    assert "injected failure after the stage finished" in pipeline.failed
+    assert _ran(pipeline.failed) == {"ingest", "clips", "base", "causalize", "train"}
+    assert "[evaluate] running" not in pipeline.failed
+    out = pipeline.resumed
+    assert _skipped(out) == {"ingest", "clips", "base", "causalize", "train"}, out[-4000:]
+    assert _ran(out) == {"evaluate", "register"}
     assert "counts reconcile: True" in out
-    for stage in STAGES:
-        assert f"[{stage}] done" in out, f"stage {stage} did not run:\n{out[-4000:]}"
 
     client = MlflowClient(tracking_uri=mlflow_stack.mlflow_uri)
     exp = client.get_experiment_by_name("vid2world")
-    parents = client.search_runs([exp.experiment_id], f"tags.`v2w.pipeline` = '{name}'")
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    parent_id = parents[0].info.run_id
+    parents = client.search_runs([exp.experiment_id], f"tags.`v2w.pipeline` = '{pipeline.name}'")
+    assert sorted(p.info.status for p in parents) == ["FAILED", "FINISHED"]
+    parent_id = next(p for p in parents if p.info.status == "FINISHED").info.run_id
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent_id}'")
     by_stage = {r.data.tags.get("v2w.stage"): r for r in children if r.data.tags.get("v2w.stage")}
     assert set(STAGES) <= set(by_stage), sorted(by_stage)
-    assert by_stage["clips"].data.metrics["clips"] > 0
-    assert "stage_seconds" in by_stage["train"].data.metrics
+    assert by_stage["clips"].data.metrics["clips"] > 0  # recorded outputs are logged for skipped stages too
+    assert by_stage["train"].data.tags["v2w.skipped"] == "true"
+    assert "stage_seconds" in by_stage["evaluate"].data.metrics
 
     # the evaluation run (nested under the evaluate stage) holds metrics and a rollout video
     evals = client.search_runs([exp.experiment_id],
@@ -88,9 +120,80 @@ def test_job_submit_runs_the_dag_and_resumes(ray_head, mlflow_stack):
     videos = client.list_artifacts(trained[0].info.run_id, "videos")
     assert any(a.path.endswith((".gif", ".mp4")) for a in videos)
 
-    version = client.get_model_version_by_alias(model_name, "champion")
-    assert version.tags["v2w.data_manifest"].startswith(root)
+    version = client.get_model_version_by_alias(pipeline.model_name, "champion")
+    assert version.tags["v2w.data_manifest"].startswith(pipeline.root)
+    assert version.tags["v2w.eval_manifest"].startswith(pipeline.root)
 
-    again = _submit(ray_head, name, root, model_name)
-    for stage in STAGES:
-        assert f"[{stage}] skipped" in again, f"stage {stage} was not skipped on the rerun"
+
+def test_rerun_skips_everything_and_from_train_reruns_what_follows(pipeline, ray_head):
+    again = _submit(ray_head, pipeline.name, pipeline.root, pipeline.model_name)
+    assert _skipped(again) == set(STAGES) and not _ran(again)
+    forced = _submit(ray_head, pipeline.name, pipeline.root, pipeline.model_name, "--from", "train")
+    assert _ran(forced) == {"train", "evaluate", "register"}
+    assert _skipped(forced) == {"ingest", "clips", "base", "causalize"}
+
+
+def _retrain(info, pipeline, *extra: str) -> str:
+    env, _ = _job_env(info)
+    overrides = [*SMALL, f"run.name={pipeline.name}", f"run.root={pipeline.root}",
+                 f"registry.model_name={pipeline.model_name}", *extra]
+    cmd = [sys.executable, "pipelines/retrain.py", "--config", "configs/tiny.yaml", "--local-stack"]
+    for o in overrides:
+        cmd += ["--set", o]
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1200, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    return out
+
+
+def _add_episodes(manifest_uri: str, episodes: int, seed: int) -> None:
+    from v2w_core import storage
+    from v2w_core.data.ingest import IngestConfig, ingest
+
+    root = manifest_uri.rsplit("/", 1)[0]
+    assert storage.exists(manifest_uri)
+    ingest(IngestConfig.from_dict({"source": "bouncing-shapes", "episodes": episodes, "seed": seed, "out": root,
+                                   "writer": {"codec": {"name": "h264-lossless"}, "eval_fraction": 0.3},
+                                   "source_options": {"episode_length": 24}}))
+
+
+def test_retraining_twice_promotes_only_on_improvement(pipeline, ray_head, mlflow_stack):
+    from mlflow.tracking import MlflowClient
+
+    from v2w_core.tracking import TAG_SPLIT, is_better, version_metrics
+
+    client = MlflowClient(tracking_uri=mlflow_stack.mlflow_uri, registry_uri=mlflow_stack.mlflow_uri)
+
+    def champion():
+        return client.get_model_version_by_alias(pipeline.model_name, "champion")
+
+    def retrain_round(episodes: int, seed: int, *extra: str):
+        before = champion()
+        _add_episodes(before.tags["v2w.data_manifest"], episodes, seed)
+        out = _retrain(ray_head, pipeline, *extra)
+        latest = max(client.search_model_versions(f"name='{pipeline.model_name}'"), key=lambda v: int(v.version))
+        assert int(latest.version) > int(before.version) and f"v{latest.version} ->" in out, out[-3000:]
+        # like for like: the champion's frozen held-out split, carried to the new version
+        assert latest.tags["v2w.eval_manifest"] == before.tags["v2w.eval_manifest"]
+        assert latest.tags[TAG_SPLIT] == before.tags[TAG_SPLIT]
+        new_m, old_m = version_metrics(latest.tags)["psnr_mean"], version_metrics(before.tags)["psnr_mean"]
+        promoted = champion().version == latest.version
+        assert promoted == is_better("psnr_mean", new_m, old_m), (new_m, old_m, out[-2000:])
+        assert ("beats champion" if promoted else "does not beat") in latest.tags["v2w.promotion"]
+        return before, latest, new_m, old_m, out
+
+    # round 1: new episodes, real fine-tuning from the champion
+    before1, v1, _, _, out1 = retrain_round(4, 101, "train.train.max_steps=6",
+                                            "train.train.checkpoint.every_n_steps=6")
+    assert "retrain: 4 new episodes" in out1
+    # round 2: more episodes; a learning rate too small to move fp32 weights: the warm start reproduces
+    # the current champion's rollouts (a tie, which keeps the champion; the rule is checked either way)
+    before2, v2, new2, old2, out2 = retrain_round(3, 202, "train.train.optim.lr=1e-12",
+                                                  "train.train.optim.warmup_steps=1")
+    expected_new = 3 if before2.version == v1.version else 7  # since the current champion's cutoff
+    assert f"retrain: {expected_new} new episodes" in out2
+    assert abs(new2 - old2) < 0.05, (new2, old2)
+    # nothing new since the last attempt (round 2's version saw every episode): nothing to do
+    versions = len(client.search_model_versions(f"name='{pipeline.model_name}'"))
+    assert "no episodes added" in _retrain(ray_head, pipeline)
+    assert len(client.search_model_versions(f"name='{pipeline.model_name}'")) == versions

@@ -42,6 +42,9 @@ class EvalConfig(StrictConfig):
     #: torch intra-op threads per actor; 1 avoids oversubscription when actors share cores.
     torch_threads: int = Field(1, ge=1)
     controllability: bool = True
+    #: Latent-space models: the VAE (diffusers from_pretrained dir, local or s3://) that encodes the context
+    #: frames and decodes the rollout, so metrics and videos stay in pixel space.
+    vae_uri: str | None = None
     metric_weights: MetricWeights = MetricWeights()
     num_videos: int = Field(3, ge=0)
     video_format: Literal["gif", "mp4"] = "gif"

@@ -143,35 +143,48 @@ def rollout_chunk(
     *,
     actions: np.ndarray | None = None,
     device: torch.device | str = "cpu",
+    codec: Any = None,
 ) -> np.ndarray:
-    """Roll one chunk out: K context frames + actions → N frames (N, C, H, W) float32 in [-1, 1]."""
+    """Roll one chunk out: K context frames + actions → N frames (N, C, H, W) float32 in [-1, 1].
+
+    ``codec`` (a :class:`~v2w_core.models.vae.LatentCodec`, for latent-space models) encodes the context
+    and decodes the generated latents, so the result is in pixel space either way."""
     from v2w_core.data.clips import normalize_frames
     from v2w_core.diffusion.rollout import rollout
 
     k = config.context_frames
     frames = torch.from_numpy(chunk.frames[:k]).permute(0, 3, 1, 2)  # (K, C, H, W) uint8
-    context = normalize_frames(frames).float()[None].to(device)
+    context = normalize_frames(frames).float()
+    if codec is not None:
+        context = codec.encode(context)
+    context = context[None].to(device)
     acts = chunk.actions if actions is None else actions
     act_t = torch.from_numpy(np.asarray(acts))[None].to(device) if model.action_encoder is not None else None
     gen = torch.Generator(device="cpu").manual_seed(chunk_seed(config.seed, chunk.chunk_id))
-    out = rollout(model, context, act_t, config.horizon, config.rollout, generator=gen)
-    return out[0].float().clamp(-1.0, 1.0).cpu().numpy()
+    out = rollout(model, context, act_t, config.horizon, config.rollout, generator=gen)[0].float()
+    if codec is not None:
+        out = codec.decode(out)
+    return out.clamp(-1.0, 1.0).cpu().numpy()
 
 
 def rollout_chunks(
-    model: Any, chunks: list[EvalChunk], config: EvalConfig, *, device: str = "cpu"
+    model: Any, chunks: list[EvalChunk], config: EvalConfig, *, device: str = "cpu", codec: Any = None
 ) -> list[RolloutResult]:
     """Serial rollouts in this process (the reference the parallel path must reproduce)."""
+    if codec is None and config.vae_uri:
+        from v2w_core.models.vae import LatentCodec
+
+        codec = LatentCodec.load(config.vae_uri, device=device)
     results = []
     for chunk in chunks:
         t0 = time.perf_counter()
-        generated = rollout_chunk(model, chunk, config, device=device)
+        generated = rollout_chunk(model, chunk, config, device=device, codec=codec)
         shuffled = None
         if config.controllability and model.action_encoder is not None:
             alt = shuffled_actions(
                 chunk.actions, config.context_frames, chunk_seed(config.seed, chunk.chunk_id)
             )
-            shuffled = rollout_chunk(model, chunk, config, actions=alt, device=device)
+            shuffled = rollout_chunk(model, chunk, config, actions=alt, device=device, codec=codec)
         results.append(
             RolloutResult(chunk.chunk_id, chunk.episode_id, generated, shuffled, time.perf_counter() - t0)
         )
@@ -190,9 +203,14 @@ class RolloutWorker:
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model = load_model_from_uri(model_uri, tracking_uri=tracking_uri, device=self.device)
         self.model.eval()
+        self.codec = None
+        if self.config.vae_uri:
+            from v2w_core.models.vae import LatentCodec
+
+            self.codec = LatentCodec.load(self.config.vae_uri, device=self.device)
 
     def run(self, chunk: EvalChunk) -> RolloutResult:
-        return rollout_chunks(self.model, [chunk], self.config, device=self.device)[0]
+        return rollout_chunks(self.model, [chunk], self.config, device=self.device, codec=self.codec)[0]
 
 
 def default_num_actors(config: EvalConfig, num_chunks: int) -> tuple[int, dict[str, float]]:

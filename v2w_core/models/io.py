@@ -65,7 +65,7 @@ def read_world_model_config(uri: str) -> WorldModelConfig:
     return WorldModelConfig.from_dict(raw, source=storage.join(uri, CONFIG_NAME))
 
 
-def _read_state(uri: str, variant: str | None = None) -> dict[str, torch.Tensor]:
+def read_weights(uri: str, variant: str | None = None) -> dict[str, torch.Tensor]:
     """Read a single-file or sharded (index.json) safetensors state dict from a directory."""
     single = storage.join(uri, _weights_name(variant))
     if storage.exists(single):
@@ -88,7 +88,7 @@ def load_world_model(
     """Rebuild a saved world model (architecture from config.json, then weights, strictly)."""
     config = read_world_model_config(uri)
     model = WorldModel(config)
-    missing, unexpected = model.load_state_dict(_read_state(uri), strict=False)
+    missing, unexpected = model.load_state_dict(read_weights(uri), strict=False)
     if missing or unexpected:
         raise ValueError(
             f"{uri}: state dict does not match its config: missing {missing[:5]}, unexpected {unexpected[:5]}"
@@ -123,7 +123,7 @@ def load_base(
             f"{sorted(FAMILY_OF_CLASS)}"
         )
     unet = build_base(family, raw)
-    missing, unexpected = unet.load_state_dict(_read_state(uri, variant), strict=False)
+    missing, unexpected = unet.load_state_dict(read_weights(uri, variant), strict=False)
     if missing or unexpected:
         raise ValueError(
             f"{uri}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}"

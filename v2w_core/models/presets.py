@@ -50,6 +50,16 @@ def tiny_unet3d(
     )
 
 
+def tiny_unet3d_latent(
+    action_space: ActionSpec | dict[str, Any] | None = None, **overrides: Any
+) -> WorldModelConfig:
+    """:func:`tiny_unet3d` for 4×16×16 VAE latents (a 64×64 clip through a ×4 VAE): the latent pipeline's
+    small-scale check; paper scale uses :func:`modelscope_unet3d` on a ×8 VAE."""
+    base = {**tiny_unet3d().base, "in_channels": 4, "out_channels": 4}
+    return WorldModelConfig(family="unet3d", base=base, data_channels=4, patch_size=1, sample_size=(16, 16),
+                            action_space=_spec(action_space), **overrides)
+
+
 def tiny_svd(action_space: ActionSpec | dict[str, Any] | None = None, **overrides: Any) -> WorldModelConfig:
     """Stable-Video-Diffusion-family UNet, small, for 3×64×64 pixel clips (SVD's GroupNorms need 32·k channels)."""
     base = {
@@ -152,6 +162,7 @@ def svd_unet(action_space: ActionSpec | dict[str, Any] | None = None, **override
 
 
 PRESETS = {
+    "tiny_unet3d_latent": tiny_unet3d_latent,
     "tiny_unet3d": tiny_unet3d,
     "tiny_svd": tiny_svd,
     "modelscope_unet3d": modelscope_unet3d,
