@@ -44,6 +44,8 @@ class LatentsConfig(StrictConfig):
     batch_size: int = Field(default=8, ge=1)
     actors: int = Field(default=1, ge=1)
     gpus_per_actor: float = Field(default=0.0, ge=0)
+    #: Each actor also runs the clip decoding fused into it; Ray Data's read tasks need 1 CPU beside it, so
+    #: on a tiny cluster (2 CPUs) use 0.5 here and for clips.decode_num_cpus or the stage waits forever.
     cpus_per_actor: float = Field(default=1.0, gt=0)
 
 

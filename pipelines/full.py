@@ -41,8 +41,10 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
     one section re-runs that stage and what depends on it, nothing before it."""
     d = cfg.model_dump(mode="json")
     # With a VAE configured, an encode stage turns the clips into latents once; the model stages read those.
+    # It waits for the clips stage's round trip: two Ray Data executions at once can starve each other of
+    # CPUs on a small cluster (seen on 2 CPUs: both stalled), and a bad data set should fail before encoding.
     enc: tuple[str, ...] = ("encode",) if cfg.latents.vae_uri else ()
-    encode = [Stage("encode", encode_stage, {**d["latents"], "clips": d["clips"]}, ("ingest",),
+    encode = [Stage("encode", encode_stage, {**d["latents"], "clips": d["clips"]}, ("ingest", "clips"),
                     num_cpus=0.1)] if enc else []
     return [
         Stage("ingest", ingest_stage, d["data"], num_cpus=cfg.data.num_cpus),

@@ -18,19 +18,6 @@ from v2w_core.models.vae import LatentCodec
 pytestmark = pytest.mark.slow
 
 
-def save_tiny_vae(path: Path) -> Path:
-    """A small AutoencoderKL (×4 down, 4 latent channels) in diffusers' from_pretrained layout."""
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
-                        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=64,
-                        scaling_factor=0.5)
-    vae.save_pretrained(path, safe_serialization=True)
-    return path
-
-
 def upload_dir(local: Path, uri: str) -> str:
     for f in local.iterdir():
         storage.write_bytes(storage.join(uri, f.name), f.read_bytes())
@@ -38,8 +25,8 @@ def upload_dir(local: Path, uri: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def vae_dir(tmp_path_factory) -> Path:
-    return save_tiny_vae(tmp_path_factory.mktemp("vae") / "vae")
+def vae_dir(tiny_vae_dir) -> Path:
+    return tiny_vae_dir
 
 
 def test_codec_loads_from_local_and_s3_alike_and_checks_shapes(vae_dir, s3_prefix):
