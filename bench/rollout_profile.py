@@ -18,7 +18,6 @@ Prints tables and writes bench/results/rollout_profile.json.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import logging
 import re
@@ -34,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-import rollout_gpu as rg  # noqa: E402 - shares the model builder and machine record
+import rollout_gpu as rg
 
-from v2w_core.diffusion.fast_rollout import FastPathConfig, FastStreamer, set_conv_memory_format  # noqa: E402
+from v2w_core.diffusion.fast_rollout import FastPathConfig, FastStreamer, set_conv_memory_format
 
 RESULTS = ROOT / "bench" / "results" / "rollout_profile.json"
 logger = logging.getLogger("bench.rollout_profile")

@@ -266,7 +266,9 @@ def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
                                  split_id=ev["split_id"], tracking_uri=tracking["tracking_uri"],
                                  run_id=ev["eval_run_id"], experiment=tracking["experiment_name"])
     tag_data_lineage(tracking["tracking_uri"], promo.name, promo.version, model_uri=ev["model"],
-                     manifest_uri=inputs["ingest"].outputs["manifest"], eval_manifest_uri=ev["eval_manifest"])
+                     manifest_uri=inputs["ingest"].outputs["manifest"],
+                     # records written before the eval split was frozen lack it: freeze it now
+                     eval_manifest_uri=ev.get("eval_manifest") or freeze_eval_split(inputs["ingest"].outputs["manifest"]))
     return {"name": promo.name, "version": promo.version, "decision": promo.decision,
             "metric": promo.metric, "value": promo.value, "champion_version": promo.champion_version,
             "reason": promo.reason}

@@ -183,12 +183,12 @@ def test_retraining_twice_promotes_only_on_improvement(pipeline, ray_head, mlflo
         return before, latest, new_m, old_m, out
 
     # round 1: new episodes, real fine-tuning from the champion
-    before1, v1, _, _, out1 = retrain_round(4, 101, "train.train.max_steps=6",
+    _, v1, _, _, out1 = retrain_round(4, 101, "train.train.max_steps=6",
                                             "train.train.checkpoint.every_n_steps=6")
     assert "retrain: 4 new episodes" in out1
     # round 2: more episodes; a learning rate too small to move fp32 weights: the warm start reproduces
     # the current champion's rollouts (a tie, which keeps the champion; the rule is checked either way)
-    before2, v2, new2, old2, out2 = retrain_round(3, 202, "train.train.optim.lr=1e-12",
+    before2, _, new2, old2, out2 = retrain_round(3, 202, "train.train.optim.lr=1e-12",
                                                   "train.train.optim.warmup_steps=1")
     expected_new = 3 if before2.version == v1.version else 7  # since the current champion's cutoff
     assert f"retrain: {expected_new} new episodes" in out2

@@ -40,8 +40,8 @@ def test_vae_pipeline_trains_and_evaluates_in_latent_space(ray_cluster, mlflow_s
         "registry.model_name=v2w-latent-test"])
     stages = build_stages(cfg)
     names = [s.name for s in stages]
-    assert names.index("encode") < names.index("base") and "encode" in dict(
-        (s.name, s.upstream) for s in stages)["train"]
+    upstream = {s.name: s.upstream for s in stages}
+    assert names.index("encode") < names.index("base") and "encode" in upstream["train"]
     tracking, _ = start_tracking(cfg)
     res = build_and_run(stages, cfg.run.root, tracking=tracking)
 
