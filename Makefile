@@ -12,7 +12,7 @@ demo:
 
 test:
 	@bash infra/env.sh
-	@$(PY) -m pytest -q $(PYTEST_ARGS)
+	@$(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 stack-start:
 	@$(PY) -m infra.stack start

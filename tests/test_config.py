@@ -1,6 +1,7 @@
 """The config base: unknown keys and bad values fail at load, naming the key; overrides parse as YAML."""
 
 import pytest
+from pydantic import ValidationError
 
 from v2w_core.config import ConfigError, StrictConfig, apply_override
 
@@ -43,5 +44,5 @@ def test_override_errors():
 
 def test_frozen():
     cfg = Outer()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         cfg.name = "other"  # type: ignore[misc]

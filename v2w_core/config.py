@@ -8,12 +8,10 @@ Configs load from YAML and accept ``key.sub=value`` overrides (the pipeline's ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
-
-T = TypeVar("T", bound="StrictConfig")
 
 
 class ConfigError(ValueError):
@@ -26,14 +24,14 @@ class StrictConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
 
     @classmethod
-    def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "<dict>") -> T:
+    def from_dict(cls, data: dict[str, Any], *, source: str = "<dict>") -> Self:
         try:
             return cls.model_validate(data)
         except ValidationError as err:
             raise ConfigError(_describe(err, source)) from None
 
     @classmethod
-    def from_yaml(cls: type[T], path: str | Path, overrides: list[str] | None = None) -> T:
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Self:
         path = Path(path)
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict):

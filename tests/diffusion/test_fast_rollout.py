@@ -63,21 +63,25 @@ def test_channels_last_convs_give_the_same_frames(plain: torch.Tensor) -> None:
 
 
 def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Branch r over the shared history plus its own newest key == SDPA over concatenated keys with a
+    mask hiding the other branches' newest keys; also when the rows run in chunks."""
     import importlib
 
     causalize_mod = importlib.import_module("v2w_core.models.causalize")
-    from v2w_core.models.causalize import _attention, _few_query_attention
+    from v2w_core.models.causalize import _chunked_rows, _few_query_attention
 
     g = torch.Generator().manual_seed(0)
-    q = torch.randn(40, 4, 2, 16, generator=g)
-    k, v = torch.randn(2, 40, 4, 9, 16, generator=g)
+    q, k_new, v_new = torch.randn(3, 40, 4, 2, 16, generator=g)
+    k_hist, v_hist = torch.randn(2, 40, 4, 7, 16, generator=g)
     mask = torch.ones(2, 9, dtype=torch.bool)
-    mask[:, 7:] = torch.eye(2, dtype=torch.bool)  # branch r sees the history and its own newest key
-    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25)
-    got = _attention(q, k, v, _few_query_attention, attn_mask=mask, scale=0.25)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    mask[:, 7:] = torch.eye(2, dtype=torch.bool)
+    want = torch.nn.functional.scaled_dot_product_attention(
+        q, torch.cat([k_hist, k_new], 2), torch.cat([v_hist, v_new], 2), attn_mask=mask, scale=0.25
+    )
+    args = (q, k_hist, v_hist, k_new, v_new)
+    torch.testing.assert_close(_few_query_attention(*args, scale=0.25), want, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(causalize_mod, "MAX_ATTENTION_BATCH", 16)  # rows in chunks of 16, 16, 8
-    chunked = _attention(q, k, v, _few_query_attention, attn_mask=mask, scale=0.25)
+    chunked = _chunked_rows(_few_query_attention, *args, scale=0.25)
     torch.testing.assert_close(chunked, want, rtol=1e-5, atol=1e-5)
 
 

@@ -164,3 +164,20 @@ def test_resume_candidates_newest_first(tmp_path: Path) -> None:
     assert [Path(r.path).name for r in refs] == [names[3], names[2], names[1], names[0]]
     assert [r.step for r in refs] == [6, 6, 4, 2]
     assert ck.resume_candidates(None) == []
+
+
+def test_resume_candidates_include_checkpoints_ray_never_registered(tmp_path: Path) -> None:
+    """A worker that dies right after reporting leaves a complete step the controller never registered."""
+    import pyarrow.fs as pafs
+    from ray.train import Checkpoint
+
+    run = tmp_path / "exp"
+    for name in (ck.step_dir_name(2, "a1"), ck.step_dir_name(4, "a1")):
+        (run / name).mkdir(parents=True)
+    fs = pafs.LocalFileSystem()
+    registered = Checkpoint(str(run / ck.step_dir_name(2, "a1")), filesystem=fs)
+    # Ray knows step 2 only; the listing adds step 4, newest first, without duplicating step 2.
+    assert [r.step for r in ck.resume_candidates(registered, fs, str(run))] == [4, 2]
+    # Ray registered nothing at all (the first report was lost): the listing alone resumes.
+    assert [r.step for r in ck.resume_candidates(None, fs, str(run))] == [4, 2]
+    assert ck.resume_candidates(None, fs, str(tmp_path / "missing")) == []

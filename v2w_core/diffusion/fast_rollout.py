@@ -199,7 +199,6 @@ class FastStreamer:
             if self.config.compile is None:
                 with self._autocast(x_new.device):
                     return self.model.step_newest(x_new, t_new, a_new, mask_new, cache).to(x_new.dtype)
-            cache.prepare_replay(x_new.shape[0] // cache.batch_size)
             # Clone: with inductor's own CUDA graphs the output lives in its pool until the next call.
             return self._timed_compile(lambda: self._run(x_new, t_new, a_new, mask_new, cache)).clone()
         for dst, src in zip(graph.inputs, (x_new, t_new, a_new, mask_new), strict=True):

@@ -260,29 +260,37 @@ class FramePositionProj(nn.Module):
         return self.inner(positions + self.stream.frame_offset)
 
 
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, fn: Any = None, **kwargs: Any) -> torch.Tensor:
-    """Attention over (N, heads, F, d) (``fn``, default scaled_dot_product_attention), in chunks of at most
-    MAX_ATTENTION_BATCH rows."""
-    fn = fn or F.scaled_dot_product_attention
-    n, step = q.shape[0], MAX_ATTENTION_BATCH
-    if n <= step:
-        return fn(q, k, v, **kwargs)
-    return torch.cat([fn(q[i : i + step], k[i : i + step], v[i : i + step], **kwargs) for i in range(0, n, step)])
-
-
 def _few_query_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, attn_mask: torch.Tensor, scale: float
+    q: torch.Tensor,
+    k_hist: torch.Tensor,
+    v_hist: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    *,
+    scale: float,
 ) -> torch.Tensor:
-    """Attention of a few queries per sequence over a short cached K/V, as two batched matmuls.
+    """Branch r's newest-frame query over the shared history plus its own newest key, as two GEMMs.
 
-    Streaming replay asks, for each of B·H·W sequences, 2 queries (the guidance branches) against ~17
-    keys. Fused attention kernels tile the query axis by 64–128 rows, so they compute mostly padding:
-    13.9 of a 33.8 ms step on an H100 (bench/results/rollout_profile.json). Two small batched GEMMs read
-    K and V once; the softmax runs in fp32.
+    Shapes: ``q``, ``k_new``, ``v_new`` (N, heads, n, d) with one slot per guidance branch; ``k_hist``,
+    ``v_hist`` (N, heads, F_h, d), shared by the n branches. Streaming replay asks this for each of
+    B·H·W sequences with n = 2 and F_h ≈ 15. Fused attention kernels tile the query axis by 64–128 rows,
+    so they compute mostly padding (13.9 of a 33.8 ms step on an H100, bench/results/rollout_profile.json).
+    Here the history scores are one batched GEMM, the own-key score an elementwise product, and the
+    output one GEMM plus a scaled add: the history is read once for all branches and never copied
+    (no (F_h + n)-slot K/V buffer; at batch 64 that buffer alone was 8 GiB). Softmax in fp32.
     """
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    scores = scores.masked_fill(~attn_mask, float("-inf"))
-    return torch.matmul(scores.softmax(-1).to(v.dtype), v)
+    hist = torch.matmul(q, k_hist.transpose(-1, -2)).float() * scale  # (N, h, n, F_h)
+    own = (q * k_new).sum(-1, keepdim=True).float() * scale  # (N, h, n, 1)
+    probs = torch.cat([hist, own], dim=-1).softmax(-1).to(v_hist.dtype)
+    return torch.matmul(probs[..., :-1], v_hist) + probs[..., -1:] * v_new
+
+
+def _chunked_rows(fn: Any, *tensors: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+    """``fn(*tensors)`` on row chunks of at most MAX_ATTENTION_BATCH (every tensor shares dim 0)."""
+    n, step = tensors[0].shape[0], MAX_ATTENTION_BATCH
+    if n <= step:
+        return fn(*tensors, **kwargs)
+    return torch.cat([fn(*(t[i : i + step] for t in tensors), **kwargs) for i in range(0, n, step)])
 
 
 class RowChunkedAttnProcessor:
@@ -299,15 +307,13 @@ class RowChunkedAttnProcessor:
     def __call__(self, attn: Attention, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
                  **kwargs: Any) -> torch.Tensor:
-        n, step = hidden_states.shape[0], MAX_ATTENTION_BATCH
-        if n <= step or attention_mask is not None:
+        if attention_mask is not None:  # a mask's rows need not line up with the hidden states' rows
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
-        return torch.cat([
-            self.inner(attn, hidden_states[i : i + step],
-                       None if encoder_hidden_states is None else encoder_hidden_states[i : i + step],
-                       None, **kwargs)
-            for i in range(0, n, step)
-        ])  # fmt: skip
+        if encoder_hidden_states is None:
+            return _chunked_rows(lambda h: self.inner(attn, h, None, None, **kwargs), hidden_states)
+        return _chunked_rows(
+            lambda h, e: self.inner(attn, h, e, None, **kwargs), hidden_states, encoder_hidden_states
+        )
 
 
 class CausalTemporalAttnProcessor:
@@ -355,21 +361,16 @@ class CausalTemporalAttnProcessor:
         if self.stream.mode == "replay":
             if q.shape[2] != 1:
                 raise ValueError(f"{self.stream_key}: streaming replays one new frame, got {q.shape[2]}")
-            # The n branches are n queries of the same row against one shared history: their keys sit in
-            # a preallocated (N, h, F_h + n, d) buffer whose history part was written once per generated
-            # frame; only the n newest keys/values are written per step (no concatenation, no tiled
-            # history), and a mask lets branch r see the history plus its own newest key only.
+            # The n branches are n queries of the same row against one shared history (never tiled):
+            # branch r sees the cached keys/values plus its own newest key/value only.
             n = self.stream.repeats
-            k_buf, v_buf, mask = self.stream.cache.kv_buffer(self.stream_key, n)
-            fh = k_buf.shape[2] - n
-            k_buf[:, :, fh:] = rearrange(k, "(r m) h 1 d -> m h r d", r=n)
-            v_buf[:, :, fh:] = rearrange(v, "(r m) h 1 d -> m h r d", r=n)
-            q = rearrange(q, "(r m) h 1 d -> m h r d", r=n)
-            out = _attention(q, k_buf, v_buf, _few_query_attention, attn_mask=mask, scale=attn.scale)
+            k_hist, v_hist = self.stream.history(self.stream_key)
+            q, k, v = (rearrange(t, "(r m) h 1 d -> m h r d", r=n) for t in (q, k, v))
+            out = _chunked_rows(_few_query_attention, q, k_hist, v_hist, k, v, scale=attn.scale)
             out = rearrange(out, "m h r d -> (r m) h 1 d")
         else:
             self.stream.record(self.stream_key, k, v)
-            out = _attention(q, k, v, is_causal=True, scale=attn.scale)
+            out = _chunked_rows(F.scaled_dot_product_attention, q, k, v, is_causal=True, scale=attn.scale)
 
         out = rearrange(out, "n h f d -> n f (h d)").to(q.dtype)
         out = attn.to_out[0](out)

@@ -40,8 +40,8 @@ class HistoryCache:
     dimension: for temporal attention the per-head K and V, for causal convs the history's contribution
     to the newest frame's output. A newest-frame batch of ``n * batch_size`` (e.g. the conditional and
     unconditional guidance branches, ``torch.cat([x] * n)`` order) shares them without copies: convs
-    broadcast over the n branches, attention treats them as n queries (:meth:`kv_buffer`), so the cache
-    is never tiled.
+    broadcast over the n branches, attention treats them as n queries of one row against the shared
+    history (``causalize._few_query_attention``), so the cache is never tiled or extended.
 
     For CUDA graphs the cache's tensors must stay at fixed addresses across generated frames:
     :meth:`copy_` writes a new history of the same shapes into an existing cache in place.
@@ -50,7 +50,6 @@ class HistoryCache:
     batch_size: int
     num_frames: int
     entries: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
-    _buffers: dict[tuple[str, int], tuple[torch.Tensor, ...]] = field(default_factory=dict, repr=False)
 
     def put(self, key: str, *tensors: torch.Tensor) -> None:
         if key in self.entries:
@@ -67,40 +66,6 @@ class HistoryCache:
                 "causalization"
             )
         return entry
-
-    def kv_buffer(self, key: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(K, V, mask) for ``n`` newest-frame queries of one attention layer, allocated on first use.
-
-        K and V are (N, heads, F_h + n, d): the cached history in the first F_h slots, then one slot per
-        branch that the layer overwrites at every step. The entry itself becomes a view of the buffer's
-        history part, so memory is not doubled and :meth:`copy_` refreshes the buffer in place. ``mask``
-        (n, F_h + n) lets branch r see the history and slot F_h + r only.
-        """
-        memo = self._buffers.get((key, n))
-        if memo is None:
-            k, v = self.get(key)
-            fh = k.shape[2]
-            bufs = []
-            for t in (k, v):
-                buf = t.new_empty((*t.shape[:2], fh + n, t.shape[3]))
-                buf[:, :, :fh] = t
-                bufs.append(buf)
-            mask = torch.ones(n, fh + n, dtype=torch.bool, device=k.device)
-            mask[:, fh:] = torch.eye(n, dtype=torch.bool, device=k.device)
-            memo = (bufs[0], bufs[1], mask)
-            self._buffers[(key, n)] = memo
-            self.entries[key] = (bufs[0][:, :, :fh], bufs[1][:, :, :fh])
-        return memo  # type: ignore[return-value]
-
-    def prepare_replay(self, n: int) -> HistoryCache:
-        """Allocate every attention layer's :meth:`kv_buffer` for ``n`` branches now, not on first use.
-
-        The buffers replace the entries' tensors (same values, new strides); doing it before a compiled
-        forward first runs keeps ``torch.compile``'s guards valid (else the first step recompiles)."""
-        for key, entry in list(self.entries.items()):
-            if len(entry) == 2:  # attention layers cache (K, V); causal convs one tensor
-                self.kv_buffer(key, n)
-        return self
 
     def signature(self) -> tuple[Any, ...]:
         """Shapes/dtypes/devices of everything cached: two caches with equal signatures are interchangeable."""
@@ -132,10 +97,6 @@ class HistoryCache:
             for dst, src in zip(ts, part.entries[key], strict=True):
                 per = dst.shape[0] // self.batch_size  # rows per rollout (H·W for attention entries)
                 dst[start * per : (start + part.batch_size) * per] = src
-        for (key, _), bufs in self._buffers.items():  # buffers whose history part is not the entry itself
-            for buf, entry in zip(bufs[:2], self.entries[key], strict=True):
-                if buf.data_ptr() != entry.data_ptr():
-                    buf[:, :, : entry.shape[2]] = entry
         return self
 
     @classmethod

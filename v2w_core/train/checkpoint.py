@@ -208,21 +208,28 @@ def list_checkpoints(filesystem: Any, run_path: str) -> list[CheckpointRef]:
     return sorted(refs, key=lambda r: (r.step, r.path), reverse=True)
 
 
-def resume_candidates(latest: Any) -> list[CheckpointRef]:
-    """Ray's latest checkpoint followed by the older ``step_*`` siblings in the same run directory.
+def resume_candidates(latest: Any, filesystem: Any = None, run_path: str | None = None) -> list[CheckpointRef]:
+    """Every ``step_*`` checkpoint of the run, newest first: Ray's latest registration and its siblings.
 
-    ``latest`` is a ``ray.train.Checkpoint`` (``.path`` inside ``.filesystem``) or None (fresh start).
+    ``latest`` is a ``ray.train.Checkpoint`` (``.path`` inside ``.filesystem``) or None. ``filesystem`` and
+    ``run_path`` name the run directory to list as well. Why both: a worker that dies right after
+    ``ray.train.report`` leaves a complete checkpoint in storage that the controller never registered (it
+    registers a report when it next polls the worker, and a dead worker's queued reports are lost), so
+    Ray alone would resume from an older step or from scratch. Integrity manifests, not registration,
+    decide whether a candidate is usable (``verify_checkpoint_dir``).
     """
-    if latest is None:
-        return []
-    path = latest.path.rstrip("/")
-    parent, _, name = path.rpartition("/")
-    step = parse_step_dir(name)
-    first = CheckpointRef(step=step if step is not None else 1 << 62, path=path, filesystem=latest.filesystem)
-    older = [
-        r for r in list_checkpoints(latest.filesystem, parent) if r.step <= first.step and r.path != path
-    ]
-    return [first, *older]
+    refs: dict[str, CheckpointRef] = {}
+    if latest is not None:
+        path = latest.path.rstrip("/")
+        parent, _, name = path.rpartition("/")
+        step = parse_step_dir(name)
+        refs[path] = CheckpointRef(step=step if step is not None else 1 << 62, path=path, filesystem=latest.filesystem)
+        for r in list_checkpoints(latest.filesystem, parent):
+            refs.setdefault(r.path.rstrip("/"), r)
+    if filesystem is not None and run_path:
+        for r in list_checkpoints(filesystem, run_path):
+            refs.setdefault(r.path.rstrip("/"), r)
+    return sorted(refs.values(), key=lambda r: (r.step, r.path), reverse=True)
 
 
 # ----------------------------------------------------------------------------------------- safe load
