@@ -13,76 +13,25 @@ import threading
 import time
 from typing import Any
 
-import numpy as np
 import pytest
 
+from tests.train.helpers import (
+    ACTION_DIM,
+    SIZE,
+    TINY_MODEL,
+    check_partitioned,
+    clips,
+    dataset,
+    metric_history,
+    train_cfg,
+)
 from v2w_core.config import ConfigError
 from v2w_core.train import checkpoint as ck
-from v2w_core.train.config import TrainConfig
 from v2w_core.train.model_store import load_model
 
 pytestmark = pytest.mark.slow
 
-FRAMES, SIZE, ACTION_DIM = 8, 32, 2
-TINY_MODEL = {"overrides": {"sample_size": [SIZE, SIZE]}}
 STATE: dict[str, Any] = {}
-
-
-def _clips(n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
-    """A bright square on a dark background, moved each frame by the recorded (continuous) action."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        frames = np.full((FRAMES, SIZE, SIZE, 3), 20, np.uint8)
-        actions = rng.integers(-2, 3, size=(FRAMES, ACTION_DIM)).astype(np.float32)
-        pos = rng.integers(2, SIZE - 6, size=2)
-        color = rng.integers(128, 256, size=3)
-        for t in range(FRAMES):
-            y, x = pos
-            frames[t, y : y + 4, x : x + 4] = color
-            pos = np.clip(pos + actions[t].astype(int), 0, SIZE - 4)
-        out.append({"frames": frames, "actions": actions})
-    return out
-
-
-def _dataset(n: int = 32) -> Any:
-    import ray.data
-
-    return ray.data.from_items(_clips(n))
-
-
-def _cfg(prefix: str, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {
-        "storage_path": prefix + "runs",
-        "micro_batch_per_worker": 2,
-        "model": TINY_MODEL,
-        "optim": {"lr": 2e-3, "warmup_steps": 1},
-        "scaling": {"num_workers": 2, "cpus_per_worker": 0.5},
-        "tracking": {"experiment": "test-train"},
-    }
-    for key, value in kw.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
-            base[key] = {**base[key], **value}
-        else:
-            base[key] = value
-    return TrainConfig.from_dict(base)
-
-
-def _history(run_id: str, key: str) -> list[tuple[int, float]]:
-    from mlflow import MlflowClient
-
-    return sorted((m.step, m.value) for m in MlflowClient().get_metric_history(run_id, key))
-
-
-def _check_partitioned(metrics: dict[str, Any]) -> None:
-    """Each of the 2 ranks holds about half of the fp32 master weights and of the Adam state."""
-    total = metrics["model_numel"]
-    masters = [metrics[f"optim_master_numel_rank{r}"] for r in range(2)]
-    states = [metrics[f"optim_state_numel_rank{r}"] for r in range(2)]
-    for m, s in zip(masters, states, strict=True):
-        assert abs(m - total / 2) <= 0.02 * total, (masters, total)
-        assert abs(s - total) <= 0.04 * total, (states, total)  # exp_avg + exp_avg_sq of half the weights
-    assert sum(masters) >= total
 
 
 @pytest.fixture(scope="module")
@@ -101,9 +50,9 @@ def test_bad_scaling_fails_fast(stack: Any, prefix: str) -> None:
     from v2w_core.train.api import train
 
     with pytest.raises(ConfigError, match="needs 4 CPUs but the Ray cluster has 2"):
-        train(_cfg(prefix, experiment="too-big", scaling={"num_workers": 8}), dataset=_dataset(4))
+        train(train_cfg(prefix, experiment="too-big", scaling={"num_workers": 8}), dataset=dataset(4))
     with pytest.raises(ConfigError, match="model"):
-        train(_cfg(prefix, experiment="bad-model", model={"preset": "nope"}), dataset=_dataset(4))
+        train(train_cfg(prefix, experiment="bad-model", model={"preset": "nope"}), dataset=dataset(4))
 
 
 def test_zero2_pretrain_survives_a_lost_worker(stack: Any, prefix: str) -> None:
@@ -113,7 +62,7 @@ def test_zero2_pretrain_survives_a_lost_worker(stack: Any, prefix: str) -> None:
     from v2w_core import storage
     from v2w_core.train.api import train
 
-    cfg = _cfg(
+    cfg = train_cfg(
         prefix,
         experiment="pre",
         mode="pretrain",
@@ -123,20 +72,20 @@ def test_zero2_pretrain_survives_a_lost_worker(stack: Any, prefix: str) -> None:
         fault_injection={"at_step": 5, "rank": 1, "kind": "exit"},
         ema={"enabled": True, "decay": 0.9},
     )
-    result = train(cfg, dataset=_dataset())
+    result = train(cfg, dataset=dataset())
     m = result.metrics
     assert m["done"] == 1.0 and m["step"] == 6
     # Worker 1 died at step 5 (after the step-4 checkpoint): the new worker group resumed at 4, not 0.
     assert m["start_step"] == 4, m
     assert m["checkpoint_fallbacks"] == 0
-    _check_partitioned(m)
+    check_partitioned(m)
     assert result.checkpoint_uri and ck.parse_step_dir(result.checkpoint_uri.rsplit("/", 1)[1]) == 6
 
     # Steps continue without gap or repeat: every checkpoint step once, in order, in the object store.
     fs, run_path = storage.get_filesystem(cfg.run_dir)
     assert [r.step for r in ck.list_checkpoints(fs, run_path)] == [6, 4, 2]
 
-    loss = _history(result.run_id, "loss")
+    loss = metric_history(result.run_id, "loss")
     steps = [s for s, _ in loss]
     assert set(steps) == set(range(1, 7))  # 5 logged twice at most: before the crash and after resume
     # Loss on a fixed batch with fixed noise/timesteps (the training loss jumps with the random t).
@@ -171,7 +120,7 @@ def test_rerun_resumes_and_skips_a_truncated_checkpoint(stack: Any, prefix: str)
     rerun = cfg.model_copy(
         update={"max_steps": 8, "fault_injection": cfg.fault_injection.model_copy(update={"at_step": None})}
     )
-    result = train(rerun, dataset=_dataset())
+    result = train(rerun, dataset=dataset())
     m = result.metrics
     assert m["checkpoint_fallbacks"] == 1  # step 6 rejected (hash/size), step 4 used, with a warning
     assert m["start_step"] == 4
@@ -186,7 +135,7 @@ def test_zero3_finetune_with_mlflow_outage(stack: Any, prefix: str) -> None:
     from v2w_core.train.api import train
 
     _, pre = STATE["pretrain"]
-    cfg = _cfg(
+    cfg = train_cfg(
         prefix,
         experiment="ft",
         mode="finetune",
@@ -205,7 +154,7 @@ def test_zero3_finetune_with_mlflow_outage(stack: Any, prefix: str) -> None:
 
     def run() -> None:
         try:
-            box["result"] = train(cfg, dataset=_dataset())
+            box["result"] = train(cfg, dataset=dataset())
         except BaseException as err:  # noqa: BLE001 - re-raised in the test thread
             box["error"] = err
 
@@ -219,7 +168,7 @@ def test_zero3_finetune_with_mlflow_outage(stack: Any, prefix: str) -> None:
         runs = client.search_runs(
             [client.get_experiment_by_name("test-train").experiment_id], "tags.`v2w.experiment` = 'ft'"
         )
-        if runs and _history(runs[0].info.run_id, "loss"):
+        if runs and metric_history(runs[0].info.run_id, "loss"):
             run_id = runs[0].info.run_id
             break
         time.sleep(1)
@@ -235,8 +184,8 @@ def test_zero3_finetune_with_mlflow_outage(stack: Any, prefix: str) -> None:
     assert m["done"] == 1.0 and m["step"] == 10
     assert m["mlflow_failures"] >= 1  # the outage was seen ...
     assert m["mlflow_dropped_metrics"] == 0 and m["mlflow_unsent"] == 0
-    assert [s for s, _ in _history(run_id, "loss")][-1] == 10  # ... and the buffered metrics arrived later
-    _check_partitioned(m)
+    assert [s for s, _ in metric_history(run_id, "loss")][-1] == 10  # ... and the buffered metrics arrived later
+    check_partitioned(m)
     assert m["probe_loss_end"] < m["probe_loss_start"], m
 
     model = load_model(result.model_uri)
@@ -246,7 +195,7 @@ def test_zero3_finetune_with_mlflow_outage(stack: Any, prefix: str) -> None:
         from v2w_core.diffusion.rollout import RolloutConfig, rollout
     except ImportError:
         pytest.skip("diffusion rollout not available")
-    clip = _clips(1, seed=5)[0]
+    clip = clips(1, seed=5)[0]
     context = torch.as_tensor(clip["frames"][None, :2]).permute(0, 1, 4, 2, 3).float() / 127.5 - 1
     actions = torch.as_tensor(clip["actions"][None])
     out = rollout(

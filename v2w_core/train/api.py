@@ -55,6 +55,13 @@ def check_resources(cfg: TrainConfig) -> None:
             f"scaling.num_workers={sc.num_workers} × scaling.cpus_per_worker={sc.cpus_per_worker} needs "
             f"{need_cpu:g} CPUs but the Ray cluster has {have_cpu:g}"
         )
+    if sc.placement_strategy == "STRICT_SPREAD":
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        if nodes < sc.num_workers:
+            raise ConfigError(
+                f"scaling.placement_strategy=STRICT_SPREAD puts each of scaling.num_workers={sc.num_workers} "
+                f"workers on its own node but the Ray cluster has {nodes}; use SPREAD or add nodes"
+            )
     if sc.use_gpu:
         need_gpu = sc.num_workers * sc.gpus_per_worker
         have_gpu = float(total.get("GPU", 0))
@@ -171,7 +178,10 @@ def train(cfg: TrainConfig, *, dataset: Any = None) -> TrainResult:
         },
         torch_config=TorchConfig(backend="nccl" if sc.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
-            num_workers=sc.num_workers, use_gpu=sc.use_gpu, resources_per_worker=resources
+            num_workers=sc.num_workers,
+            use_gpu=sc.use_gpu,
+            resources_per_worker=resources,
+            placement_strategy=sc.placement_strategy,
         ),
         run_config=RunConfig(
             name=cfg.experiment,

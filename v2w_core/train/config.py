@@ -72,6 +72,9 @@ class ScalingSection(StrictConfig):
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0)
     gpus_per_worker: float = Field(1.0, gt=0)
+    # Ray placement of the workers' bundles: PACK fills a node first (fast collectives); SPREAD /
+    # STRICT_SPREAD put workers on different nodes (STRICT_SPREAD needs at least num_workers nodes).
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
 
 class CheckpointSection(StrictConfig):

@@ -234,7 +234,7 @@ def _optimizer_partition_numels(engine: Any) -> dict[str, int]:
     return {"optim_master_numel": int(master), "optim_state_numel": int(state)}
 
 
-def _all_ranks(value: dict[str, int], world: int) -> list[dict[str, int]]:
+def _all_ranks(value: dict[str, Any], world: int) -> list[dict[str, Any]]:
     import torch.distributed as dist
 
     out: list[Any] = [None] * world
@@ -319,6 +319,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     import deepspeed
+    import ray
     import ray.train
     import ray.train.torch
     import torch
@@ -483,9 +484,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         now = time.perf_counter()
         step_time, t_step = now - t_step, now
         if not partition_metrics:
-            per_rank = _all_ranks(_optimizer_partition_numels(engine), world)
-            partition_metrics = {"model_numel": float(model_numel)}
+            node_id = ray.get_runtime_context().get_node_id()
+            per_rank = _all_ranks({**_optimizer_partition_numels(engine), "node": node_id}, world)
+            rank_nodes = [d.pop("node") for d in per_rank]
+            nodes = list(dict.fromkeys(rank_nodes))  # the Ray nodes the workers run on, first-seen order
+            partition_metrics = {"model_numel": float(model_numel), "num_nodes": float(len(nodes))}
             for r, d in enumerate(per_rank):
+                partition_metrics[f"node_index_rank{r}"] = float(nodes.index(rank_nodes[r]))
                 for k, v in d.items():
                     partition_metrics[f"{k}_rank{r}"] = float(v)
         if ema is not None:
