@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,11 +62,16 @@ class StageContext:
     config: Mapping[str, Any]
     mlflow_run_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # Set when the stage is forced (``--from``): a forced run must start over, not resume the earlier
+    # run's checkpoints in the same directory (training would restart at its last step and do nothing),
+    # and must not overwrite the outputs that the existing record still points to until it succeeds.
+    attempt: str = ""
 
     @property
     def output_dir(self) -> str:
-        """A fresh directory per (stage, fingerprint): outputs of different configs never collide."""
-        return storage.join(self.root, "stages", self.name, self.fingerprint)
+        """A fresh directory per (stage, fingerprint[, forced attempt]): outputs never collide."""
+        parts = [self.root, "stages", self.name, self.fingerprint]
+        return storage.join(*parts, f"attempt-{self.attempt}") if self.attempt else storage.join(*parts)
 
 
 def fingerprint(name: str, config: Mapping[str, Any], upstream: Sequence[str]) -> str:
@@ -101,7 +107,8 @@ def run_stage(stage: Stage, root: str, force: bool, tracking: Mapping[str, Any] 
     log.info("[%s] running (fingerprint %s)", stage.name, fp)
     start = time.perf_counter()
     run_id = _start_tracking(tracking, stage, fp)
-    ctx = StageContext(stage.name, fp, root, stage.config, run_id, {"tracking": tracking})
+    attempt = time.strftime("%Y%m%dT%H%M%S") + f"-{uuid.uuid4().hex[:6]}" if force else ""
+    ctx = StageContext(stage.name, fp, root, stage.config, run_id, {"tracking": tracking}, attempt)
     try:
         outputs = stage.fn(ctx, inputs)
     except BaseException:

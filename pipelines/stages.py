@@ -218,7 +218,8 @@ def train_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[st
                          clips=cfg["clips"], tracking=ctx.extra.get("tracking"))
     result = train(tcfg, dataset=_latent_dataset(inputs, cfg["clips"]))
     return {"model": result.model_uri, "checkpoint": result.checkpoint_uri, "train_run_id": result.run_id,
-            "final_loss": _final(result.metrics, "loss")}
+            "final_loss": _final(result.metrics, "loss"), "start_step": _final(result.metrics, "start_step"),
+            "step": _final(result.metrics, "step")}
 
 
 def _final(metrics: Mapping[str, Any] | None, key: str) -> float | None:

@@ -32,7 +32,7 @@ def double(ctx, inputs):
     _count(ctx, "double")
     if Path(ctx.config["counter_dir"], "fail-double").exists():
         raise RuntimeError("planned failure")
-    return {"value": 2 * inputs["data"].outputs["value"]}
+    return {"value": 2 * inputs["data"].outputs["value"], "dir": ctx.output_dir}
 
 
 def report(ctx, inputs):
@@ -84,8 +84,14 @@ def test_run_skip_resume_and_force(ray_cluster, tmp_path):
     # --from double forces double and report; data is still skipped
     force = downstream_of(stages(cnt), "double")
     assert force == {"double", "report"}
+    unforced_dir = res["double"].outputs["dir"]
     res = build_and_run(stages(cnt, value=5), root, force=force)
     assert [res[n].skipped for n in ("data", "double", "report")] == [True, False, False]
+    # a forced run writes into a fresh attempt directory: it neither resumes nor overwrites the old outputs
+    forced_dir = res["double"].outputs["dir"]
+    assert forced_dir.startswith(unforced_dir + "/attempt-"), (forced_dir, unforced_dir)
+    again = build_and_run(stages(cnt, value=5), root, force=force)["double"].outputs["dir"]
+    assert again != forced_dir and again.startswith(unforced_dir + "/attempt-")
 
     rec = json.loads((tmp_path / "root" / "stages" / "data" / f"{res['data'].fingerprint}.json").read_text())
     assert rec["outputs"] == {"value": 5}

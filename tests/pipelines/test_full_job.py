@@ -128,9 +128,23 @@ def test_job_fails_after_training_and_the_resubmission_runs_only_evaluate_and_re
 def test_rerun_skips_everything_and_from_train_reruns_what_follows(pipeline, ray_head):
     again = _submit(ray_head, pipeline.name, pipeline.root, pipeline.model_name)
     assert _skipped(again) == set(STAGES) and not _ran(again)
+    before = _train_record(pipeline.root)
     forced = _submit(ray_head, pipeline.name, pipeline.root, pipeline.model_name, "--from", "train")
     assert _ran(forced) == {"train", "evaluate", "register"}
     assert _skipped(forced) == {"ingest", "clips", "base", "causalize"}
+    # --from train trains again from the causal base (step 0), into a new directory: it does not resume
+    # the finished run's checkpoint (which would train 0 steps) nor overwrite the model it exported
+    after = _train_record(pipeline.root)
+    assert after["start_step"] == 0 and after["step"] == before["step"] == 3
+    assert after["model"] != before["model"] and "/attempt-" in after["model"]
+
+
+def _train_record(root: str) -> dict:
+    from v2w_core import storage
+
+    stage_dir = storage.join(root, "stages", "train")  # the record is stage_dir/<fingerprint>.json
+    (rec,) = [u for u in storage.list_files(stage_dir) if u.rsplit("/", 1)[0] == stage_dir and u.endswith(".json")]
+    return json.loads(storage.read_bytes(rec))["outputs"]
 
 
 def _retrain(info, pipeline, *extra: str) -> str:
