@@ -196,7 +196,14 @@ def guarded(name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
 
 
-def bench_family(family: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def bench_family(
+    family: str,
+    args: argparse.Namespace,
+    device: torch.device,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Every row of one family; ``on_row(partial record)`` after each batched row (a run stopped at its
+    time limit keeps what it measured)."""
     t0 = time.perf_counter()
     fp32, model = build(family, args.preset, device)
     sync(device)
@@ -208,14 +215,23 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
     }
     logger.info("%s: %.2f B params, built in %.0f s", family, out["parameters"] / 1e9, out["build_seconds"])
     cl = args.channels_last
+    kernel = args.few_query_kernel
     bf16 = (
-        FastPathConfig(autocast="bfloat16", cuda_graph=False, channels_last=cl)
+        FastPathConfig(autocast="bfloat16", cuda_graph=False, channels_last=cl, few_query_kernel=kernel)
         if device.type == "cuda"
-        else FastPathConfig()
+        else FastPathConfig(few_query_kernel=kernel)
     )
     graph_cfg = FastPathConfig(
-        autocast=bf16.autocast, cuda_graph=True, encode_batch_chunk=args.encode_chunk, channels_last=cl
+        autocast=bf16.autocast, cuda_graph=True, encode_batch_chunk=args.encode_chunk, channels_last=cl,
+        few_query_kernel=kernel,
     )
+
+    def compile_cfg(**kw: Any) -> FastPathConfig:
+        return FastPathConfig(
+            autocast=bf16.autocast, cuda_graph=True, compile=args.compile_mode,
+            compile_cache_dir=args.compile_cache, channels_last=cl, few_query_kernel=kernel,
+            encode_batch_chunk=args.encode_chunk, **kw,
+        )
 
     # ---- agreement: bf16 fast path vs. fp32 eager streaming, same noise, one frame
     def agreement() -> dict[str, Any]:
@@ -248,14 +264,7 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
             elif mode == "graph":
                 runner, path = FastStreamer(model, graph_cfg), "streaming"
             else:
-                cfg = FastPathConfig(
-                    autocast=bf16.autocast,
-                    cuda_graph=True,
-                    compile=args.compile_mode,
-                    compile_cache_dir=args.compile_cache,
-                    channels_last=cl,
-                )
-                runner, path = FastStreamer(model, cfg), "streaming"
+                runner, path = FastStreamer(model, compile_cfg()), "streaming"
             if mode == "full" and device.type == "cuda":  # bf16 autocast for the reference path too
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     sec, _ = timed_rollout(model, runner, args, 1, args.frames, path, device)
@@ -274,27 +283,35 @@ def bench_family(family: str, args: argparse.Namespace, device: torch.device) ->
 
         single[mode] = guarded(f"{family} {mode}", row)
         logger.info("%s %s: %s", family, mode, single[mode])
-    out["single_rollout"] = single
+        out["single_rollout"] = single
+        if on_row is not None:
+            on_row(out)
 
-    # ---- batched rollouts, streaming + CUDA graph
-    batched = []
-    for b in args.batches:
+    # ---- batched rollouts, streaming + CUDA graph (and compiled: one symbolic-batch compile for all sizes)
+    for bmode in args.batched_modes:
+        batched = []
+        for b in args.batches:
 
-        def brow(b: int = b) -> dict[str, Any]:
-            reset_peak(device)
-            runner = FastStreamer(model, graph_cfg)
-            sec, _ = timed_rollout(model, runner, args, b, args.frames, "streaming", device)
-            return {
-                "seconds_per_frame": sec,
-                "frames_per_second": b / sec,
-                "effective_tflops": b * per_frame_flops / sec / 1e12,
-                "peak_gib": peak_gib(device),
-                "cuda_graphs": len(runner._graphs),
-            }
+            def brow(b: int = b, bmode: str = bmode) -> dict[str, Any]:
+                reset_peak(device)
+                runner = FastStreamer(model, graph_cfg if bmode == "graph" else compile_cfg(compile_dynamic=None))
+                sec, _ = timed_rollout(model, runner, args, b, args.frames, "streaming", device)
+                r = {
+                    "seconds_per_frame": sec,
+                    "frames_per_second": b / sec,
+                    "effective_tflops": b * per_frame_flops / sec / 1e12,
+                    "peak_gib": peak_gib(device),
+                    "cuda_graphs": len(runner._graphs),
+                }
+                if bmode == "compile":
+                    r["compile_seconds"] = runner.compile_seconds
+                return r
 
-        batched.append({"batch": b, **guarded(f"{family} batch {b}", brow)})
-        logger.info("%s batch %d: %s", family, b, batched[-1])
-    out["batched_graph"] = batched
+            batched.append({"batch": b, **guarded(f"{family} {bmode} batch {b}", brow)})
+            logger.info("%s %s batch %d: %s", family, bmode, b, batched[-1])
+            if on_row is not None:
+                on_row({**out, f"batched_{bmode}": batched})
+        out[f"batched_{bmode}"] = batched
     return out
 
 
@@ -318,14 +335,16 @@ def print_tables(record: dict[str, Any]) -> None:
                 f"{fam['family']:<7} {mode:<8} {r['seconds_per_frame']:>9.3f} {r['ms_per_step']:>9.1f} "
                 f"{fmt(r['peak_gib'], '9.1f'):>9} {fmt(r.get('compile_seconds'), '10.0f'):>10}"
             )
-    print(f"{'family':<7} {'batch':>5} {'s/frame':>9} {'frames/s':>9} {'TFLOP/s':>9} {'peak GiB':>9}")
+    print(f"{'family':<7} {'batched':<8} {'batch':>5} {'s/frame':>9} {'frames/s':>9} {'TFLOP/s':>9} {'peak GiB':>9}")
     for fam in record["families"]:
-        for r in fam["batched_graph"]:
+        rows = [(k.removeprefix("batched_"), r) for k, v in fam.items() if k.startswith("batched_") for r in v]
+        for bmode, r in rows:
             if "error" in r:
-                print(f"{fam['family']:<7} {r['batch']:>5} error: {r['error']}")
+                print(f"{fam['family']:<7} {bmode:<8} {r['batch']:>5} error: {r['error']}")
                 continue
             print(
-                f"{fam['family']:<7} {r['batch']:>5} {r['seconds_per_frame']:>9.3f} {r['frames_per_second']:>9.2f} "
+                f"{fam['family']:<7} {bmode:<8} {r['batch']:>5} {r['seconds_per_frame']:>9.3f} "
+                f"{r['frames_per_second']:>9.2f} "
                 f"{r['effective_tflops']:>9.1f} {fmt(r['peak_gib'], '9.1f'):>9}"
             )
     for fam in record["families"]:
@@ -338,7 +357,11 @@ def main() -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="paper")
     parser.add_argument("--families", default="unet3d,svd")
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
-    parser.add_argument("--batches", default="1,8,32,64", help="batched rollouts (streaming + CUDA graph)")
+    parser.add_argument("--batches", default="1,8,32,64", help="batched rollouts")
+    parser.add_argument("--batched-modes", default="graph,compile",
+                        help="batched rows: streaming + CUDA graph and/or + torch.compile (symbolic batch)")
+    parser.add_argument("--few-query-kernel", choices=("gemm", "reduce"), default=None,
+                        help="replay attention formulation (default: FastPathConfig's)")
     parser.add_argument("--svd-batches", default="1,8,32", help="batches for the svd family")
     parser.add_argument("--svd-modes", default="full,stream,graph", help="modes for svd ('' = as --modes)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
@@ -359,6 +382,9 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.modes = [m for m in args.modes.split(",") if m]
+    args.batched_modes = [m for m in args.batched_modes.split(",") if m]
+    if args.device == "cpu":  # the CPU smoke test skips inductor (minutes of C++ compiles per shape)
+        args.batched_modes = [m for m in args.batched_modes if m != "compile"]
     if unknown := set(args.modes) - set(MODES):
         parser.error(f"unknown modes {sorted(unknown)}")
     device = torch.device(args.device)
@@ -377,7 +403,10 @@ def main() -> None:
         ]
         if fam == "svd" and args.svd_modes:
             fam_args.modes = [m for m in args.svd_modes.split(",") if m]
-        families.append(bench_family(fam, fam_args, device))
+        done = list(families)
+        families.append(bench_family(
+            fam, fam_args, device, on_row=lambda part: write_record(args, device, [*done, part], t_start)
+        ))
         reset_peak(device)
         write_record(args, device, families, t_start)  # after each family: a killed run keeps its rows
     print_tables(write_record(args, device, families, t_start))
@@ -398,6 +427,7 @@ def write_record(
             "guidance_rescale": 0.7,
             "precision": "bf16 weights + bf16 autocast (DDIM in fp32)" if device.type == "cuda" else "fp32",
             "compile_mode": args.compile_mode,
+            "few_query_kernel": args.few_query_kernel,
             "encode_batch_chunk": args.encode_chunk,
             "channels_last": args.channels_last,
             "total_seconds": time.perf_counter() - t_start,

@@ -6,10 +6,12 @@ cached 15-frame history, bf16. Two parts:
 * **kernel breakdown**: ``torch.profiler`` over eager steps; kernel time summed by category (GEMM,
   convolution, attention, normalisation, layout copies, elementwise) and the top kernels by time;
 * **variants**: milliseconds per step replayed as a CUDA graph for: the default path; cuDNN autotuning
-  (``cudnn.benchmark``); channels-last (NHWC) weights and activations; ``torch.compile`` (its compile
-  time too) — and per-step time at rollout batches 1–64 for the best variant, with effective TFLOP/s.
+  (``cudnn.benchmark``); channels-last (NHWC) weights and activations; the replay attention as GEMMs or
+  as a broadcast reduction (``_reduce``); ``torch.compile`` (its compile time too) — and per-step time
+  at rollout batches 1–64 for ``--batch-variant``, with effective TFLOP/s. ``--profile-variants`` get a
+  kernel breakdown too (compiled ones show inductor's fused kernels).
 
-    python bench/rollout_profile.py                  # ~5 min on one H100
+    python bench/rollout_profile.py                  # ~8 min on one H100/H200 (three cold compiles)
     python bench/rollout_profile.py --preset tiny    # CPU smoke test (no kernel table)
 
 Prints tables and writes bench/results/rollout_profile.json.
@@ -42,13 +44,16 @@ logger = logging.getLogger("bench.rollout_profile")
 
 #: Kernel-name patterns per category, first match wins (cuBLAS/cuDNN/CUTLASS/inductor naming).
 CATEGORIES = [
+    # inductor's generated kernels first: their names list the fused ops ("triton_poi_fused_convolution_…")
+    ("fused_reduction", r"triton_red|triton_per"),
+    ("fused_pointwise", r"triton_poi"),
     ("attention", r"fmha|flash|attention|softmax"),
     ("convolution", r"conv|implicit_gemm|winograd|fprop|dgrad|xmma_fprop|cudnn"),
     ("layout", r"nchwToNhwc|nhwcToNchw|transpose|permute|copy|cat_|CatArray|contiguous"),
     ("gemm", r"gemm|cutlass|nvjet|sm90_xmma|cublas|matmul|splitK"),
     ("normalisation", r"norm|welford|RowwiseMoments"),
     ("reduction", r"reduce"),
-    ("elementwise", r"elementwise|vectorized|unrolled|triton_poi|pointwise"),
+    ("elementwise", r"elementwise|vectorized|unrolled|pointwise"),
 ]
 
 
@@ -125,22 +130,33 @@ VARIANTS = {
     "default": {},
     "cudnn_benchmark": {"cudnn_benchmark": True},
     "channels_last": {"cudnn_benchmark": True, "channels_last": True},
+    "channels_last_reduce": {"cudnn_benchmark": True, "channels_last": True, "kernel": "reduce"},
     "compile": {"cudnn_benchmark": True, "compile": "default"},
     "compile_channels_last": {"cudnn_benchmark": True, "channels_last": True, "compile": "default"},
+    "compile_reduce": {"cudnn_benchmark": True, "channels_last": True, "compile": "default", "kernel": "reduce"},
+    # one symbolic-batch compile serves every batch after the first two sizes (batched rows)
+    "compile_reduce_dynamic": {"cudnn_benchmark": True, "channels_last": True, "compile": "default",
+                               "kernel": "reduce", "dynamic": None},
     "compile_max_autotune": {"cudnn_benchmark": True, "channels_last": True,
                              "compile": "max-autotune-no-cudagraphs"},
 }
+
+
+def variant_config(name: str, args, device: torch.device, cuda_graph: bool) -> FastPathConfig:
+    opts = VARIANTS[name]
+    return FastPathConfig(autocast="bfloat16" if device.type == "cuda" else None,
+                          cuda_graph=cuda_graph and device.type == "cuda", compile=opts.get("compile"),
+                          compile_dynamic=opts.get("dynamic", False),
+                          few_query_kernel=opts.get("kernel", "gemm"),
+                          channels_last=bool(opts.get("channels_last")),
+                          compile_cache_dir=args.compile_cache, encode_batch_chunk=8)
 
 
 def run_variant(model, name: str, args, device: torch.device, batch: int = 1) -> dict[str, Any]:
     opts = VARIANTS[name]
     torch.backends.cudnn.benchmark = bool(opts.get("cudnn_benchmark"))
     set_conv_memory_format(model, torch.contiguous_format)  # undo an earlier variant's channels-last
-    cfg = FastPathConfig(autocast="bfloat16" if device.type == "cuda" else None,
-                         cuda_graph=device.type == "cuda", compile=opts.get("compile"),
-                         channels_last=bool(opts.get("channels_last")),
-                         compile_cache_dir=args.compile_cache, encode_batch_chunk=8)
-    runner = FastStreamer(model, cfg)
+    runner = FastStreamer(model, variant_config(name, args, device, cuda_graph=True))
     rg.reset_peak(device)
     cache, inputs = setup(model, batch, args.context, device, runner)
     t0 = time.perf_counter()
@@ -149,19 +165,22 @@ def run_variant(model, name: str, args, device: torch.device, batch: int = 1) ->
            "peak_gib": rg.peak_gib(device), "cuda_graphs": len(runner._graphs)}
     if opts.get("compile"):
         out["compile_seconds"] = runner.compile_seconds
-    if args.profile and batch == 1 and device.type == "cuda" and name in ("default", args.profile_variant):
-        eager = FastStreamer(model, FastPathConfig(autocast="bfloat16", cuda_graph=False))
-        out["kernels"] = kernel_breakdown(eager, cache, inputs, device, steps=3)
+    if args.profile and batch == 1 and device.type == "cuda" and name in args.profile_variants:
+        # Same options without our graph capture, so the profiler sees each kernel (a compiled variant
+        # reuses the compiled code of this process: same shapes, same guards).
+        plain = FastStreamer(model, variant_config(name, args, device, cuda_graph=False))
+        out["kernels"] = kernel_breakdown(plain, cache, inputs, device, steps=3)
     return out
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", choices=sorted(rg.PRESETS), default="paper")
-    p.add_argument("--variants", default="default,cudnn_benchmark,channels_last,compile,compile_channels_last")
+    p.add_argument("--variants", default="channels_last,channels_last_reduce,compile_channels_last,compile_reduce")
     p.add_argument("--batches", default="1,8,32,64", help="batches timed for --batch-variant")
-    p.add_argument("--batch-variant", default="channels_last")
-    p.add_argument("--profile-variant", default="channels_last")
+    p.add_argument("--batch-variant", default="compile_reduce_dynamic")
+    p.add_argument("--profile-variants", default="channels_last,channels_last_reduce,compile_reduce",
+                   help="variants whose batch-1 step gets a kernel breakdown (run without graph capture)")
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--iters", type=int, default=20)
     p.add_argument("--context", type=int, default=15)
@@ -170,6 +189,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
+    args.profile_variants = set(args.profile_variants.split(","))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -185,19 +205,24 @@ def main() -> None:
     for name in [v for v in args.variants.split(",") if v]:
         record["variants"][name] = rg.guarded(name, lambda name=name: run_variant(model, name, args, device))
         logger.info("%s: %s", name, {k: v for k, v in record["variants"][name].items() if k != "kernels"})
+        write(record, args, device, t_start)  # a run stopped at its time limit keeps the rows so far
     for b in [int(b) for b in args.batches.split(",") if b]:
         row = rg.guarded(f"batch {b}", lambda b=b: run_variant(model, args.batch_variant, args, device, b))
         if "ms_per_step" in row:
             row["effective_tflops"] = b * step_flops / (row["ms_per_step"] / 1000) / 1e12
             row["ms_per_rollout_step"] = row["ms_per_step"] / b
-        record["batched"].append({"batch": b, **row})
+        record["batched"].append({"batch": b, "variant": args.batch_variant, **row})
         logger.info("batch %d: %s", b, row)
+        write(record, args, device, t_start)
+    print_tables(record, args.steps)
+
+
+def write(record: dict[str, Any], args, device: torch.device, t_start: float) -> None:
     record["machine"] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                          "torch": torch.__version__, "cuda": torch.version.cuda}
     record["total_seconds"] = time.perf_counter() - t_start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print_tables(record, args.steps)
 
 
 def print_tables(record: dict[str, Any], steps: int) -> None:
@@ -211,6 +236,7 @@ def print_tables(record: dict[str, Any], steps: int) -> None:
         tf = record["step_flops_batch1"] / (r["ms_per_step"] / 1000) / 1e12
         print(f"{name:<22} {r['ms_per_step']:>8.2f} {r['ms_per_step'] * steps / 1000:>11.3f} {tf:>8.1f} "
               f"{r.get('compile_seconds', 0):>9.0f}")
+    print(f"batched: {record['batched'][0]['variant'] if record['batched'] else '-'}")
     print(f"{'batch':>5} {'ms/step':>8} {'ms/rollout-step':>15} {'TFLOP/s':>8} {'peak GiB':>8}")
     for r in record["batched"]:
         if "error" in r:
@@ -222,7 +248,7 @@ def print_tables(record: dict[str, Any], steps: int) -> None:
         k = r.get("kernels")
         if not k:
             continue
-        print(f"kernels ({name}, eager): {k['kernel_ms_per_step']:.2f} ms/step in {k['kernels_per_step']} kernels")
+        print(f"kernels ({name}, no graph): {k['kernel_ms_per_step']:.2f} ms/step in {k['kernels_per_step']} kernels")
         for cat, ms in k["by_category_ms"].items():
             print(f"  {cat:<14} {ms:>7.2f} ms  {k['kernels_by_category'][cat]:>5} kernels")
         for t in k["top_kernels"][:15]:

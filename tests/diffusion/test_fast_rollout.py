@@ -62,13 +62,16 @@ def test_channels_last_convs_give_the_same_frames(plain: torch.Tensor) -> None:
     assert all(m.weight.is_contiguous() for m in convs)
 
 
-def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kernel", ["gemm", "reduce"])
+def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch, kernel: str) -> None:
     """Branch r over the shared history plus its own newest key == SDPA over concatenated keys with a
-    mask hiding the other branches' newest keys; also when the rows run in chunks."""
+    mask hiding the other branches' newest keys; also when the rows run in chunks; both formulations."""
     import importlib
 
     causalize_mod = importlib.import_module("v2w_core.models.causalize")
     from v2w_core.models.causalize import _chunked_rows, _few_query_attention
+
+    monkeypatch.setattr(causalize_mod, "FEW_QUERY_KERNEL", kernel)
 
     g = torch.Generator().manual_seed(0)
     q, k_new, v_new = torch.randn(3, 40, 4, 2, 16, generator=g)
@@ -83,6 +86,13 @@ def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(causalize_mod, "MAX_ATTENTION_BATCH", 16)  # rows in chunks of 16, 16, 8
     chunked = _chunked_rows(_few_query_attention, *args, scale=0.25)
     torch.testing.assert_close(chunked, want, rtol=1e-5, atol=1e-5)
+
+
+def test_few_query_kernel_setter_rejects_unknown_names() -> None:
+    from v2w_core.models.causalize import set_few_query_kernel
+
+    with pytest.raises(ValueError, match="'gemm' or 'reduce'"):
+        set_few_query_kernel("flash")  # type: ignore[arg-type]
 
 
 def test_bf16_autocast_stays_close_to_fp32(causal_model: WorldModel, plain: torch.Tensor) -> None:

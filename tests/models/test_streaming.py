@@ -15,9 +15,13 @@ from v2w_core.models.streaming import HistoryCache
 causalize_module = sys.modules["v2w_core.models.causalize"]  # the package re-exports the function
 
 
+@pytest.mark.parametrize("kernel", ["gemm", "reduce"])
 @pytest.mark.parametrize("history", [1, 4])
 @torch.no_grad()
-def test_step_newest_equals_full_forward_with_two_branches(family: str, history: int) -> None:
+def test_step_newest_equals_full_forward_with_two_branches(
+    family: str, history: int, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(causalize_module, "FEW_QUERY_KERNEL", kernel)  # both replay-attention formulations
     model = causalize(make_model(family), "extrapolative")
     batch_size, frames = 2, history + 1
     b = clip(batch=batch_size, frames=frames, seed=3)

@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import torch
 
+from v2w_core.models.causalize import FewQueryKernel, set_few_query_kernel
 from v2w_core.models.streaming import HistoryCache
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,11 @@ class FastPathConfig:
     cuda_graph: bool = True
     compile: CompileMode | None = None
     compile_cache_dir: str | None = None
+    # torch.compile's ``dynamic``: False compiles each batch size on its own (fastest kernels, one compile
+    # per shape); None lets dynamo recompile once with a symbolic batch on the second size it sees.
+    compile_dynamic: bool | None = False
+    # Replay attention formulation (``causalize.FEW_QUERY_KERNEL``, process-wide); None keeps the current.
+    few_query_kernel: FewQueryKernel | None = None
     warmup_iters: int = 2
     # Store 2-D conv weights (and so their activations) channels-last (NHWC): cuDNN's bf16 kernels are
     # NHWC, and on NCHW input it transposes before and after every conv. Changes the model in place.
@@ -104,9 +110,13 @@ class FastStreamer:
         self._forward: Callable[..., torch.Tensor] = model.forward
         if self.config.channels_last:
             set_conv_memory_format(model, torch.channels_last)
+        if self.config.few_query_kernel is not None:
+            set_few_query_kernel(self.config.few_query_kernel)
         if self.config.compile is not None:
             enable_compile_cache(self.config.compile_cache_dir)
-            self._forward = torch.compile(model.forward, mode=self.config.compile, dynamic=False)
+            self._forward = torch.compile(
+                model.forward, mode=self.config.compile, dynamic=self.config.compile_dynamic
+            )
 
     def reset(self) -> None:
         """Forget captured graphs and static caches (frees their memory)."""

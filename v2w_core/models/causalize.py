@@ -260,6 +260,20 @@ class FramePositionProj(nn.Module):
         return self.inner(positions + self.stream.frame_offset)
 
 
+#: How :func:`_few_query_attention` contracts over the head dimension: ``"gemm"`` (batched matmuls) or
+#: ``"reduce"`` (broadcast multiply + sum, which ``torch.compile`` fuses into one pass over the cached K/V).
+FewQueryKernel = Literal["gemm", "reduce"]
+FEW_QUERY_KERNEL: FewQueryKernel = "gemm"
+
+
+def set_few_query_kernel(kernel: FewQueryKernel) -> None:
+    """Pick the replay attention's formulation (results agree to rounding; speed differs by device)."""
+    global FEW_QUERY_KERNEL
+    if kernel not in ("gemm", "reduce"):
+        raise ValueError(f"few-query kernel must be 'gemm' or 'reduce', got {kernel!r}")
+    FEW_QUERY_KERNEL = kernel
+
+
 def _few_query_attention(
     q: torch.Tensor,
     k_hist: torch.Tensor,
@@ -269,18 +283,25 @@ def _few_query_attention(
     *,
     scale: float,
 ) -> torch.Tensor:
-    """Branch r's newest-frame query over the shared history plus its own newest key, as two GEMMs.
+    """Branch r's newest-frame query over the shared history plus its own newest key.
 
     Shapes: ``q``, ``k_new``, ``v_new`` (N, heads, n, d) with one slot per guidance branch; ``k_hist``,
     ``v_hist`` (N, heads, F_h, d), shared by the n branches. Streaming replay asks this for each of
     B·H·W sequences with n = 2 and F_h ≈ 15. Fused attention kernels tile the query axis by 64–128 rows,
     so they compute mostly padding (13.9 of a 33.8 ms step on an H100, bench/results/rollout_profile.json).
-    Here the history scores are one batched GEMM, the own-key score an elementwise product, and the
-    output one GEMM plus a scaled add: the history is read once for all branches and never copied
-    (no (F_h + n)-slot K/V buffer; at batch 64 that buffer alone was 8 GiB). Softmax in fp32.
+    Here the history is read once for all branches and never copied (no (F_h + n)-slot K/V buffer; at
+    batch 64 that buffer alone was 8 GiB); the own-key score is an elementwise product; softmax in fp32.
+    ``FEW_QUERY_KERNEL`` picks how the history is contracted: two batched GEMMs of tiny (n × F_h × d)
+    matrices, or broadcast products summed in fp32, which inductor turns into a memory-bound reduction
+    over K/V instead of tens of thousands of tiny GEMM tiles.
     """
-    hist = torch.matmul(q, k_hist.transpose(-1, -2)).float() * scale  # (N, h, n, F_h)
-    own = (q * k_new).sum(-1, keepdim=True).float() * scale  # (N, h, n, 1)
+    own = (q * k_new).sum(-1, keepdim=True, dtype=torch.float32) * scale  # (N, h, n, 1)
+    if FEW_QUERY_KERNEL == "reduce":
+        hist = (q.float().unsqueeze(-2) * k_hist.unsqueeze(-3)).sum(-1) * scale  # (N, h, n, F_h)
+        probs = torch.cat([hist, own], dim=-1).softmax(-1)
+        out = (probs[..., :-1].unsqueeze(-1) * v_hist.unsqueeze(-3)).sum(-2) + probs[..., -1:] * v_new
+        return out.to(v_hist.dtype)
+    hist = torch.matmul(q, k_hist.transpose(-1, -2)).float() * scale
     probs = torch.cat([hist, own], dim=-1).softmax(-1).to(v_hist.dtype)
     return torch.matmul(probs[..., :-1], v_hist) + probs[..., -1:] * v_new
 
