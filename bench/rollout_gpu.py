@@ -403,9 +403,9 @@ def main() -> None:
         ]
         if fam == "svd" and args.svd_modes:
             fam_args.modes = [m for m in args.svd_modes.split(",") if m]
-        done = list(families)
+        # families holds the finished ones until bench_family returns: a partial row joins them
         families.append(bench_family(
-            fam, fam_args, device, on_row=lambda part: write_record(args, device, [*done, part], t_start)
+            fam, fam_args, device, on_row=lambda part: write_record(args, device, [*families, part], t_start)
         ))
         reset_peak(device)
         write_record(args, device, families, t_start)  # after each family: a killed run keeps its rows
