@@ -290,11 +290,12 @@ def bench_family(
     # ---- batched rollouts, streaming + CUDA graph (and compiled: one symbolic-batch compile for all sizes)
     for bmode in args.batched_modes:
         batched = []
-        for b in args.batches:
+        for b in args.compile_batches if bmode == "compile" else args.batches:
 
             def brow(b: int = b, bmode: str = bmode) -> dict[str, Any]:
                 reset_peak(device)
-                runner = FastStreamer(model, graph_cfg if bmode == "graph" else compile_cfg(compile_dynamic=None))
+                runner = FastStreamer(model, graph_cfg if bmode == "graph" else compile_cfg(
+                    compile_dynamic=False if args.static_batched_compile else None))
                 sec, _ = timed_rollout(model, runner, args, b, args.frames, "streaming", device)
                 r = {
                     "seconds_per_frame": sec,
@@ -360,8 +361,11 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8,32,64", help="batched rollouts")
     parser.add_argument("--batched-modes", default="graph,compile",
                         help="batched rows: streaming + CUDA graph and/or + torch.compile (symbolic batch)")
-    parser.add_argument("--few-query-kernel", choices=("gemm", "reduce"), default=None,
-                        help="replay attention formulation (default: FastPathConfig's)")
+    parser.add_argument("--few-query-kernel", choices=("auto", "gemm", "reduce"), default=None,
+                        help="replay attention formulation (default: causalize.FEW_QUERY_KERNEL, auto)")
+    parser.add_argument("--compile-batches", default=None, help="batches of the compiled rows (default: --batches)")
+    parser.add_argument("--static-batched-compile", action="store_true",
+                        help="compile each batch size on its own (default: one symbolic-batch recompile)")
     parser.add_argument("--svd-batches", default="1,8,32", help="batches for the svd family")
     parser.add_argument("--svd-modes", default="full,stream,graph", help="modes for svd ('' = as --modes)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
@@ -401,6 +405,9 @@ def main() -> None:
         fam_args.batches = [
             int(b) for b in (args.svd_batches if fam == "svd" else args.batches).split(",") if b
         ]
+        fam_args.compile_batches = (
+            fam_args.batches if args.compile_batches is None else [int(b) for b in args.compile_batches.split(",") if b]
+        )
         if fam == "svd" and args.svd_modes:
             fam_args.modes = [m for m in args.svd_modes.split(",") if m]
         # families holds the finished ones until bench_family returns: a partial row joins them

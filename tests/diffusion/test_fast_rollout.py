@@ -7,6 +7,8 @@ is checked against fp32 with a tolerance that bf16's 8-bit mantissa allows. The 
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from diffusion_tiny import ACTION_DIM, SIZE, make_causal_model
@@ -88,10 +90,51 @@ def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch,
     torch.testing.assert_close(chunked, want, rtol=1e-5, atol=1e-5)
 
 
+def test_auto_kernel_is_gemm_eagerly_and_a_reduction_inside_compile() -> None:
+    """'auto' (the default) keeps the batched GEMMs in eager mode, where broadcasting would materialise
+    the products, and gives torch.compile the broadcast form it fuses into one pass over K/V."""
+    import importlib
+
+    from torch.overrides import TorchFunctionMode
+
+    causalize_mod = importlib.import_module("v2w_core.models.causalize")  # the package re-exports a function
+    from v2w_core.models.causalize import _few_query_attention
+
+    assert causalize_mod.FEW_QUERY_KERNEL == "auto"
+    g = torch.Generator().manual_seed(0)
+    q, k_new, v_new = torch.randn(3, 6, 2, 2, 8, generator=g)
+    k_hist, v_hist = torch.randn(2, 6, 2, 5, 8, generator=g)
+    args = (q, k_hist, v_hist, k_new, v_new)
+
+    class Calls(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: set[Any] = set()
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            self.seen.add(func)
+            return func(*args, **(kwargs or {}))
+
+    with Calls() as eager:
+        want = _few_query_attention(*args, scale=0.3)
+    assert torch.matmul in eager.seen
+
+    traced: list[Any] = []
+
+    def backend(gm: torch.fx.GraphModule, _inputs: Any) -> Any:
+        traced.extend(n.target for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    got = torch.compile(_few_query_attention, backend=backend, fullgraph=True)(*args, scale=0.3)
+    assert traced and torch.matmul not in traced
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_few_query_kernel_setter_rejects_unknown_names() -> None:
     from v2w_core.models.causalize import set_few_query_kernel
 
-    with pytest.raises(ValueError, match="'gemm' or 'reduce'"):
+    with pytest.raises(ValueError, match="'auto', 'gemm' or 'reduce'"):
         set_few_query_kernel("flash")  # type: ignore[arg-type]
 
 

@@ -53,7 +53,8 @@ class FastPathConfig:
     # torch.compile's ``dynamic``: False compiles each batch size on its own (fastest kernels, one compile
     # per shape); None lets dynamo recompile once with a symbolic batch on the second size it sees.
     compile_dynamic: bool | None = False
-    # Replay attention formulation (``causalize.FEW_QUERY_KERNEL``, process-wide); None keeps the current.
+    # Replay attention formulation (``causalize.FEW_QUERY_KERNEL``, process-wide; default "auto": the
+    # broadcast reduction inside torch.compile, batched GEMMs eagerly); None keeps the current setting.
     few_query_kernel: FewQueryKernel | None = None
     warmup_iters: int = 2
     # Store 2-D conv weights (and so their activations) channels-last (NHWC): cuDNN's bf16 kernels are
