@@ -48,11 +48,12 @@ def test_round_trip_is_bit_exact(tmp_path: Path, family: str, mode: str | None) 
 )
 def test_plain_diffusers_checkpoint_loads_as_base(tmp_path: Path, cls: type, preset) -> None:
     torch.manual_seed(0)
-    unet = cls(**preset().base)
+    unet = cls(**{**preset().base, "sample_size": 24})
     unet.save_pretrained(tmp_path / "unet")  # safetensors by default
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").exists()
     model = load_base(str(tmp_path / "unet"), data_channels=48, action_space={"type": "discrete", "dim": 3})
     assert not model.is_causal and model.config.action_space is not None
+    assert model.config.sample_size == (24, 24)  # the base's own size, not the generic default
     _assert_same(unet, model.unet)
     # wrapping keeps the base's function: a clip with one shared timestep matches diffusers' own forward
     x = torch.randn(1, 4, 48, 8, 8)

@@ -31,7 +31,14 @@ SMALL = [
     "train.train.max_steps=3", "train.train.checkpoint.every_n_steps=3",
     "evaluate.protocol.max_episodes=2", "evaluate.protocol.horizon=4",
     "evaluate.protocol.rollout.num_inference_steps=3", "evaluate.protocol.num_videos=1",
+    # Suite time (this module is most of it): one train worker per run and no controllability rollouts
+    # (multi-worker ZeRO, lost workers and two nodes are tests/train's; controllability is tests/eval's).
+    "base.train.scaling={num_workers: 1, cpus_per_worker: 0.5}",
+    "train.train.scaling={num_workers: 1, cpus_per_worker: 0.5}",
+    "evaluate.protocol.controllability=false",
 ]
+# Runs after the first evaluation skip the baseline rollouts, which the fixture's evaluation checks.
+NO_BASELINE = ["evaluate.baseline=false"]
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +60,10 @@ def _job_env(info) -> tuple[dict[str, str], dict[str, str]]:
     return env, job_env
 
 
-def _submit(info, name: str, root: str, model_name: str, *extra: str, succeed: bool = True) -> str:
+def _submit(info, name: str, root: str, model_name: str, *extra: str, succeed: bool = True,
+            settings: list[str] = NO_BASELINE) -> str:
     env, job_env = _job_env(info)
-    overrides = [*SMALL, f"run.name={name}", f"run.root={root}", f"registry.model_name={model_name}"]
+    overrides = [*SMALL, *settings, f"run.name={name}", f"run.root={root}", f"registry.model_name={model_name}"]
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", info.ray_dashboard_url,
            "--working-dir", str(ROOT), "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
            "python", "pipelines/full.py", "--config", "configs/tiny.yaml", *extra]
@@ -84,8 +92,8 @@ def pipeline(ray_head, mlflow_stack):
     """Submit with a fault after training (the job fails), then resubmit (it resumes)."""
     name, model_name = f"job-{uuid.uuid4().hex[:6]}", f"v2w-test-{uuid.uuid4().hex[:6]}"
     root = f"s3://{mlflow_stack.bucket}/{name}"
-    failed = _submit(ray_head, name, root, model_name, "--fail-after", "train", succeed=False)
-    resumed = _submit(ray_head, name, root, model_name)
+    failed = _submit(ray_head, name, root, model_name, "--fail-after", "train", succeed=False, settings=[])
+    resumed = _submit(ray_head, name, root, model_name, settings=[])  # evaluates the baseline too
     return SimpleNamespace(name=name, model_name=model_name, root=root, failed=failed, resumed=resumed)
 
 
@@ -117,6 +125,9 @@ def test_job_fails_after_training_and_the_resubmission_runs_only_evaluate_and_re
                                f"tags.`mlflow.parentRunId` = '{by_stage['evaluate'].info.run_id}'")
     trained = [r for r in evals if r.info.run_name == "eval:trained"]
     assert trained and "psnr_mean" in trained[0].data.metrics
+    baseline = [r for r in evals if r.info.run_name == "eval:baseline"]  # the untrained causal base
+    assert baseline and baseline[0].data.tags["v2w.baseline"] == "untrained-causal-base"
+    assert "psnr_gain_over_baseline_db" in by_stage["evaluate"].data.metrics
     videos = client.list_artifacts(trained[0].info.run_id, "videos")
     assert any(a.path.endswith((".gif", ".mp4")) for a in videos)
 
@@ -149,7 +160,7 @@ def _train_record(root: str) -> dict:
 
 def _retrain(info, pipeline, *extra: str) -> str:
     env, _ = _job_env(info)
-    overrides = [*SMALL, f"run.name={pipeline.name}", f"run.root={pipeline.root}",
+    overrides = [*SMALL, *NO_BASELINE, f"run.name={pipeline.name}", f"run.root={pipeline.root}",
                  f"registry.model_name={pipeline.model_name}", *extra]
     cmd = [sys.executable, "pipelines/retrain.py", "--config", "configs/tiny.yaml", "--local-stack"]
     for o in overrides:

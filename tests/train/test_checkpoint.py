@@ -181,3 +181,18 @@ def test_resume_candidates_include_checkpoints_ray_never_registered(tmp_path: Pa
     # Ray registered nothing at all (the first report was lost): the listing alone resumes.
     assert [r.step for r in ck.resume_candidates(None, fs, str(run))] == [4, 2]
     assert ck.resume_candidates(None, fs, str(tmp_path / "missing")) == []
+
+    class CountingFS(pafs.PyFileSystem):  # the run directory is listed once when Ray's registration is in it
+        def __init__(self) -> None:
+            self.listings: list[str] = []
+            super().__init__(pafs.FSSpecHandler(__import__("fsspec").filesystem("file")))
+
+        def get_file_info(self, paths_or_selector):  # type: ignore[override]
+            if isinstance(paths_or_selector, pafs.FileSelector):
+                self.listings.append(paths_or_selector.base_dir)
+            return super().get_file_info(paths_or_selector)
+
+    counting = CountingFS()
+    registered = Checkpoint(str(run / ck.step_dir_name(2, "a1")), filesystem=counting)
+    assert [r.step for r in ck.resume_candidates(registered, counting, str(run))] == [4, 2]
+    assert counting.listings == [str(run)]

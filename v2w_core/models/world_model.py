@@ -140,12 +140,21 @@ class WorldModel(nn.Module):
         action_space: ActionSpec | None = None,
         **overrides: Any,
     ) -> WorldModel:
-        """Wrap a (pretrained) diffusers UNet as a bidirectional world model, keeping its weights."""
+        """Wrap a (pretrained) diffusers UNet as a bidirectional world model, keeping its weights.
+
+        ``sample_size`` (the frame size in data space) defaults to the UNet's own ``sample_size`` times the
+        patch size: the size the base was trained at, not WorldModelConfig's generic 64×64.
+        """
         family = FAMILY_OF_CLASS.get(type(unet).__name__)
         if family is None:
             raise TypeError(
                 f"unsupported base {type(unet).__name__}; expected one of {sorted(FAMILY_OF_CLASS)}"
             )
+        native = getattr(unet.config, "sample_size", None)
+        if "sample_size" not in overrides and native is not None:
+            h, w = (native, native) if isinstance(native, int) else tuple(native)
+            patch = overrides.get("patch_size", 1)
+            overrides["sample_size"] = (h * patch, w * patch)
         config = WorldModelConfig(
             family=family,
             base=base_config_dict(unet),

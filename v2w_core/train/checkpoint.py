@@ -219,6 +219,7 @@ def resume_candidates(latest: Any, filesystem: Any = None, run_path: str | None 
     decide whether a candidate is usable (``verify_checkpoint_dir``).
     """
     refs: dict[str, CheckpointRef] = {}
+    parent = None
     if latest is not None:
         path = latest.path.rstrip("/")
         parent, _, name = path.rpartition("/")
@@ -226,7 +227,8 @@ def resume_candidates(latest: Any, filesystem: Any = None, run_path: str | None 
         refs[path] = CheckpointRef(step=step if step is not None else 1 << 62, path=path, filesystem=latest.filesystem)
         for r in list_checkpoints(latest.filesystem, parent):
             refs.setdefault(r.path.rstrip("/"), r)
-    if filesystem is not None and run_path:
+    # usually Ray's registration lives in the run directory itself: one listing (one S3 LIST) is enough
+    if filesystem is not None and run_path and run_path.rstrip("/") != parent:
         for r in list_checkpoints(filesystem, run_path):
             refs.setdefault(r.path.rstrip("/"), r)
     return sorted(refs.values(), key=lambda r: (r.step, r.path), reverse=True)
