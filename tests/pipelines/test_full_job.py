@@ -37,7 +37,8 @@ SMALL = [
     "train.train.scaling={num_workers: 1, cpus_per_worker: 0.5}",
     "evaluate.protocol.controllability=false",
 ]
-# Runs after the first evaluation skip the baseline rollouts, which the fixture's evaluation checks.
+# Retraining skips the baseline rollouts (the submissions' evaluations, same settings throughout so that a
+# rerun skips every stage, check them).
 NO_BASELINE = ["evaluate.baseline=false"]
 
 
@@ -60,10 +61,9 @@ def _job_env(info) -> tuple[dict[str, str], dict[str, str]]:
     return env, job_env
 
 
-def _submit(info, name: str, root: str, model_name: str, *extra: str, succeed: bool = True,
-            settings: list[str] = NO_BASELINE) -> str:
+def _submit(info, name: str, root: str, model_name: str, *extra: str, succeed: bool = True) -> str:
     env, job_env = _job_env(info)
-    overrides = [*SMALL, *settings, f"run.name={name}", f"run.root={root}", f"registry.model_name={model_name}"]
+    overrides = [*SMALL, f"run.name={name}", f"run.root={root}", f"registry.model_name={model_name}"]
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", info.ray_dashboard_url,
            "--working-dir", str(ROOT), "--runtime-env-json", json.dumps({"env_vars": job_env}), "--",
            "python", "pipelines/full.py", "--config", "configs/tiny.yaml", *extra]
@@ -92,8 +92,8 @@ def pipeline(ray_head, mlflow_stack):
     """Submit with a fault after training (the job fails), then resubmit (it resumes)."""
     name, model_name = f"job-{uuid.uuid4().hex[:6]}", f"v2w-test-{uuid.uuid4().hex[:6]}"
     root = f"s3://{mlflow_stack.bucket}/{name}"
-    failed = _submit(ray_head, name, root, model_name, "--fail-after", "train", succeed=False, settings=[])
-    resumed = _submit(ray_head, name, root, model_name, settings=[])  # evaluates the baseline too
+    failed = _submit(ray_head, name, root, model_name, "--fail-after", "train", succeed=False)
+    resumed = _submit(ray_head, name, root, model_name)
     return SimpleNamespace(name=name, model_name=model_name, root=root, failed=failed, resumed=resumed)
 
 
