@@ -90,6 +90,22 @@ def time_steps(runner: FastStreamer, cache, inputs, device: torch.device, iters:
     return 1000 * (time.perf_counter() - t0) / iters
 
 
+def time_encode(model, args, device: torch.device, iters: int = 3) -> float:
+    """Milliseconds of one eager ``encode_history`` (batch 1, channels-last, bf16 autocast): the per-frame
+    cost a rollout pays besides its denoising steps (includes making the random inputs: small beside the
+    15-frame forward at paper size)."""
+    torch.backends.cudnn.benchmark = True
+    runner = FastStreamer(model, variant_config("channels_last", args, device, cuda_graph=False))
+    setup(model, 1, args.context, device, runner)  # warm-up (cuDNN autotune, allocator)
+    rg.sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        setup(model, 1, args.context, device, runner)
+    rg.sync(device)
+    set_conv_memory_format(model, torch.contiguous_format)
+    return 1000 * (time.perf_counter() - t0) / iters
+
+
 def kernel_breakdown(runner: FastStreamer, cache, inputs, device: torch.device, steps: int) -> dict[str, Any]:
     """Per-step kernel time by category and the top kernels, from eager steps under torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
@@ -202,6 +218,9 @@ def main() -> None:
     record: dict[str, Any] = {"benchmark": "rollout_profile", "family": "unet3d", "preset": args.preset,
                               "parameters": model.num_parameters(), "step_flops_batch1": step_flops,
                               "variants": {}, "batched": []}
+    record["encode_history_ms"] = time_encode(model, args, device)
+    logger.info("encode_history (batch 1, %d frames, eager bf16): %.1f ms", args.context,
+                record["encode_history_ms"])
     for name in [v for v in args.variants.split(",") if v]:
         record["variants"][name] = rg.guarded(name, lambda name=name: run_variant(model, name, args, device))
         logger.info("%s: %s", name, {k: v for k, v in record["variants"][name].items() if k != "kernels"})
@@ -228,6 +247,7 @@ def write(record: dict[str, Any], args, device: torch.device, t_start: float) ->
 def print_tables(record: dict[str, Any], steps: int) -> None:
     print(f"rollout_profile: {record['machine']['device']}, torch {record['machine']['torch']}, "
           f"{record['parameters'] / 1e9:.2f} B params, step = {record['step_flops_batch1'] / 1e12:.2f} TFLOP")
+    print(f"encode_history (batch 1, eager): {record.get('encode_history_ms', float('nan')):.1f} ms per frame")
     print(f"{'variant':<22} {'ms/step':>8} {'s/frame@' + str(steps):>11} {'TFLOP/s':>8} {'compile s':>9}")
     for name, r in record["variants"].items():
         if "error" in r:
