@@ -264,7 +264,7 @@ class FramePositionProj(nn.Module):
 #: ``"reduce"`` (broadcast multiply + sum, which ``torch.compile`` fuses into one pass over the cached K/V)
 #: or ``"auto"``: reduce inside ``torch.compile``, gemm otherwise. Measured on an H200 (paper-size UNet3D,
 #: one guided step, bench/results/rollout_profile.json): compiled 11.74 ms (gemm) vs 10.38 ms (reduce);
-#: eager the broadcast products are materialised and it loses, 20.6 ms (gemm) vs 26.5 ms (reduce).
+#: graphed but not compiled the broadcast products are materialised and it loses, 21.5 vs 27.4 ms.
 FewQueryKernel = Literal["auto", "gemm", "reduce"]
 FEW_QUERY_KERNEL: FewQueryKernel = "auto"
 
