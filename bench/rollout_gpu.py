@@ -362,7 +362,7 @@ def main() -> None:
     parser.add_argument("--batched-modes", default="graph,compile",
                         help="batched rows: streaming + CUDA graph and/or + torch.compile (symbolic batch)")
     parser.add_argument("--few-query-kernel", choices=("auto", "gemm", "reduce"), default=None,
-                        help="replay attention formulation (default: causalize.FEW_QUERY_KERNEL, auto)")
+                        help="replay attention formulation (default: the model's StreamState.few_query_kernel, auto)")
     parser.add_argument("--compile-batches", default=None, help="batches of the compiled rows (default: --batches)")
     parser.add_argument("--static-batched-compile", action="store_true",
                         help="compile each batch size on its own (default: one symbolic-batch recompile)")

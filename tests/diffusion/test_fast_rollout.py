@@ -7,6 +7,7 @@ is checked against fp32 with a tolerance that bf16's 8-bit mantissa allows. The 
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -73,8 +74,6 @@ def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch,
     causalize_mod = importlib.import_module("v2w_core.models.causalize")
     from v2w_core.models.causalize import _chunked_rows, _few_query_attention
 
-    monkeypatch.setattr(causalize_mod, "FEW_QUERY_KERNEL", kernel)
-
     g = torch.Generator().manual_seed(0)
     q, k_new, v_new = torch.randn(3, 40, 4, 2, 16, generator=g)
     k_hist, v_hist = torch.randn(2, 40, 4, 7, 16, generator=g)
@@ -84,23 +83,21 @@ def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch,
         q, torch.cat([k_hist, k_new], 2), torch.cat([v_hist, v_new], 2), attn_mask=mask, scale=0.25
     )
     args = (q, k_hist, v_hist, k_new, v_new)
-    torch.testing.assert_close(_few_query_attention(*args, scale=0.25), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(_few_query_attention(*args, scale=0.25, kernel=kernel), want, rtol=1e-5, atol=1e-5)
     monkeypatch.setattr(causalize_mod, "MAX_ATTENTION_BATCH", 16)  # rows in chunks of 16, 16, 8
-    chunked = _chunked_rows(_few_query_attention, *args, scale=0.25)
+    chunked = _chunked_rows(_few_query_attention, *args, scale=0.25, kernel=kernel)
     torch.testing.assert_close(chunked, want, rtol=1e-5, atol=1e-5)
 
 
 def test_auto_kernel_is_gemm_eagerly_and_a_reduction_inside_compile() -> None:
     """'auto' (the default) keeps the batched GEMMs in eager mode, where broadcasting would materialise
     the products, and gives torch.compile the broadcast form it fuses into one pass over K/V."""
-    import importlib
-
     from torch.overrides import TorchFunctionMode
 
-    causalize_mod = importlib.import_module("v2w_core.models.causalize")  # the package re-exports a function
     from v2w_core.models.causalize import _few_query_attention
+    from v2w_core.models.streaming import StreamState
 
-    assert causalize_mod.FEW_QUERY_KERNEL == "auto"
+    assert StreamState().few_query_kernel == "auto"
     g = torch.Generator().manual_seed(0)
     q, k_new, v_new = torch.randn(3, 6, 2, 2, 8, generator=g)
     k_hist, v_hist = torch.randn(2, 6, 2, 5, 8, generator=g)
@@ -131,11 +128,15 @@ def test_auto_kernel_is_gemm_eagerly_and_a_reduction_inside_compile() -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
-def test_few_query_kernel_setter_rejects_unknown_names() -> None:
-    from v2w_core.models.causalize import set_few_query_kernel
-
-    with pytest.raises(ValueError, match="'auto', 'gemm' or 'reduce'"):
-        set_few_query_kernel("flash")  # type: ignore[arg-type]
+def test_few_query_kernel_is_a_per_model_setting(causal_model: WorldModel) -> None:
+    """FastPathConfig.few_query_kernel sets the runner's model only (two runners of two models in one
+    process do not fight over a global), and an unknown name is refused."""
+    other = copy.deepcopy(causal_model)
+    FastStreamer(other, FastPathConfig(few_query_kernel="reduce"))
+    assert other.stream_state.few_query_kernel == "reduce"
+    assert causal_model.stream_state.few_query_kernel == "auto"
+    with pytest.raises(ValueError, match="few_query_kernel must be one of"):
+        FastStreamer(other, FastPathConfig(few_query_kernel="flash"))  # type: ignore[arg-type]
 
 
 def test_bf16_autocast_stays_close_to_fp32(causal_model: WorldModel, plain: torch.Tensor) -> None:

@@ -21,8 +21,16 @@ causalize_module = sys.modules["v2w_core.models.causalize"]  # the package re-ex
 def test_step_newest_equals_full_forward_with_two_branches(
     family: str, history: int, kernel: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(causalize_module, "FEW_QUERY_KERNEL", kernel)  # both replay-attention formulations
     model = causalize(make_model(family), "extrapolative")
+    model.stream_state.few_query_kernel = kernel  # both replay-attention formulations
+    used: set[str] = set()
+    real = causalize_module._few_query_attention
+
+    def spy(*args, kernel, **kwargs):  # type: ignore[no-untyped-def]
+        used.add(kernel)
+        return real(*args, kernel=kernel, **kwargs)
+
+    monkeypatch.setattr(causalize_module, "_few_query_attention", spy)
     batch_size, frames = 2, history + 1
     b = clip(batch=batch_size, frames=frames, seed=3)
     mask = torch.ones(batch_size, frames, dtype=torch.bool)
@@ -47,6 +55,7 @@ def test_step_newest_equals_full_forward_with_two_branches(
     torch.testing.assert_close(new[:batch_size], full_cond, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(new[batch_size:], full_uncond, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(full_cond, full_uncond, atol=1e-4)  # the branches really differ
+    assert used == {kernel}  # the model's setting reached every temporal attention
 
     # the same cache serves every denoising step: a different noise level for the newest frame
     t2 = (b["timesteps"][:, -1:] + 300) % 1000

@@ -33,8 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from v2w_core.models.causalize import FewQueryKernel, set_few_query_kernel
-from v2w_core.models.streaming import HistoryCache
+from v2w_core.models.streaming import FEW_QUERY_KERNELS, FewQueryKernel, HistoryCache
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +52,8 @@ class FastPathConfig:
     # torch.compile's ``dynamic``: False compiles each batch size on its own (fastest kernels, one compile
     # per shape); None lets dynamo recompile once with a symbolic batch on the second size it sees.
     compile_dynamic: bool | None = False
-    # Replay attention formulation (``causalize.FEW_QUERY_KERNEL``, process-wide; default "auto": the
-    # broadcast reduction inside torch.compile, batched GEMMs eagerly); None keeps the current setting.
+    # Replay attention formulation, set on the model (``StreamState.few_query_kernel``, default "auto": the
+    # broadcast reduction inside torch.compile, batched GEMMs eagerly); None keeps the model's setting.
     few_query_kernel: FewQueryKernel | None = None
     warmup_iters: int = 2
     # Store 2-D conv weights (and so their activations) channels-last (NHWC): cuDNN's bf16 kernels are
@@ -111,8 +110,10 @@ class FastStreamer:
         self._forward: Callable[..., torch.Tensor] = model.forward
         if self.config.channels_last:
             set_conv_memory_format(model, torch.channels_last)
-        if self.config.few_query_kernel is not None:
-            set_few_query_kernel(self.config.few_query_kernel)
+        if (kernel := self.config.few_query_kernel) is not None:
+            if kernel not in FEW_QUERY_KERNELS:
+                raise ValueError(f"few_query_kernel must be one of {FEW_QUERY_KERNELS}, got {kernel!r}")
+            model.stream_state.few_query_kernel = kernel
         if self.config.compile is not None:
             enable_compile_cache(self.config.compile_cache_dir)
             self._forward = torch.compile(

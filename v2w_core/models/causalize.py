@@ -39,7 +39,7 @@ from diffusers.models.transformers.transformer_temporal import (
 from einops import rearrange
 from torch import nn
 
-from v2w_core.models.streaming import StreamState
+from v2w_core.models.streaming import FewQueryKernel, StreamState
 
 logger = logging.getLogger(__name__)
 
@@ -260,23 +260,6 @@ class FramePositionProj(nn.Module):
         return self.inner(positions + self.stream.frame_offset)
 
 
-#: How :func:`_few_query_attention` contracts over the head dimension: ``"gemm"`` (batched matmuls),
-#: ``"reduce"`` (broadcast multiply + sum, which ``torch.compile`` fuses into one pass over the cached K/V)
-#: or ``"auto"``: reduce inside ``torch.compile``, gemm otherwise. Measured on an H200 (paper-size UNet3D,
-#: one guided step, bench/results/rollout_profile.json): compiled 11.74 ms (gemm) vs 10.38 ms (reduce);
-#: graphed but not compiled the broadcast products are materialised and it loses, 21.5 vs 27.4 ms.
-FewQueryKernel = Literal["auto", "gemm", "reduce"]
-FEW_QUERY_KERNEL: FewQueryKernel = "auto"
-
-
-def set_few_query_kernel(kernel: FewQueryKernel) -> None:
-    """Pick the replay attention's formulation (results agree to rounding; speed differs)."""
-    global FEW_QUERY_KERNEL
-    if kernel not in ("auto", "gemm", "reduce"):
-        raise ValueError(f"few-query kernel must be 'auto', 'gemm' or 'reduce', got {kernel!r}")
-    FEW_QUERY_KERNEL = kernel
-
-
 def _few_query_attention(
     q: torch.Tensor,
     k_hist: torch.Tensor,
@@ -285,6 +268,7 @@ def _few_query_attention(
     v_new: torch.Tensor,
     *,
     scale: float,
+    kernel: FewQueryKernel = "auto",
 ) -> torch.Tensor:
     """Branch r's newest-frame query over the shared history plus its own newest key.
 
@@ -294,12 +278,14 @@ def _few_query_attention(
     so they compute mostly padding (13.9 of a 33.8 ms step on an H100, bench/results/rollout_profile_before_attention_fix.json).
     Here the history is read once for all branches and never copied (no (F_h + n)-slot K/V buffer; at
     batch 64 that buffer alone was 8 GiB); the own-key score is an elementwise product; softmax in fp32.
-    ``FEW_QUERY_KERNEL`` picks how the history is contracted: two batched GEMMs of tiny (n × F_h × d)
-    matrices, or broadcast products summed in fp32, which inductor fuses into a memory-bound reduction
-    over K/V instead of tens of thousands of tiny GEMM tiles (eagerly it would materialise the products).
+    ``kernel`` (the model's ``StreamState.few_query_kernel``) picks how the history is contracted: two
+    batched GEMMs of tiny (n × F_h × d) matrices, or broadcast products summed in fp32, which inductor
+    fuses into a memory-bound reduction over K/V instead of tens of thousands of tiny GEMM tiles. "auto"
+    takes the reduction inside torch.compile only: eagerly it would materialise the products. Measured on
+    an H200 (paper-size UNet3D, one guided step as a CUDA graph, bench/results/rollout_profile.json):
+    compiled 11.74 ms (gemm) vs 10.38 ms (reduce); not compiled 21.5 ms (gemm) vs 27.4 ms (reduce).
     """
     own = (q * k_new).sum(-1, keepdim=True, dtype=torch.float32) * scale  # (N, h, n, 1)
-    kernel = FEW_QUERY_KERNEL
     if kernel == "reduce" or (kernel == "auto" and torch.compiler.is_compiling()):
         hist = (q.float().unsqueeze(-2) * k_hist.unsqueeze(-3)).sum(-1) * scale  # (N, h, n, F_h)
         probs = torch.cat([hist, own], dim=-1).softmax(-1)
@@ -391,7 +377,9 @@ class CausalTemporalAttnProcessor:
             n = self.stream.repeats
             k_hist, v_hist = self.stream.history(self.stream_key)
             q, k, v = (rearrange(t, "(r m) h 1 d -> m h r d", r=n) for t in (q, k, v))
-            out = _chunked_rows(_few_query_attention, q, k_hist, v_hist, k, v, scale=attn.scale)
+            out = _chunked_rows(
+                _few_query_attention, q, k_hist, v_hist, k, v, scale=attn.scale, kernel=self.stream.few_query_kernel
+            )
             out = rearrange(out, "m h r d -> (r m) h 1 d")
         else:
             self.stream.record(self.stream_key, k, v)

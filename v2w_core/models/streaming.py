@@ -30,6 +30,11 @@ import torch
 logger = logging.getLogger(__name__)
 
 StreamMode = Literal["off", "record", "replay"]
+#: How the replay attention contracts the history (``causalize._few_query_attention``): batched GEMMs,
+#: a broadcast reduction that ``torch.compile`` fuses into one pass over K/V, or "auto" (the reduction
+#: inside torch.compile, GEMMs otherwise; see that function for the measurements).
+FewQueryKernel = Literal["auto", "gemm", "reduce"]
+FEW_QUERY_KERNELS: tuple[str, ...] = ("auto", "gemm", "reduce")
 
 
 @dataclass
@@ -130,6 +135,7 @@ class StreamState:
         self.cache: HistoryCache | None = None
         # Newest-frame batch / history batch (guidance branches); the causal layers broadcast over it.
         self.repeats: int = 1
+        self.few_query_kernel: FewQueryKernel = "auto"
 
     @property
     def frame_offset(self) -> int:
