@@ -230,7 +230,12 @@ def _final(metrics: Mapping[str, Any] | None, key: str) -> float | None:
 # --- evaluation and registry ---------------------------------------------------------------------------
 
 def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
-    """Parallel held-out rollouts of the fine-tuned model (and the untrained causal baseline) + metrics."""
+    """Parallel held-out rollouts of the fine-tuned model + metrics, beside its baselines on the same split.
+
+    The copy-last-frame baseline is part of every evaluation (``copy_last_*``); with ``baseline`` on, the
+    untrained causal base is evaluated first ("eval:baseline") and its metrics and drift curves join the
+    trained model's run ("eval:trained") as ``untrained_*``.
+    """
     from v2w_core.eval import EvalConfig, evaluate
 
     cfg = ctx.config
@@ -241,23 +246,32 @@ def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
               "experiment": tracking.get("experiment_name", "vid2world")}
     if not tracking:
         common["tracking_uri"] = None
-    result = evaluate(inputs["train"].outputs["model"], manifest, protocol, run_name="eval:trained", **common)
-    out: dict[str, Any] = {"model": result.model_uri, "eval_run_id": result.run_id, "split_id": result.split_id,
-                           "eval_manifest": manifest,
-                           "metrics": result.metrics, "unavailable": result.unavailable,
-                           "artifacts": result.artifacts}
+    base = None
     if cfg["baseline"]:
         base = evaluate(inputs["causalize"].outputs["model"], manifest, protocol, run_name="eval:baseline",
                         tags={"v2w.baseline": "untrained-causal-base"}, **common)
+    result = evaluate(inputs["train"].outputs["model"], manifest, protocol, run_name="eval:trained",
+                      baseline=base, **common)
+    out: dict[str, Any] = {"model": result.model_uri, "eval_run_id": result.run_id, "split_id": result.split_id,
+                           "eval_manifest": manifest,
+                           "metrics": result.metrics, "unavailable": result.unavailable,
+                           "artifacts": result.artifacts, "degenerate": result.degenerate}
+    m = result.metrics
+    if "psnr_mean" in m and "copy_last_psnr_mean" in m:
+        out["psnr_gain_over_copy_last_db"] = m["psnr_mean"] - m["copy_last_psnr_mean"]
+    if base is not None:
         out["baseline_metrics"] = base.metrics
-        if "psnr_mean" in result.metrics and "psnr_mean" in base.metrics:
-            out["psnr_gain_over_baseline_db"] = result.metrics["psnr_mean"] - base.metrics["psnr_mean"]
+        out["baseline_run_id"] = base.run_id
+        if "psnr_mean" in m and "psnr_mean" in base.metrics:
+            out["psnr_gain_over_baseline_db"] = m["psnr_mean"] - base.metrics["psnr_mean"]
     return out
 
 
 def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
-    """Register the model; alias ``champion`` moves only if it beats the champion on the same eval split."""
-    from v2w_core.tracking import register_and_promote
+    """Register the model; alias ``champion`` moves only if it beats the copy-last-frame baseline and the
+    champion on the same eval split. A degenerate model or one that does not beat copy-last is registered
+    but rejected (tag ``v2w.rejected``, no alias): it is never champion."""
+    from v2w_core.tracking import REJECTED, register_and_promote
 
     ev = inputs["evaluate"].outputs
     tracking = ctx.extra.get("tracking") or {}
@@ -270,9 +284,11 @@ def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
                      manifest_uri=inputs["ingest"].outputs["manifest"],
                      # records written before the eval split was frozen lack it: freeze it now
                      eval_manifest_uri=ev.get("eval_manifest") or freeze_eval_split(inputs["ingest"].outputs["manifest"]))
+    if promo.decision == REJECTED:
+        log.warning("register: %s v%s rejected: %s", promo.name, promo.version, promo.reason)
     return {"name": promo.name, "version": promo.version, "decision": promo.decision,
             "metric": promo.metric, "value": promo.value, "champion_version": promo.champion_version,
-            "reason": promo.reason}
+            "copy_last_value": promo.copy_last_value, "reason": promo.reason}
 
 
 def freeze_eval_split(manifest_uri: str, split: str = "eval") -> str:

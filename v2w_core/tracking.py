@@ -7,11 +7,22 @@ Model URIs understood everywhere in eval/registry code (:func:`load_model_from_u
     :func:`register_world_model`, whose ``artifacts/world_model`` is the same safetensors directory).
 
 Registry policy (:func:`promote_if_better`): every registered version carries its eval metrics, the eval
-split fingerprint and the primary metric as version tags. Alias ``champion`` moves to the new version only
-when its primary metric is strictly better than the current champion's *on the same split*; otherwise the
-new version gets ``challenger``. The primary metric is ``fvd`` (lower is better) when both versions have
-it, else the fallback ``psnr_mean`` (higher is better). A tie, a different split, or a missing metric keeps
-the champion: nothing is overwritten silently, and every decision is written to the version's
+split fingerprint and the primary metric as version tags. Two gates come first, whatever the champion:
+
+  * **degenerate outputs** (non-finite values or > 50 % saturated, :func:`v2w_core.eval.metrics.
+    degenerate_reason` on its ``gen_*`` metrics) → rejected;
+  * **the copy-last-frame baseline** (:func:`copy_last_gate`): the version's primary metric must strictly
+    beat ``copy_last_<primary>``, the same metric of the copy-the-last-context-frame predictor on the same
+    eval chunks (``fvd`` when both values exist, else ``psnr_mean``); a version whose eval has no copy-last
+    value (records older than the gate) is rejected too: re-evaluate it.
+
+A rejected version gets no alias (one it held is removed), tag ``v2w.rejected=true`` and
+``v2w.promotion="rejected: <reason with both numbers>"`` — it is never champion, not even when there is no
+champion yet. Otherwise alias ``champion`` moves to the new version only when its primary metric is
+strictly better than the current champion's *on the same split*; else the new version gets
+``challenger``. The primary metric is ``fvd`` (lower is better) when both versions have it, else the
+fallback ``psnr_mean`` (higher is better). A tie, a different split, or a missing metric keeps the
+champion: nothing is overwritten silently, and every decision is written to the version's
 ``v2w.promotion`` tag.
 
 The registered flavor is a pyfunc (:class:`WorldModelPyfunc`): its weights travel as the safetensors
@@ -36,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+REJECTED = "rejected"
+#: Prefix of the copy-last-frame baseline's metrics (see :mod:`v2w_core.eval.evaluate`).
+COPY_LAST_PREFIX = "copy_last_"
 PRIMARY_METRIC = "fvd"
 FALLBACK_METRIC = "psnr_mean"
 #: Direction of each comparable metric: True when higher is better.
@@ -52,6 +66,9 @@ ROLLOUT_CONFIG_ARTIFACT = "rollout_config"
 TAG_SPLIT = "v2w.eval_split"
 TAG_METRIC_PREFIX = "v2w.metric."
 TAG_PRIMARY = "v2w.primary_metric"
+TAG_PROMOTION = "v2w.promotion"
+TAG_REJECTED = "v2w.rejected"
+TAG_DEGENERATE = "v2w.degenerate"
 
 
 def _client(tracking_uri: str | None = None) -> Any:
@@ -237,7 +254,8 @@ class WorldModelPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
 # ------------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class PromotionResult:
-    """What :func:`promote_if_better` did. ``decision`` is ``"champion"`` or ``"challenger"``."""
+    """What :func:`promote_if_better` did. ``decision`` is ``"champion"``, ``"challenger"`` or
+    ``"rejected"`` (failed a gate: degenerate outputs, or does not beat the copy-last-frame baseline)."""
 
     name: str
     version: str
@@ -247,6 +265,8 @@ class PromotionResult:
     champion_version: str | None  # the champion before this decision (None: there was none)
     champion_value: float | None
     reason: str
+    #: The copy-last-frame baseline's value of ``metric`` on the same split (None: not compared).
+    copy_last_value: float | None = None
 
     @property
     def promoted(self) -> bool:
@@ -345,9 +365,58 @@ def is_better(metric: str, new: float, old: float) -> bool:
     return new > old if HIGHER_IS_BETTER[metric] else new < old
 
 
+@dataclass(frozen=True)
+class GateResult:
+    """:func:`copy_last_gate`'s verdict: the metric compared, both values, and why it failed (or None)."""
+
+    metric: str | None
+    value: float | None
+    copy_last_value: float | None
+    reason: str | None
+
+    @property
+    def passed(self) -> bool:
+        return self.reason is None
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def copy_last_gate(metrics: Mapping[str, float]) -> GateResult:
+    """Does the primary metric strictly beat the copy-last-frame baseline's value of the same metric?
+
+    ``fvd`` vs ``copy_last_fvd`` when both are finite, else ``psnr_mean`` vs ``copy_last_psnr_mean``. Both
+    come from the same evaluation (same chunks), so they are on the same split by construction.
+    """
+    for name in (PRIMARY_METRIC, FALLBACK_METRIC):
+        new, base = metrics.get(name), metrics.get(COPY_LAST_PREFIX + name)
+        if _finite(new) and _finite(base):
+            assert new is not None and base is not None
+            if is_better(name, new, base):
+                return GateResult(name, new, base, None)
+            direction = "higher" if HIGHER_IS_BETTER[name] else "lower"
+            return GateResult(
+                name, new, base,
+                f"{name} {new:.6g} does not beat the copy-last-frame baseline's {base:.6g} on the same split "
+                f"({direction} is better; a tie does not beat it)",
+            )  # fmt: skip
+    if not any(k.startswith(COPY_LAST_PREFIX) for k in metrics):
+        return GateResult(None, None, None, "no copy-last baseline in its eval; re-evaluate")
+    value = metrics.get(FALLBACK_METRIC)
+    return GateResult(
+        FALLBACK_METRIC if value is not None else None, value, metrics.get(COPY_LAST_PREFIX + FALLBACK_METRIC),
+        f"no finite primary metric with its copy-last value ({PRIMARY_METRIC}/{COPY_LAST_PREFIX}{PRIMARY_METRIC}"
+        f" or {FALLBACK_METRIC}/{COPY_LAST_PREFIX}{FALLBACK_METRIC}): {FALLBACK_METRIC}={value!r}",
+    )  # fmt: skip
+
+
 def promote_if_better(name: str, version: str | int, *, tracking_uri: str | None = None) -> PromotionResult:
-    """Give ``version`` alias ``champion`` if it beats the current champion on the same split, else
-    ``challenger``; see the module docstring for the policy. Reads metrics and split from version tags."""
+    """Reject ``version`` if it fails a gate (degenerate outputs, or not beating the copy-last-frame
+    baseline); else give it alias ``champion`` if it beats the current champion on the same split, else
+    ``challenger``. See the module docstring for the policy. Reads metrics and split from version tags."""
+    from v2w_core.eval.metrics import degenerate_reason
+
     client = _client(tracking_uri)
     version = str(version)
     mv = client.get_model_version(name, version)
@@ -356,26 +425,45 @@ def promote_if_better(name: str, version: str | int, *, tracking_uri: str | None
         champ = client.get_model_version_by_alias(name, CHAMPION)
     except Exception:  # noqa: BLE001 - no alias yet
         champ = None
+    degenerate = degenerate_reason(new_metrics)
+    gate = copy_last_gate(new_metrics)
+    client.set_model_version_tag(name, version, TAG_DEGENERATE, "true" if degenerate else "false")
 
-    def decide(decision: str, metric: str | None, champ_value: float | None, reason: str) -> PromotionResult:
-        client.set_registered_model_alias(name, decision, version)
-        client.set_model_version_tag(name, version, "v2w.promotion", f"{decision}: {reason}"[:5000])
+    def result(decision: str, metric: str | None, champ_value: float | None, reason: str) -> PromotionResult:
+        client.set_model_version_tag(name, version, TAG_PROMOTION, f"{decision}: {reason}"[:5000])
+        client.set_model_version_tag(name, version, TAG_REJECTED, "true" if decision == REJECTED else "false")
         if metric:
             client.set_model_version_tag(name, version, TAG_PRIMARY, metric)
         res = PromotionResult(
             name=name, version=version, decision=decision, metric=metric,
             value=new_metrics.get(metric) if metric else None,
             champion_version=str(champ.version) if champ is not None else None,
-            champion_value=champ_value, reason=reason,
+            champion_value=champ_value, reason=reason, copy_last_value=gate.copy_last_value,
         )  # fmt: skip
-        logger.info("registry %s v%s -> %s (%s)", name, version, decision, reason)
+        log = logger.warning if decision == REJECTED else logger.info
+        log("registry %s v%s -> %s (%s)", name, version, decision, reason)
         return res
 
+    def decide(decision: str, metric: str | None, champ_value: float | None, reason: str) -> PromotionResult:
+        client.set_registered_model_alias(name, decision, version)
+        return result(decision, metric, champ_value, reason)
+
+    if degenerate or not gate.passed:
+        reason = "; ".join(
+            r for r in (f"degenerate outputs: {degenerate}" if degenerate else None, gate.reason) if r
+        )
+        for alias in (CHAMPION, CHALLENGER):  # a rejected version holds no alias
+            if alias in (mv.aliases or []):
+                client.delete_registered_model_alias(name, alias)
+        return result(REJECTED, gate.metric, None, reason + "; never champion")
+    beats_copy = (
+        f"{gate.metric} {gate.value:.6g} beats the copy-last-frame baseline's {gate.copy_last_value:.6g}"
+    )
     if champ is None:
         metric = choose_primary(new_metrics, new_metrics)
-        return decide(CHAMPION, metric, None, "no champion yet")
+        return decide(CHAMPION, metric, None, f"no champion yet; {beats_copy}")
     if str(champ.version) == version:
-        return decide(CHAMPION, None, None, "already the champion")
+        return decide(CHAMPION, None, None, f"already the champion; {beats_copy}")
     champ_metrics, champ_split = version_metrics(champ.tags), champ.tags.get(TAG_SPLIT)
     if not new_split or new_split != champ_split:
         return decide(
@@ -395,7 +483,8 @@ def promote_if_better(name: str, version: str | int, *, tracking_uri: str | None
             CHAMPION,
             metric,
             old_v,
-            f"{metric} {new_v:.6g} beats champion v{champ.version}'s {old_v:.6g} ({direction} is better)",
+            f"{metric} {new_v:.6g} beats champion v{champ.version}'s {old_v:.6g} ({direction} is better); "
+            f"{beats_copy}",
         )
     return decide(
         CHALLENGER,
@@ -427,12 +516,16 @@ def register_and_promote(
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "COPY_LAST_PREFIX",
     "FALLBACK_METRIC",
     "HIGHER_IS_BETTER",
     "PRIMARY_METRIC",
+    "REJECTED",
+    "GateResult",
     "PromotionResult",
     "WorldModelPyfunc",
     "choose_primary",
+    "copy_last_gate",
     "find_world_model_dir",
     "is_better",
     "load_model_from_uri",

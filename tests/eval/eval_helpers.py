@@ -65,6 +65,17 @@ def save_model(path: Path | str, seed: int = 0, action_strength: float = 0.5) ->
     return str(path)
 
 
+def save_saturating_model(path: Path | str, seed: int = 0) -> str:
+    """A degenerate model (the issue's "saturated RGB noise"): its output conv scaled by 1000, so nearly
+    every generated value ends clamped at ±1."""
+    model = make_model(seed)
+    with torch.no_grad():
+        model.unet.conv_out.weight.mul_(1e3)
+        model.unet.conv_out.bias.mul_(1e3)
+    save_world_model(model, str(path))
+    return str(path)
+
+
 def make_episode(i: int, length: int = 8) -> Episode:
     """A block moving by its (continuous) actions over a smooth background: actions explain the motion."""
     rng = np.random.default_rng(100 + i)

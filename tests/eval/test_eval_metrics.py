@@ -18,9 +18,11 @@ from v2w_core.eval.controllability import controllability
 from v2w_core.eval.evaluate import compute_metrics
 from v2w_core.eval.metrics import (
     PSNR_CAP_DB,
+    degenerate_reason,
     frechet_distance,
     frechet_distance_from_features,
     gaussian_window,
+    output_health,
     psnr,
     ssim,
     to_unit,
@@ -220,3 +222,94 @@ def test_controllability_measure_on_constructed_rollouts() -> None:
     same = controllability(truth, recorded, recorded)
     assert same["ctrl_rollout_diff"] == 0.0 and same["ctrl_psnr_gain_db"] == 0.0
     assert math.isfinite(same["ctrl_psnr_recorded"])
+
+
+# ------------------------------------------------------------------------------ copy-last-frame baseline
+def test_copy_last_baseline_per_horizon_step() -> None:
+    """copy_last_* = frame K−1 repeated over the horizon, scored like the model, per step and mean."""
+    chunks, results = _chunks_and_results(0.1)
+    cfg = EvalConfig.from_dict({"context_frames": 2, "horizon": 3, "controllability": False})
+    report = compute_metrics(chunks, results, cfg)
+    truth = torch.stack([to_unit(torch.from_numpy(c.frames[2:]).permute(0, 3, 1, 2)) for c in chunks])
+    last = torch.stack([to_unit(torch.from_numpy(c.frames[1]).permute(2, 0, 1)) for c in chunks])
+    copy = last[:, None].repeat(1, 3, 1, 1, 1)  # (B, N, C, H, W), built independently of the code
+    p, s = psnr(copy, truth), ssim(copy, truth)
+    assert report.drift["copy_last_psnr"] == pytest.approx(p.mean(0).tolist(), abs=1e-5)
+    assert report.drift["copy_last_ssim"] == pytest.approx(s.mean(0).tolist(), abs=1e-6)
+    assert report.metrics["copy_last_psnr_mean"] == pytest.approx(float(p.mean()), abs=1e-5)
+    assert report.metrics["copy_last_ssim_mean"] == pytest.approx(float(s.mean()), abs=1e-6)
+    # random frames: the model (truth + small noise) beats copying the last frame by far
+    assert report.metrics["psnr_mean"] > report.metrics["copy_last_psnr_mean"] + 5
+    assert report.per_chunk[0]["copy_last_psnr"] == pytest.approx(float(p[0].mean()), abs=1e-5)
+
+
+def test_copy_last_baseline_is_perfect_on_a_static_scene() -> None:
+    frames = np.full((5, 32, 32, 3), 90, np.uint8)
+    frames[1] = 120  # the last context frame; the future repeats it
+    frames[2:] = 120
+    chunks = [EvalChunk("s@0", "s", 0, frames, np.zeros((4, 2), np.float32))]
+    gen = np.zeros((3, 3, 32, 32), np.float32)  # a model that predicts mid-grey
+    results = [RolloutResult("s@0", "s", gen)]
+    cfg = EvalConfig.from_dict({"context_frames": 2, "horizon": 3, "controllability": False})
+    report = compute_metrics(chunks, results, cfg)
+    assert report.drift["copy_last_psnr"] == [PSNR_CAP_DB] * 3
+    assert report.metrics["copy_last_ssim_mean"] == pytest.approx(1.0)
+    assert report.metrics["psnr_mean"] < 40
+
+
+def test_copy_last_baseline_with_metric_networks(tmp_path: Path) -> None:
+    """PLUMBING (random-weight networks): LPIPS/FID/FVD of the copy-last predictor are computed too."""
+    weights = {
+        "fid": save_conv_net(tmp_path / "fid.safetensors", 2),
+        "fvd": save_conv_net(tmp_path / "fvd.safetensors", 3),
+        "lpips": save_lpips_net(tmp_path / "lpips.safetensors"),
+    }
+    cfg = EvalConfig.from_dict(
+        {"context_frames": 2, "horizon": 3, "controllability": False, "metric_weights": weights}
+    )
+    report = compute_metrics(*_chunks_and_results(0.0), cfg)
+    for key in ("copy_last_lpips_mean", "copy_last_fid", "copy_last_fvd"):
+        assert report.metrics[key] > 0, key  # random frames: copying is not the truth
+    assert report.metrics["lpips_mean"] == pytest.approx(0.0, abs=1e-6)  # the "model" is the truth
+    assert len(report.drift["copy_last_lpips"]) == 3
+
+
+# ------------------------------------------------------------------------------------ degenerate outputs
+def test_output_health_fractions() -> None:
+    x = np.array([0.0, 1.0, -1.0, 0.5, np.nan, np.inf, 1.2, -0.99], np.float32)
+    h = output_health(x)
+    assert h["gen_nonfinite_frac"] == pytest.approx(2 / 8)
+    assert h["gen_saturated_frac"] == pytest.approx(3 / 8)  # 1.0, -1.0 and 1.2 (unclamped, beyond)
+    u8 = np.array([0, 255, 3, 128], np.uint8)
+    assert output_health(u8) == {"gen_nonfinite_frac": 0.0, "gen_saturated_frac": 0.5}
+    assert degenerate_reason({"gen_nonfinite_frac": 0.0, "gen_saturated_frac": 0.5}) is None  # not > 50 %
+    assert "range limits" in degenerate_reason({"gen_nonfinite_frac": 0.0, "gen_saturated_frac": 0.51})
+    assert "non-finite" in degenerate_reason({"gen_nonfinite_frac": 1e-6, "gen_saturated_frac": 0.0})
+    assert degenerate_reason({"psnr_mean": 20.0}) is None  # not measured: not flagged here
+
+
+def test_compute_metrics_flags_saturated_and_nonfinite_outputs() -> None:
+    chunks, results = _chunks_and_results(0.1)
+    cfg = EvalConfig.from_dict({"context_frames": 2, "horizon": 3, "controllability": False})
+    healthy = compute_metrics(chunks, results, cfg)
+    assert healthy.degenerate is None
+    assert healthy.metrics["gen_nonfinite_frac"] == 0.0
+    assert 0.0 < healthy.metrics["gen_saturated_frac"] < 0.1  # clamped noise at 0/255 pixels only
+
+    g = torch.Generator().manual_seed(0)
+    noise = [  # saturated RGB noise, as the issue's model produced: every value at ±1
+        RolloutResult(
+            r.chunk_id,
+            r.episode_id,
+            torch.randint(0, 2, r.generated.shape, generator=g).float().numpy() * 2 - 1,
+        )
+        for r in results
+    ]
+    sat = compute_metrics(chunks, noise, cfg)
+    assert sat.metrics["gen_saturated_frac"] == 1.0 and "range limits" in sat.degenerate
+
+    nan = [RolloutResult(r.chunk_id, r.episode_id, r.generated.copy()) for r in results]
+    nan[1].generated[0, 0, 0, 0] = np.nan
+    bad = compute_metrics(chunks, nan, cfg)
+    assert bad.metrics["gen_nonfinite_frac"] == pytest.approx(1 / sum(r.generated.size for r in nan))
+    assert "non-finite" in bad.degenerate

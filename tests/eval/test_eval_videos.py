@@ -8,7 +8,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from v2w_core.eval.videos import plot_drift, side_by_side, write_video
+from v2w_core.eval.videos import LABEL_HEIGHT, drift_panels, plot_drift, side_by_side, write_video
 
 
 def _pair() -> tuple[np.ndarray, np.ndarray]:
@@ -26,6 +26,18 @@ def test_side_by_side_layout() -> None:
     np.testing.assert_array_equal(out[:2, ::2, ::2][:, :, 18:], truth[:2])  # context repeated on the right
 
 
+def test_side_by_side_labels_caption_each_column() -> None:
+    truth, generated = _pair()
+    plain = side_by_side(truth, generated, context_frames=2, scale=4)
+    out = side_by_side(truth, generated, context_frames=2, scale=4, labels=("truth", "model"))
+    assert out.shape == (5, LABEL_HEIGHT + 64, plain.shape[2], 3)
+    np.testing.assert_array_equal(out[:, LABEL_HEIGHT:], plain)  # frames unchanged below the captions
+    strip = out[0, :LABEL_HEIGHT]
+    left, right = strip[:, : 16 * 4], strip[:, (16 + 2) * 4 :]
+    assert (left < 128).any() and (right < 128).any()  # dark text over each column
+    assert (strip == out[-1, :LABEL_HEIGHT]).all()  # the same captions on every frame
+
+
 def test_gif_and_mp4_round_trip(tmp_path: Path) -> None:
     frames = side_by_side(*_pair(), context_frames=2, scale=2)
     gif = write_video(frames, tmp_path / "a.gif")
@@ -40,3 +52,35 @@ def test_drift_plot_is_png(tmp_path: Path) -> None:
     path = plot_drift({"psnr": [30.0, 25.0, 20.0], "ssim": [0.9, 0.8, 0.7]}, tmp_path / "d.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert Image.open(path).size[0] > Image.open(path).size[1]  # two panels side by side
+
+
+def test_drift_panels_group_model_and_baselines() -> None:
+    curves = {
+        "psnr": [20.0, 18.0],
+        "ssim": [0.5, 0.4],
+        "untrained_psnr": [10.0, 10.0],
+        "copy_last_psnr": [25.0, 22.0],
+        "copy_last_ssim": [0.6, 0.5],
+        "untrained_ssim": [0.01, 0.01],
+        "lpips": [],  # unavailable: no panel
+    }
+    panels = drift_panels(curves)
+    assert list(panels) == ["psnr", "ssim"]
+    assert panels["psnr"] == [
+        ("model", [20.0, 18.0]),
+        ("copy last context frame", [25.0, 22.0]),
+        ("untrained causal base", [10.0, 10.0]),
+    ]
+    assert [label for label, _ in panels["ssim"]] == [
+        "model",
+        "copy last context frame",
+        "untrained causal base",
+    ]
+
+
+def test_drift_plot_with_baselines_has_one_panel_per_metric(tmp_path: Path) -> None:
+    three = {"psnr": [20.0, 18.0], "copy_last_psnr": [25.0, 22.0], "untrained_psnr": [10.0, 10.0]}
+    one = plot_drift({"psnr": [20.0, 18.0]}, tmp_path / "one.png")
+    path = plot_drift(three, tmp_path / "three.png")
+    assert Image.open(path).size == Image.open(one).size  # three curves share the psnr panel
+    assert path.read_bytes() != one.read_bytes()  # ... and are drawn (with a legend)

@@ -11,6 +11,20 @@ Metric keys (all in the [0, 1] frame convention of :mod:`v2w_core.eval.metrics`)
   metric history of ``drift_<m>`` with step = j, and as a PNG);
   ``ctrl_*`` — see :mod:`v2w_core.eval.controllability`.
 A metric that cannot be computed is absent from ``metrics`` and present in ``unavailable`` with its reason.
+
+Baselines, on the same chunks and with the same metrics (DESIGN §2.5):
+  ``copy_last_<m>`` / drift ``copy_last_<m>`` — the copy-the-last-context-frame predictor (frame K−1
+  repeated over the horizon), computed in :func:`compute_metrics` from the chunks alone
+  (``copy_last_psnr_mean``, ``copy_last_ssim_mean``, ``copy_last_lpips_mean``, ``copy_last_fid``,
+  ``copy_last_fvd`` as their networks allow);
+  ``untrained_<m>`` / drift ``untrained_<m>`` — the untrained causal base, copied from its own
+  :func:`evaluate` result passed as ``baseline=`` (``untrained_psnr_mean``, ``untrained_ssim_mean``, …).
+The registry never makes a version champion unless its primary metric beats ``copy_last_<primary>``
+(:func:`v2w_core.tracking.promote_if_better`).
+
+Degenerate outputs: ``gen_nonfinite_frac`` and ``gen_saturated_frac`` (:func:`~v2w_core.eval.metrics.
+output_health`); when :func:`~v2w_core.eval.metrics.degenerate_reason` finds them degenerate the eval run is
+tagged ``v2w.degenerate=true`` (``v2w.degenerate_reason``), a warning is logged, and the registry rejects it.
 """
 
 from __future__ import annotations
@@ -32,7 +46,14 @@ from v2w_core.data.manifest import Manifest
 from v2w_core.eval import features as fe
 from v2w_core.eval.config import EvalConfig
 from v2w_core.eval.controllability import controllability
-from v2w_core.eval.metrics import frechet_distance_from_features, psnr, ssim, to_unit
+from v2w_core.eval.metrics import (
+    degenerate_reason,
+    frechet_distance_from_features,
+    output_health,
+    psnr,
+    ssim,
+    to_unit,
+)
 from v2w_core.eval.rollouts import (
     EvalChunk,
     RolloutResult,
@@ -44,6 +65,15 @@ from v2w_core.eval.videos import plot_drift, side_by_side, write_video
 
 logger = logging.getLogger(__name__)
 
+#: Metric-name prefixes of the two baselines (see the module docstring).
+COPY_LAST = "copy_last_"
+UNTRAINED = "untrained_"
+#: Metrics of the untrained base's own evaluation that are not copied into the model's (timings; its
+#: copy-last values are the model's, same chunks).
+_NOT_COPIED = ("eval_seconds", "rollout_seconds_per_chunk")
+#: Captions of the logged side-by-side videos' two columns.
+VIDEO_LABELS = ("truth", "context | model")
+
 
 @dataclass
 class MetricsReport:
@@ -52,6 +82,8 @@ class MetricsReport:
     drift: dict[str, list[float]] = field(default_factory=dict)
     per_chunk: list[dict[str, Any]] = field(default_factory=list)
     weights: dict[str, str] = field(default_factory=dict)  # metric -> "uri (sha256 …)"
+    #: Why the generated frames are degenerate (non-finite / saturated), None when they are not.
+    degenerate: str | None = None
 
 
 @dataclass
@@ -68,6 +100,8 @@ class EvalResult:
     artifacts: list[str]
     per_chunk: list[dict[str, Any]]
     seconds: float
+    #: Why the generated frames are degenerate (see the module docstring), None when they are not.
+    degenerate: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +118,11 @@ def _futures(
     return gt, gen
 
 
+def _copy_last(chunks: list[EvalChunk], k: int) -> torch.Tensor:
+    """Frame K−1 of every chunk as (B, 1, C, H, W) float in [0, 1] (the copy-last-frame predictor)."""
+    return torch.stack([to_unit(torch.from_numpy(c.frames[k - 1 : k]).permute(0, 3, 1, 2)) for c in chunks])
+
+
 def compute_metrics(
     chunks: list[EvalChunk], results: list[RolloutResult], config: EvalConfig
 ) -> MetricsReport:
@@ -91,28 +130,35 @@ def compute_metrics(
     if [c.chunk_id for c in chunks] != [r.chunk_id for r in results]:
         raise ValueError("results must be in the same order as chunks")
     report = MetricsReport()
-    gt, gen = _futures(chunks, results, config.context_frames)
-    p, s = psnr(gen, gt), ssim(gen, gt)  # (B, N)
-    report.metrics["psnr_mean"] = float(p.mean())
-    report.metrics["ssim_mean"] = float(s.mean())
-    report.drift["psnr"] = p.mean(dim=0).tolist()
-    report.drift["ssim"] = s.mean(dim=0).tolist()
-    per_chunk = [
-        {"chunk_id": c.chunk_id, "psnr": float(p[i].mean()), "ssim": float(s[i].mean())}
-        for i, c in enumerate(chunks)
-    ]
+    k = config.context_frames
+    report.metrics.update(output_health(np.stack([r.generated for r in results])))
+    report.degenerate = degenerate_reason(report.metrics)
+    gt, gen = _futures(chunks, results, k)
+    # The copy-last-frame baseline: context frame K−1 of each chunk, repeated over the horizon.
+    copy = _copy_last(chunks, k).expand_as(gt).contiguous()
+    predictions = {"": gen, COPY_LAST: copy}
+    per_chunk: list[dict[str, Any]] = [{"chunk_id": c.chunk_id} for c in chunks]
+    for prefix, pred in predictions.items():
+        p, s = psnr(pred, gt), ssim(pred, gt)  # (B, N)
+        report.metrics[f"{prefix}psnr_mean"] = float(p.mean())
+        report.metrics[f"{prefix}ssim_mean"] = float(s.mean())
+        report.drift[f"{prefix}psnr"] = p.mean(dim=0).tolist()
+        report.drift[f"{prefix}ssim"] = s.mean(dim=0).tolist()
+        for i, row in enumerate(per_chunk):
+            row.update({f"{prefix}psnr": float(p[i].mean()), f"{prefix}ssim": float(s[i].mean())})
 
     b, n = gt.shape[:2]
     lpips_net = fe.load_metric_net(config.metric_weights.lpips, "lpips")
     if isinstance(lpips_net, fe.Unavailable):
         report.unavailable["lpips_mean"] = lpips_net.reason
     else:
-        d = fe.lpips_distance(lpips_net, gen.flatten(0, 1), gt.flatten(0, 1)).view(b, n)
-        report.metrics["lpips_mean"] = float(d.mean())
-        report.drift["lpips"] = d.mean(dim=0).tolist()
+        for prefix, pred in predictions.items():
+            d = fe.lpips_distance(lpips_net, pred.flatten(0, 1), gt.flatten(0, 1)).view(b, n)
+            report.metrics[f"{prefix}lpips_mean"] = float(d.mean())
+            report.drift[f"{prefix}lpips"] = d.mean(dim=0).tolist()
+            for i, row in enumerate(per_chunk):
+                row[f"{prefix}lpips"] = float(d[i].mean())
         report.weights["lpips"] = f"{lpips_net.uri} (sha256 {lpips_net.sha256[:16]})"
-        for i, row in enumerate(per_chunk):
-            row["lpips"] = float(d[i].mean())
 
     fid_net = fe.load_metric_net(config.metric_weights.fid, "frame")
     if isinstance(fid_net, fe.Unavailable):
@@ -120,9 +166,10 @@ def compute_metrics(
     elif b * n < 2:
         report.unavailable["fid"] = f"needs at least 2 frames, got {b * n}"
     else:
-        fa = fe.frame_features(fid_net, gen.flatten(0, 1))
         fb = fe.frame_features(fid_net, gt.flatten(0, 1))
-        report.metrics["fid"] = frechet_distance_from_features(fa, fb)
+        for prefix, pred in predictions.items():
+            fa = fe.frame_features(fid_net, pred.flatten(0, 1))
+            report.metrics[f"{prefix}fid"] = frechet_distance_from_features(fa, fb)
         report.weights["fid"] = f"{fid_net.uri} (sha256 {fid_net.sha256[:16]})"
 
     fvd_net = fe.load_metric_net(config.metric_weights.fvd, "video")
@@ -131,9 +178,11 @@ def compute_metrics(
     elif b < 2:
         report.unavailable["fvd"] = f"needs at least 2 rollouts (clips), got {b}"
     else:
-        report.metrics["fvd"] = frechet_distance_from_features(
-            fe.video_features(fvd_net, gen), fe.video_features(fvd_net, gt)
-        )
+        vb = fe.video_features(fvd_net, gt)
+        for prefix, pred in predictions.items():
+            report.metrics[f"{prefix}fvd"] = frechet_distance_from_features(
+                fe.video_features(fvd_net, pred), vb
+            )
         report.weights["fvd"] = f"{fvd_net.uri} (sha256 {fvd_net.sha256[:16]})"
 
     with_alt = [i for i, r in enumerate(results) if r.shuffled is not None]
@@ -163,9 +212,15 @@ def write_artifacts(
     config: EvalConfig,
 ) -> list[Path]:
     """Drift PNG, side-by-side videos of the first ``num_videos`` chunks, metrics/per-chunk JSON."""
-    paths = [plot_drift(report.drift, out_dir / "drift_curve.png", title="per-step metrics over the horizon")]
+    paths = [
+        plot_drift(
+            report.drift, out_dir / "drift_curve.png", title="per-step metrics over the horizon vs baselines"
+        )
+    ]
     for chunk, res in list(zip(chunks, results, strict=True))[: config.num_videos]:
-        frames = side_by_side(chunk.frames, res.generated, config.context_frames, scale=config.video_scale)
+        frames = side_by_side(
+            chunk.frames, res.generated, config.context_frames, scale=config.video_scale, labels=VIDEO_LABELS
+        )
         name = chunk.chunk_id.replace("@", "_at_").replace("/", "_")
         paths.append(write_video(frames, out_dir / "videos" / f"{name}.{config.video_format}"))
     summary = {
@@ -189,6 +244,7 @@ def evaluate(
     parent_run_id: str | None = None,
     run_name: str | None = None,
     tags: dict[str, str] | None = None,
+    baseline: EvalResult | None = None,
 ) -> EvalResult:
     """Evaluate the world model at ``model_uri`` on ``manifest``'s eval split; log an MLflow run.
 
@@ -196,6 +252,11 @@ def evaluate(
     :func:`v2w_core.tracking.load_model_from_uri`). Rollouts run in Ray actors (a local Ray is started
     when none is initialised). ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``; with neither, nothing
     is logged and ``run_id`` is None (artifacts then stay in a temp dir, listed in ``artifacts``).
+
+    ``baseline``: the untrained causal base's result of this same function on the same split (evaluate it
+    first); its metrics and drift curves join this run's as ``untrained_*`` (tag ``v2w.baseline_run_id``)
+    so the drift plot shows model, copy-last frame and untrained base together. A different split is an
+    error. The copy-last-frame baseline is always computed (:func:`compute_metrics`).
     """
     from v2w_core import tracking
 
@@ -205,9 +266,22 @@ def evaluate(
         manifest = Manifest.read(manifest)
     chunks = load_chunks(manifest, config)
     split_id = split_fingerprint(manifest, config)
+    if baseline is not None and baseline.split_id != split_id:
+        raise ValueError(
+            f"baseline {baseline.model_uri} was evaluated on split {baseline.split_id}, this model on "
+            f"{split_id}: baselines must use the same split and protocol"
+        )
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     results = run_parallel_rollouts(model_uri, chunks, config, tracking_uri=tracking_uri)
     report = compute_metrics(chunks, results, config)
+    extra_tags = {"v2w.degenerate": "true" if report.degenerate else "false"}
+    if report.degenerate:
+        extra_tags["v2w.degenerate_reason"] = report.degenerate
+        logger.warning("eval of %s: degenerate outputs: %s", model_uri, report.degenerate)
+    if baseline is not None:
+        _merge_untrained(report, baseline)
+        if baseline.run_id:
+            extra_tags["v2w.baseline_run_id"] = baseline.run_id
     out_dir = Path(tempfile.mkdtemp(prefix="v2w-eval-"))
     paths = write_artifacts(out_dir, chunks, results, report, config)
     seconds = time.perf_counter() - t0
@@ -229,7 +303,11 @@ def evaluate(
             artifact_dir=out_dir,
             parent_run_id=parent_run_id,
             run_name=run_name,
-            tags={**(tags or {}), **{f"v2w.weights.{k}": v for k, v in report.weights.items()}},
+            tags={
+                **(tags or {}),
+                **extra_tags,
+                **{f"v2w.weights.{k}": v for k, v in report.weights.items()},
+            },
         )
         artifacts = [p.relative_to(out_dir).as_posix() for p in paths]
     for name, reason in report.unavailable.items():
@@ -248,7 +326,18 @@ def evaluate(
         artifacts=artifacts,
         per_chunk=report.per_chunk,
         seconds=seconds,
+        degenerate=report.degenerate,
     )
+
+
+def _merge_untrained(report: MetricsReport, baseline: EvalResult) -> None:
+    """The untrained base's own metrics and drift curves, as ``untrained_*`` (not its baselines/timings)."""
+    for key, value in baseline.metrics.items():
+        if not key.startswith((COPY_LAST, UNTRAINED)) and key not in _NOT_COPIED:
+            report.metrics[UNTRAINED + key] = value
+    for key, ys in baseline.drift.items():
+        if not key.startswith((COPY_LAST, UNTRAINED)):
+            report.drift[UNTRAINED + key] = list(ys)
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -261,4 +350,12 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
     return out
 
 
-__all__ = ["EvalResult", "MetricsReport", "compute_metrics", "evaluate", "write_artifacts"]
+__all__ = [
+    "COPY_LAST",
+    "UNTRAINED",
+    "EvalResult",
+    "MetricsReport",
+    "compute_metrics",
+    "evaluate",
+    "write_artifacts",
+]

@@ -1,4 +1,5 @@
-"""Artifacts people look at: side-by-side ground truth | generated videos and the drift-curve plot.
+"""Artifacts people look at: side-by-side ground truth | generated videos and the drift-curve plot (the
+model's per-step metrics beside the copy-last-frame and untrained-base baselines).
 
 Videos are GIF (Pillow; the MLflow UI previews them inline) or MP4 (PyAV, H.264 yuv420p). Frames are
 upscaled by an integer factor with nearest-neighbour so 32–64 px rollouts are viewable; a red border
@@ -25,9 +26,19 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def side_by_side(
-    truth: np.ndarray, generated: np.ndarray, context_frames: int, *, scale: int = 4, gap: int = 2
+    truth: np.ndarray,
+    generated: np.ndarray,
+    context_frames: int,
+    *,
+    scale: int = 4,
+    gap: int = 2,
+    labels: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """(T, H, W, 3) uint8 pairs → (T, s·H, 2·s·W + gap, 3): ground truth left, context + generated right."""
+    """(T, H, W, 3) uint8 pairs → (T, s·H, 2·s·W + s·gap, 3): ground truth left, context + generated right.
+
+    ``labels`` (one per column, e.g. ``("truth", "context | model")``) adds a white strip with the captions
+    above the frames (:data:`LABEL_HEIGHT` pixels), so a viewer of the GIF knows which side is which.
+    """
     gt, gen = to_uint8(truth), to_uint8(generated)
     right = np.concatenate([gt[:context_frames], gen], axis=0)
     if right.shape != gt.shape:
@@ -39,7 +50,29 @@ def side_by_side(
     out = np.full((t, h, 2 * w + gap, 3), 255, dtype=np.uint8)
     out[:, :, :w] = gt
     out[:, :, w + gap :] = right
-    return out.repeat(scale, axis=1).repeat(scale, axis=2)
+    out = out.repeat(scale, axis=1).repeat(scale, axis=2)
+    if labels is None:
+        return out
+    if len(labels) != 2:
+        raise ValueError(f"side_by_side: one label per column (2), got {len(labels)}")
+    strip = _label_strip(out.shape[2], [(0, labels[0]), ((w + gap) * scale, labels[1])])
+    return np.concatenate([np.broadcast_to(strip, (t, *strip.shape)), out], axis=1)
+
+
+#: Height in pixels of the caption strip :func:`side_by_side` adds with ``labels``.
+LABEL_HEIGHT = 14
+
+
+def _label_strip(width: int, captions: Sequence[tuple[int, str]]) -> np.ndarray:
+    """A white (LABEL_HEIGHT, width, 3) uint8 strip with each caption drawn at its x offset."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    image = Image.new("RGB", (width, LABEL_HEIGHT), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for x, text in captions:
+        draw.text((x + 2, 1), text, fill=(0, 0, 0), font=font)
+    return np.asarray(image)
 
 
 def write_video(frames: np.ndarray, path: str | Path, *, fps: float = 4.0) -> Path:
@@ -69,21 +102,55 @@ def write_video(frames: np.ndarray, path: str | Path, *, fps: float = 4.0) -> Pa
     return path
 
 
+#: Drift-curve key prefixes of the baselines (see :mod:`v2w_core.eval.evaluate`) and their legend labels;
+#: a key without one of these prefixes is the evaluated model's.
+BASELINE_CURVES = {"copy_last_": "copy last context frame", "untrained_": "untrained causal base"}
+MODEL_LABEL = "model"
+
+
+def drift_panels(curves: Mapping[str, Sequence[float]]) -> dict[str, list[tuple[str, list[float]]]]:
+    """Group drift curves by metric: ``{"psnr": [("model", …), ("copy last context frame", …), …]}``.
+
+    ``psnr``, ``copy_last_psnr`` and ``untrained_psnr`` share the ``psnr`` panel; the model's curve comes
+    first, then the baselines in :data:`BASELINE_CURVES` order. Empty curves are left out.
+    """
+    panels: dict[str, list[tuple[str, list[float]]]] = {}
+    order = {MODEL_LABEL: 0, **{label: i + 1 for i, label in enumerate(BASELINE_CURVES.values())}}
+    for key, ys in curves.items():
+        if not len(ys):
+            continue
+        metric, label = key, MODEL_LABEL
+        for prefix, name in BASELINE_CURVES.items():
+            if key.startswith(prefix):
+                metric, label = key[len(prefix) :], name
+                break
+        panels.setdefault(metric, []).append((label, [float(y) for y in ys]))
+    for lines in panels.values():
+        lines.sort(key=lambda line: order[line[0]])
+    return panels
+
+
 def plot_drift(curves: Mapping[str, Sequence[float]], path: str | Path, *, title: str = "") -> Path:
-    """One panel per metric: value vs horizon step (1-based), written as PNG with matplotlib (Agg)."""
+    """One panel per metric: value vs horizon step (1-based), the model's curve and its baselines'
+    (:func:`drift_panels`) with a legend, written as PNG with matplotlib (Agg)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    names = [n for n, v in curves.items() if len(v)]
-    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(4 * max(1, len(names)), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=False):
-        ys = list(curves[name])
-        ax.plot(range(1, len(ys) + 1), ys, marker="o")
+    panels = drift_panels(curves)
+    n = max(1, len(panels))
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    styles = {MODEL_LABEL: ("o", "-")} | {label: ("s", "--") for label in BASELINE_CURVES.values()}
+    for ax, (name, lines) in zip(axes[0], panels.items(), strict=False):
+        for label, ys in lines:
+            marker, ls = styles.get(label, ("o", "-"))
+            ax.plot(range(1, len(ys) + 1), ys, marker=marker, linestyle=ls, label=label)
         ax.set_xlabel("horizon step (generated frame)")
         ax.set_ylabel(name)
         ax.grid(True, alpha=0.3)
+        if len(lines) > 1:
+            ax.legend(fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -94,4 +161,12 @@ def plot_drift(curves: Mapping[str, Sequence[float]], path: str | Path, *, title
     return path
 
 
-__all__ = ["plot_drift", "side_by_side", "to_uint8", "write_video"]
+__all__ = [
+    "BASELINE_CURVES",
+    "LABEL_HEIGHT",
+    "drift_panels",
+    "plot_drift",
+    "side_by_side",
+    "to_uint8",
+    "write_video",
+]
