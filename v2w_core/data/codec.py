@@ -21,9 +21,8 @@ from __future__ import annotations
 import io
 import logging
 from fractions import Fraction
-from typing import Literal
+from typing import Any, Literal
 
-import av
 import numpy as np
 from pydantic import Field
 
@@ -85,6 +84,8 @@ def decode_frames(data: bytes | bytearray | memoryview, codec: CodecName) -> np.
 
 # ----------------------------------------------------------------------------------------------- H.264
 def _encode_h264(frames: np.ndarray, config: CodecConfig, fps: float) -> bytes:
+    import av  # imported where used: hosts that only record into memory (a lent GPU) need no PyAV
+
     _, height, width, _ = frames.shape
     rate = Fraction(fps).limit_denominator(1001)
     options = {"preset": config.preset}
@@ -105,6 +106,8 @@ def _encode_h264(frames: np.ndarray, config: CodecConfig, fps: float) -> bytes:
 
 
 def _decode_video(data: bytes) -> np.ndarray:
+    import av
+
     if not data:
         raise VideoDecodeError("video is empty (0 bytes)")
     try:
@@ -129,7 +132,7 @@ def _decode_video(data: bytes) -> np.ndarray:
     return np.ascontiguousarray(planar[:n].transpose(0, 2, 3, 1))
 
 
-def _fill_rgb_planes(frame: av.VideoFrame, out: np.ndarray) -> None:
+def _fill_rgb_planes(frame: Any, out: np.ndarray) -> None:
     """Write one decoded frame into ``out`` (3, H, W) as R, G, B planes.
 
     Our own files decode to ``gbrp``: its planes are copied as they are, with no swscale conversion.

@@ -79,8 +79,17 @@ def load_chunks(manifest: Manifest | str, config: EvalConfig) -> list[EvalChunk]
         )
     wanted = {r["episode_id"] for r in rows}
     subset = Manifest.from_rows([r for r in selected.rows() if r["episode_id"] in wanted], manifest.root)
+    chunks = chunks_from_episodes(iter_episodes(subset), config)
+    logger.info("eval: %d chunks from %d %s episodes", len(chunks), len(rows), config.split)
+    return chunks
+
+
+def chunks_from_episodes(episodes: Any, config: EvalConfig) -> list[EvalChunk]:
+    """Cut episodes (anything with ``episode_id``, ``frames``, ``actions``, ``length``) into eval chunks,
+    sorted by episode id: the same cut :func:`load_chunks` makes from a manifest, for in-memory data."""
+    need = config.chunk_length
     chunks: list[EvalChunk] = []
-    for ep in sorted(iter_episodes(subset), key=lambda e: e.episode_id):
+    for ep in sorted(episodes, key=lambda e: e.episode_id):
         for i in range(config.chunks_per_episode):
             start = i * config.stride
             if start + need > ep.length:
@@ -94,7 +103,6 @@ def load_chunks(manifest: Manifest | str, config: EvalConfig) -> list[EvalChunk]
                     actions=np.ascontiguousarray(ep.actions[start : start + need - 1]),
                 )
             )
-    logger.info("eval: %d chunks from %d %s episodes", len(chunks), len(rows), config.split)
     return chunks
 
 

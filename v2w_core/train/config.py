@@ -52,7 +52,14 @@ class DataSection(StrictConfig):
 
 
 class OptimSection(StrictConfig):
-    """AdamW with linear warm-up to ``lr`` then constant (DeepSpeed's WarmupLR). Paper: lr 1e-5, clip 0.5."""
+    """AdamW with linear warm-up to ``lr``, then constant (DeepSpeed's WarmupLR) or a cosine decay to
+    ``min_lr_ratio × lr`` at ``max_steps`` (WarmupCosineLR). Paper: lr 1e-5, constant, clip 0.5.
+
+    ``action_lr_scale`` multiplies the learning rate of the action encoder only. The encoder is the one
+    module a fine-tune adds from nothing (its output layer starts at zero), while every other weight only
+    adapts a pretrained one: on a short run at the base's learning rate the actions barely move the
+    predictions (measured: embeddings 0.14 apart against a timestep embedding of norm 2.7 after 60 steps).
+    """
 
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -60,6 +67,9 @@ class OptimSection(StrictConfig):
     eps: float = Field(1e-8, gt=0)
     warmup_steps: int = Field(100, ge=0)
     grad_clip: float = Field(0.5, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    action_lr_scale: float = Field(1.0, gt=0)
     # "torch": torch.optim.AdamW (fused on CUDA); no DeepSpeed op build needed, works on CPU.
     # "deepspeed": DeepSpeed's own (FusedAdam on GPU, DeepSpeedCPUAdam on CPU: JIT-builds an op).
     implementation: Literal["torch", "deepspeed"] = "torch"

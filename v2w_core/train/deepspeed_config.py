@@ -91,15 +91,7 @@ def build_deepspeed_config(cfg: TrainConfig, *, world_size: int | None = None) -
             "hysteresis": 2,
             "min_loss_scale": 1,
         },
-        "scheduler": {
-            "type": "WarmupLR",
-            "params": {
-                "warmup_min_lr": 0.0,
-                "warmup_max_lr": cfg.optim.lr,
-                "warmup_num_steps": max(cfg.optim.warmup_steps, 1),
-                "warmup_type": "linear",
-            },
-        },
+        "scheduler": _scheduler(cfg),
         "steps_per_print": _NEVER,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
@@ -120,8 +112,54 @@ def build_deepspeed_config(cfg: TrainConfig, *, world_size: int | None = None) -
     return ds
 
 
+def _scheduler(cfg: TrainConfig) -> dict[str, Any]:
+    """DeepSpeed's scheduler for ``optim.schedule``. WarmupCosineLR scales each param group's own lr, so
+    the action encoder's ``action_lr_scale`` survives it; WarmupLR would set every group to one lr, so the
+    constant schedule passes one peak per group."""
+    o = cfg.optim
+    warmup = max(o.warmup_steps, 1)
+    if o.schedule == "cosine":
+        return {
+            "type": "WarmupCosineLR",
+            "params": {
+                "total_num_steps": max(cfg.max_steps, warmup + 1),
+                "warmup_min_ratio": 0.0,
+                "warmup_num_steps": warmup,
+                "cos_min_ratio": o.min_lr_ratio,
+                "warmup_type": "linear",
+            },
+        }
+    two_groups = cfg.mode == "finetune" and o.action_lr_scale != 1.0  # see param_groups
+    peaks = [o.lr, o.lr * o.action_lr_scale] if two_groups else o.lr
+    return {
+        "type": "WarmupLR",
+        "params": {
+            "warmup_min_lr": 0.0 if not isinstance(peaks, list) else [0.0, 0.0],
+            "warmup_max_lr": peaks,
+            "warmup_num_steps": warmup,
+            "warmup_type": "linear",
+        },
+    }
+
+
+def param_groups(model: Any, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The optimizer's parameter groups: everything at ``lr``, plus the action encoder at
+    ``lr × action_lr_scale`` when that scale is not 1 (see OptimSection)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    encoder = getattr(model, "action_encoder", None)
+    if cfg.optim.action_lr_scale == 1.0 or encoder is None:
+        return [{"params": params, "lr": cfg.optim.lr}]
+    new = {id(p) for p in encoder.parameters()}
+    return [
+        {"params": [p for p in params if id(p) not in new], "lr": cfg.optim.lr},
+        {"params": [p for p in params if id(p) in new], "lr": cfg.optim.lr * cfg.optim.action_lr_scale},
+    ]
+
+
 def build_torch_optimizer(params: Any, cfg: TrainConfig, *, device_type: str) -> Any:
-    """``torch.optim.AdamW`` (fused on CUDA) for DeepSpeed to wrap; None when DeepSpeed builds its own."""
+    """``torch.optim.AdamW`` (fused on CUDA) for DeepSpeed to wrap; None when DeepSpeed builds its own.
+
+    ``params``: parameters or the groups of :func:`param_groups`."""
     if cfg.optim.implementation == "deepspeed":
         return None
     import torch

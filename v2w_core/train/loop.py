@@ -37,6 +37,7 @@ from v2w_core.train.config import TrainConfig
 from v2w_core.train.deepspeed_config import (
     build_deepspeed_config,
     build_torch_optimizer,
+    param_groups,
     setup_cpu_environment,
 )
 from v2w_core.train.model_store import load_model, save_model
@@ -63,7 +64,13 @@ def model_config(cfg: TrainConfig) -> Any:
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
-    return WorldModelConfig.from_dict(merged, source="model.overrides")
+    config = WorldModelConfig.from_dict(merged, source="model.overrides")
+    from v2w_core.models.presets import input_rank_problem
+
+    problem = input_rank_problem(config)
+    if problem:
+        raise ValueError(f"model.preset {m.preset!r} with model.overrides: {problem}")
+    return config
 
 
 def build_model(cfg: TrainConfig) -> Any:
@@ -339,12 +346,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     model = build_model(cfg).to(device)
     model_numel = sum(p.numel() for p in model.parameters())
-    optimizer = build_torch_optimizer(model.parameters(), cfg, device_type=device.type)
+    groups = param_groups(model, cfg)
+    optimizer = build_torch_optimizer(groups, cfg, device_type=device.type)
     ds_config = build_deepspeed_config(cfg, world_size=world)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
-        model_parameters=model.parameters() if optimizer is None else None,
+        model_parameters=groups if optimizer is None else None,
         config=ds_config,
         dist_init_required=False,
     )

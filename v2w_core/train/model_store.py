@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from v2w_core import assets
+
 
 def save_model(model: Any, dest: str | Path) -> str:
     """Write ``model`` as a world-model directory (config.json + safetensors), local path or ``s3://``."""
@@ -27,6 +29,7 @@ def base_kind(uri: str) -> str:
     from v2w_core.models import io as model_io
     from v2w_core.models.world_model import FAMILY_OF_CLASS
 
+    uri = assets.resolve(uri)
     raw = json.loads(storage.read_bytes(storage.join(uri, model_io.CONFIG_NAME)))
     name = raw.get("_class_name")
     if name == model_io.CLASS_NAME:
@@ -37,9 +40,11 @@ def base_kind(uri: str) -> str:
 
 
 def load_model(uri: str) -> Any:
-    """Load a base for fine-tuning: a world-model directory or a diffusers UNet directory."""
+    """Load a base for fine-tuning: a world-model directory or a diffusers UNet directory, local,
+    ``s3://`` or a packaged ``asset://<name>`` (:mod:`v2w_core.assets`)."""
     from v2w_core.models import io as model_io
 
+    uri = assets.resolve(uri)
     if base_kind(uri) == "world_model":
         return model_io.load_world_model(uri)
     return model_io.load_base(uri)

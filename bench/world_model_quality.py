@@ -1,0 +1,290 @@
+"""Is the demo's world model a world model? Quality against trivial baselines, and quality vs steps.
+
+Two parts, one JSON record (``bench/results/world_model_quality.json``, appended by this script only):
+
+* ``demo`` (CPU, the product path): runs ``pipelines/full.py --local-stack --config <config>`` into a fresh
+  ``run.root``, times it, and reads what its evaluate and register stages recorded: PSNR/SSIM of the
+  registered model on held-out episodes, the copy-last-frame and untrained-causal-base baselines,
+  controllability (recorded vs shuffled actions) and the registry's decision.
+* ``curve`` (CPU or one GPU, no Ray): the same recipe as the config's train stage — same data (source,
+  seed, episodes, split), base, causalization, batch, optimizer, schedule, EMA, steps — run in one
+  process with :func:`v2w_core.train.local.train_local`, evaluated every ``--eval-every`` steps under the
+  config's eval protocol: quality vs fine-tuning steps. ``--variant NAME:key=value,...`` adds recipes
+  (keys of the train stage's TrainConfig, e.g. ``optim.lr=1e-3``, or ``clips.clip_length=8``,
+  ``rollout.eta=0``) to compare at equal steps.
+
+The ``headline`` (README figures) comes from the demo part when it ran, else from the curve's last point.
+
+    python bench/world_model_quality.py --demo                      # CPU: the real demo, timed
+    python bench/world_model_quality.py --curve --device cuda       # one GPU: quality vs steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "bench" / "results" / "world_model_quality.json"
+
+log = logging.getLogger("world_model_quality")
+
+
+# ----------------------------------------------------------------------------------------------- curve
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    *path, last = dotted.split(".")
+    for k in path:
+        d = d.setdefault(k, {})
+    d[last] = value
+
+
+def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
+    import yaml
+
+    name, _, body = text.partition(":")
+    changes = {}
+    for item in filter(None, body.split(",")):
+        key, _, raw = item.partition("=")
+        changes[key.strip()] = yaml.safe_load(raw)
+    return name, changes
+
+
+def _score(model: Any, chunks: list[Any], protocol: Any, device: str) -> dict[str, float]:
+    """PSNR/SSIM of the rollouts and controllability, with the serial (no-Ray) rollout path."""
+    import torch
+
+    from v2w_core.eval.controllability import controllability
+    from v2w_core.eval.metrics import psnr, ssim, to_unit
+    from v2w_core.eval.rollouts import rollout_chunks
+
+    results = rollout_chunks(model, chunks, protocol, device=device)
+    k = protocol.context_frames
+    gt = torch.stack([to_unit(torch.from_numpy(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
+    gen = torch.stack([to_unit(torch.from_numpy(r.generated)) for r in results])
+    raw = torch.stack([torch.from_numpy(r.generated) for r in results])
+    out = {"psnr": float(psnr(gen, gt).mean()), "ssim": float(ssim(gen, gt).mean()),
+           "saturated_frac": float((raw.abs() >= 1 - 1 / 255).float().mean())}
+    out["psnr_per_step"] = psnr(gen, gt).mean(0).tolist()
+    if all(r.shuffled is not None for r in results):
+        alt = torch.stack([to_unit(torch.from_numpy(r.shuffled)) for r in results])
+        c = controllability(gt * 2 - 1, gen * 2 - 1, alt * 2 - 1)
+        out["ctrl_psnr_gain_db"] = c["ctrl_psnr_gain_db"]
+        out["ctrl_rollout_diff"] = c["ctrl_rollout_diff"]
+    return out
+
+
+def copy_last_scores(chunks: list[Any], k: int) -> dict[str, float]:
+    import torch
+
+    from v2w_core.eval.metrics import psnr, ssim, to_unit
+
+    gt = torch.stack([to_unit(torch.from_numpy(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
+    last = torch.stack([to_unit(torch.from_numpy(c.frames[k - 1]).permute(2, 0, 1)) for c in chunks])
+    rep = last[:, None].expand_as(gt)
+    return {"psnr": float(psnr(rep, gt).mean()), "ssim": float(ssim(rep, gt).mean())}
+
+
+def run_curve(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from pipelines.config import PipelineConfig
+    from v2w_core import assets
+    from v2w_core.data.inmemory import episode_clips, record_episodes, split_episodes
+    from v2w_core.eval.config import EvalConfig
+    from v2w_core.eval.rollouts import chunks_from_episodes
+    from v2w_core.models.causalize import causalize
+    from v2w_core.models.io import load_world_model
+    from v2w_core.train.config import TrainConfig
+    from v2w_core.train.local import ClipArrays, train_local
+
+    cfg = PipelineConfig.from_yaml(args.config, args.set)
+    base_uri = assets.resolve(args.base or cfg.base.pretrained_uri or "")
+    t0 = time.perf_counter()
+    episodes = record_episodes(cfg.data.source, cfg.data.source_options, seed=cfg.data.seed,
+                               indices=range(cfg.data.episodes), workers=args.workers)
+    train_eps, eval_eps = split_episodes(episodes, cfg.data.writer.eval_fraction)
+    protocol = cfg.evaluate.protocol
+    chunks = chunks_from_episodes([e for e in eval_eps if e.length >= protocol.chunk_length], protocol)
+    if protocol.max_episodes is not None:
+        keep = sorted({c.episode_id for c in chunks})[: protocol.max_episodes]
+        chunks = [c for c in chunks if c.episode_id in keep]
+    log.info("data: %d train / %d eval episodes, %d eval chunks (%.0f s)", len(train_eps), len(eval_eps),
+             len(chunks), time.perf_counter() - t0)
+    copy_last = copy_last_scores(chunks, protocol.context_frames)
+    space = {"type": episodes[0].action_space.type, "dim": episodes[0].action_space.dim}
+
+    def fresh_causal() -> Any:
+        model = load_world_model(base_uri)
+        causalize(model, cfg.causalize.causal_mode, cfg.causalize.extrapolation_window)
+        model.set_action_space(space)
+        return model
+
+    untrained = _score(fresh_causal().to(args.device).eval(), chunks, protocol, args.device)
+    variants = [("config", {})] + [_parse_variant(v) for v in args.variant]
+    out: dict[str, Any] = {"copy_last": copy_last, "untrained": untrained, "variants": {}}
+    for name, changes in variants:
+        section = json.loads(json.dumps(cfg.train.train))
+        clip_cfg = cfg.clips.model_dump()
+        proto = json.loads(protocol.model_dump_json())
+        for key, value in changes.items():
+            if key.startswith("clips."):
+                clip_cfg[key[6:]] = value
+            elif key.startswith("rollout.") or key.startswith("protocol."):
+                _set(proto, key.split(".", 1)[1] if key.startswith("protocol.") else key, value)
+            else:
+                _set(section, key, value)
+        workers = section.get("scaling", {}).get("num_workers", 2)
+        batch = section.get("micro_batch_per_worker", 2) * workers  # the global batch of the pipeline run
+        section.update({"experiment": f"curve-{name}", "mode": "finetune", "storage_path": "/tmp/curve",
+                        "micro_batch_per_worker": batch, "scaling": {"num_workers": 1},
+                        "model": {"base_uri": base_uri, "action_space": space}})
+        if args.steps:
+            section["max_steps"] = args.steps
+        tcfg = TrainConfig.from_dict(section, source=f"variant {name}")
+        vprotocol = EvalConfig.model_validate(proto)
+        frames, actions = episode_clips(train_eps, clip_cfg["clip_length"], clip_cfg["stride"])
+        points: list[dict[str, Any]] = []
+
+        def evaluate(step: int, model: Any, points: list = points, vprotocol: Any = vprotocol) -> None:
+            t = time.perf_counter()
+            score = _score(model, chunks, vprotocol, args.device)
+            points.append({"step": step, **score})
+            log.info("[%s] step %d: psnr %.2f ssim %.3f ctrl %.2f dB sat %.3f (%.0f s)", name, step,
+                     score["psnr"], score["ssim"], score.get("ctrl_psnr_gain_db", float("nan")),
+                     score["saturated_frac"], time.perf_counter() - t)
+
+        torch.manual_seed(tcfg.seed)
+        run = train_local(tcfg, ClipArrays(frames, actions), device=args.device, model=fresh_causal(),
+                          callback=evaluate, callback_every=args.eval_every or tcfg.max_steps,
+                          log_every=max(tcfg.max_steps // 10, 1))
+        out["variants"][name] = {"changes": changes, "steps": run.step, "train_seconds": run.seconds,
+                                 "clips": len(frames), "global_batch": batch, "curve": points}
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ demo
+def run_demo(args: argparse.Namespace) -> dict[str, Any]:
+    """The product path: the whole pipeline on the local stack, into a fresh run root, timed."""
+    from pipelines.config import PipelineConfig
+    from v2w_core import storage
+
+    root = f"s3://v2w/bench/quality-{int(time.time())}"
+    cmd = [sys.executable, "pipelines/full.py", "--local-stack", "--config", args.config,
+           "--set", f"run.root={root}", "--set", f"run.name=quality-{int(time.time())}", *sum((["--set", s] for s in args.set), [])]
+    env = dict(os.environ)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "infra.stack", "start"], cwd=ROOT, check=True, env=env)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    minutes = (time.perf_counter() - t0) / 60
+    if proc.returncode:
+        raise SystemExit(f"demo pipeline failed (exit {proc.returncode})")
+    from infra.stack import stack_env
+
+    os.environ.update(stack_env())
+    cfg = PipelineConfig.from_yaml(args.config, [*args.set, f"run.root={root}"])
+    records = {}
+    for stage in ("evaluate", "register", "train"):
+        uris = [u for u in storage.list_files(storage.join(root, "stages", stage)) if u.endswith(".json")]
+        records[stage] = json.loads(storage.read_bytes(sorted(uris)[-1]))["outputs"] if uris else {}
+    ev = records["evaluate"]
+    m, b = ev.get("metrics", {}), ev.get("baseline_metrics", {})
+    return {"pipeline_minutes": minutes, "root": root, "config": args.config,
+            "horizon": cfg.evaluate.protocol.horizon, "metrics": m, "baseline_metrics": b,
+            "register": records["register"], "train": records["train"]}
+
+
+# ------------------------------------------------------------------------------------------------ main
+def _machine() -> dict[str, Any]:
+    import torch
+
+    info = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(), "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    demo, curve = record.get("demo"), record.get("curve")
+    if demo:
+        m = demo["metrics"]
+        return {"psnr": m.get("psnr_mean"), "ssim": m.get("ssim_mean"),
+                "copy_last_psnr": m.get("copy_last_psnr_mean"), "copy_last_ssim": m.get("copy_last_ssim_mean"),
+                "untrained_psnr": demo["baseline_metrics"].get("psnr_mean"),
+                "ctrl_psnr_gain_db": m.get("ctrl_psnr_gain_db"), "horizon": demo["horizon"],
+                "demo_minutes": round(demo["pipeline_minutes"] + record.get("install_minutes", 0.0), 2),
+                "decision": demo["register"].get("decision"), "machine": record["machine"]}
+    last = curve["variants"]["config"]["curve"][-1]
+    return {"psnr": last["psnr"], "ssim": last["ssim"], "copy_last_psnr": curve["copy_last"]["psnr"],
+            "copy_last_ssim": curve["copy_last"]["ssim"], "untrained_psnr": curve["untrained"]["psnr"],
+            "ctrl_psnr_gain_db": last.get("ctrl_psnr_gain_db"), "horizon": record["horizon"],
+            "demo_minutes": None, "source": "curve (one process)", "machine": record["machine"]}
+
+
+def print_table(record: dict[str, Any]) -> None:
+    h = record["headline"]
+    print(f"{'metric':<22}{'value':>12}")
+    for k, v in h.items():
+        if k != "machine":
+            print(f"{k:<22}{(f'{v:.3f}' if isinstance(v, float) else str(v)):>12}")
+    for name, var in (record.get("curve") or {}).get("variants", {}).items():
+        print(f"\ncurve {name} {var['changes']}")
+        print(f"{'step':>6}{'psnr':>8}{'ssim':>8}{'ctrl dB':>9}{'sat':>7}")
+        for p in var["curve"]:
+            print(f"{p['step']:>6}{p['psnr']:>8.2f}{p['ssim']:>8.3f}{p.get('ctrl_psnr_gain_db', math.nan):>9.2f}"
+                  f"{p['saturated_frac']:>7.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", default="configs/tiny.yaml")
+    p.add_argument("--set", action="append", default=[], help="pipeline config override key=value")
+    p.add_argument("--demo", action="store_true", help="run the real pipeline (CPU, local stack)")
+    p.add_argument("--install-minutes", type=float, default=0.0,
+                   help="environment install time of a fresh clone, added to demo_minutes")
+    p.add_argument("--curve", action="store_true", help="quality vs fine-tuning steps in one process")
+    p.add_argument("--base", default=None, help="base model URI (default: base.pretrained_uri)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the config's)")
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--variant", action="append", default=[])
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--out", default=str(RESULTS))
+    args = p.parse_args(argv)
+    if not (args.demo or args.curve):
+        p.error("choose --demo and/or --curve")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from pipelines.config import PipelineConfig
+
+    cfg = PipelineConfig.from_yaml(args.config, args.set)
+    record: dict[str, Any] = {"bench": "world_model_quality", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "machine": _machine(), "config": args.config, "overrides": args.set,
+                              "horizon": cfg.evaluate.protocol.horizon, "install_minutes": args.install_minutes}
+    if args.demo:
+        record["demo"] = run_demo(args)
+    if args.curve:
+        record["curve"] = run_curve(args)
+    record["headline"] = headline(record)
+    print_table(record)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    history = json.loads(out.read_text()) if out.exists() else []
+    history.append(record)
+    out.write_text(json.dumps(history, indent=1, default=float) + "\n")
+    print(f"\nappended to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
