@@ -8,7 +8,14 @@ import av
 import numpy as np
 from PIL import Image
 
-from v2w_core.eval.videos import LABEL_HEIGHT, drift_panels, plot_drift, side_by_side, write_video
+from v2w_core.eval.videos import (
+    LABEL_HEIGHT,
+    drift_panels,
+    plot_drift,
+    rollout_strip,
+    side_by_side,
+    write_video,
+)
 
 
 def _pair() -> tuple[np.ndarray, np.ndarray]:
@@ -84,3 +91,23 @@ def test_drift_plot_with_baselines_has_one_panel_per_metric(tmp_path: Path) -> N
     path = plot_drift(three, tmp_path / "three.png")
     assert Image.open(path).size == Image.open(one).size  # three curves share the psnr panel
     assert path.read_bytes() != one.read_bytes()  # ... and are drawn (with a legend)
+
+
+def test_rollout_strip_rows_show_truth_model_and_shuffled_frames() -> None:
+    """Row order and placement: the truth row holds the true frames, the model rows context + generated."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, size=(5, 8, 8, 3), dtype=np.uint8)
+    gen = np.full((3, 3, 8, 8), 1.0, np.float32)  # white
+    alt = np.full((3, 3, 8, 8), -1.0, np.float32)  # black
+    strip = rollout_strip([("c0", truth, gen, alt)], context_frames=2, scale=1, gap=0)
+    row_h = 8 + LABEL_HEIGHT
+    assert strip.shape[0] == 3 * row_h
+    split = 0  # gap=0: no extra space between context and future
+    truth_row = strip[LABEL_HEIGHT:row_h]
+    model_row = strip[row_h + LABEL_HEIGHT : 2 * row_h]
+    alt_row = strip[2 * row_h + LABEL_HEIGHT : 3 * row_h]
+    np.testing.assert_array_equal(truth_row[:, 8 * 4 + split : 8 * 5 + split], truth[4])
+    np.testing.assert_array_equal(model_row[:, :8], truth[0])  # context is the true frames
+    assert (model_row[:, 8 * 2 :] == 255).all() and (alt_row[:, 8 * 2 :] == 0).all()
+    no_alt = rollout_strip([("c0", truth, gen, None)], context_frames=2, scale=1, gap=0)
+    assert no_alt.shape[0] == 2 * row_h

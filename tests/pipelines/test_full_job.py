@@ -27,6 +27,7 @@ STAGES = ["ingest", "clips", "base", "causalize", "train", "evaluate", "register
 SMALL = [
     "data.episodes=8", "data.writer.eval_fraction=0.3", "data.source=bouncing-shapes",
     "data.source_options={episode_length: 24}",
+    "base.pretrained_uri=null",  # pretrain the base in the DAG (the demo ships one: asset://)
     "base.train.max_steps=3", "base.train.checkpoint.every_n_steps=3",
     "train.train.max_steps=3", "train.train.checkpoint.every_n_steps=3",
     "evaluate.protocol.max_episodes=2", "evaluate.protocol.horizon=4",

@@ -18,6 +18,7 @@ TINY = [
     "base.train.scaling={num_workers: 1, cpus_per_worker: 0.5}",
     "train.train.scaling={num_workers: 1, cpus_per_worker: 0.5}",
     "base.preset=tiny_unet3d_latent",
+    "base.pretrained_uri=null",  # pretrain the base in the DAG (the demo ships one: asset://)
     "base.train.max_steps=2", "base.train.checkpoint.every_n_steps=2",
     "train.train.max_steps=2", "train.train.checkpoint.every_n_steps=2",
     "evaluate.baseline=false", "evaluate.protocol.max_episodes=1", "evaluate.protocol.horizon=2",

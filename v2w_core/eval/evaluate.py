@@ -61,7 +61,7 @@ from v2w_core.eval.rollouts import (
     run_parallel_rollouts,
     split_fingerprint,
 )
-from v2w_core.eval.videos import plot_drift, side_by_side, write_video
+from v2w_core.eval.videos import plot_drift, rollout_strip, side_by_side, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,8 @@ def write_artifacts(
     report: MetricsReport,
     config: EvalConfig,
 ) -> list[Path]:
-    """Drift PNG, side-by-side videos of the first ``num_videos`` chunks, metrics/per-chunk JSON."""
+    """Drift PNG, side-by-side videos of the first ``num_videos`` chunks, a still strip of the same chunks
+    (truth / model / model under shuffled actions), metrics/per-chunk JSON."""
     paths = [
         plot_drift(
             report.drift, out_dir / "drift_curve.png", title="per-step metrics over the horizon vs baselines"
@@ -223,6 +224,13 @@ def write_artifacts(
         )
         name = chunk.chunk_id.replace("@", "_at_").replace("/", "_")
         paths.append(write_video(frames, out_dir / "videos" / f"{name}.{config.video_format}"))
+    strip_rows = [(c.chunk_id, c.frames, r.generated, r.shuffled) for c, r in zip(chunks, results, strict=True)]
+    if strip_rows:
+        from PIL import Image
+
+        strip = rollout_strip(strip_rows[: max(config.num_videos, 1)], config.context_frames)
+        Image.fromarray(strip).save(out_dir / "rollout_strip.png")
+        paths.append(out_dir / "rollout_strip.png")
     summary = {
         "metrics": report.metrics,
         "unavailable": {k: f"unavailable: {v}" for k, v in report.unavailable.items()},

@@ -75,6 +75,42 @@ def _label_strip(width: int, captions: Sequence[tuple[int, str]]) -> np.ndarray:
     return np.asarray(image)
 
 
+def rollout_strip(
+    rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]],
+    context_frames: int,
+    *,
+    scale: int = 2,
+    gap: int = 2,
+) -> np.ndarray:
+    """One still image to judge a world model at a glance: per chunk, a row of truth (context | true
+    future), a row of the model (context | generated) and, when given, a row generated from the same
+    noise under shuffled actions (what the actions change). ``rows``: (name, truth (T, H, W, 3) uint8,
+    generated (N, C, H, W) in [-1, 1], shuffled or None). Returns (H', W', 3) uint8, captioned."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    lines: list[tuple[str, np.ndarray]] = []
+    for name, truth, generated, shuffled in rows:
+        gt = to_uint8(truth)
+        lines.append((f"{name}: truth", gt))
+        lines.append(("model, recorded actions", np.concatenate([gt[:context_frames], to_uint8(generated)])))
+        if shuffled is not None:
+            lines.append(("model, shuffled actions", np.concatenate([gt[:context_frames], to_uint8(shuffled)])))
+    t, h, w, _ = lines[0][1].shape
+    cell_w, row_h = (w + gap) * scale, (h + gap) * scale + LABEL_HEIGHT
+    split = gap * scale * 3  # a wider gap between context and the frames after it
+    canvas = Image.new("RGB", (t * cell_w + split, len(lines) * row_h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default()
+    for r, (caption, frames) in enumerate(lines):
+        y = r * row_h
+        draw.text((2, y + 1), caption, fill=(0, 0, 0), font=font)
+        for i, frame in enumerate(frames):
+            x = i * cell_w + (split if i >= context_frames else 0)
+            tile = Image.fromarray(frame).resize((w * scale, h * scale), Image.NEAREST)
+            canvas.paste(tile, (x, y + LABEL_HEIGHT))
+    return np.asarray(canvas)
+
+
 def write_video(frames: np.ndarray, path: str | Path, *, fps: float = 4.0) -> Path:
     """Write (T, H, W, 3) uint8 as .gif or .mp4 (chosen by the suffix)."""
     path = Path(path)
