@@ -95,6 +95,9 @@ def run_stage(stage: Stage, root: str, force: bool, tracking: Mapping[str, Any] 
     ``fail_after``: crash the pipeline right after this stage has run and recorded its outputs, as a
     node loss or a bug in the next stage would (fault injection for resumption tests)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from v2w_core.data.clips import configure_progress
+
+    configure_progress()  # the stages' Ray Data executions: progress bars only for a terminal
     inputs = {u.name: u for u in upstream}
     fp = fingerprint(stage.name, stage.config, [inputs[n].fingerprint for n in stage.upstream])
     rec = record_uri(root, stage.name, fp)

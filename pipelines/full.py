@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from pipelines.config import PipelineConfig
 from pipelines.dag import Stage, StageResult, build_and_run, downstream_of
+from pipelines.preflight import PreflightError, preflight
 from pipelines.stages import (
     base_stage,
     causalize_stage,
@@ -31,7 +32,8 @@ from pipelines.stages import (
     register_stage,
     train_stage,
 )
-from v2w_core import storage
+from v2w_core.config import ConfigError
+from v2w_core.data.clips import PROGRESS_ENV, configure_progress
 
 log = logging.getLogger("pipelines.full")
 
@@ -73,6 +75,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--local-stack", action="store_true",
                    help="use the local stack started by `python -m infra.stack start` (endpoints, "
                         "dummy credentials, Ray head) for every variable not already set")
+    p.add_argument("--create-bucket", action="store_true",
+                   help="create run.root's bucket if it does not exist (default: a missing bucket is an "
+                        "error; with --local-stack it is created)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of setup errors")
     return p.parse_args(argv)
 
 
@@ -82,10 +88,7 @@ def start_tracking(cfg: PipelineConfig) -> tuple[dict[str, Any] | None, Any]:
         return None, None
     from mlflow.tracking import MlflowClient
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    if not uri:
-        raise SystemExit("MLFLOW_TRACKING_URI is not set: start the local stack (python -m infra.stack start) "
-                         "or set run.tracking=false")
+    uri = os.environ["MLFLOW_TRACKING_URI"]  # checked by the preflight
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(cfg.run.experiment)
     exp_id = exp.experiment_id if exp else client.create_experiment(cfg.run.experiment)
@@ -103,7 +106,9 @@ SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 
 def worker_env(*, include_secrets: bool) -> dict[str, str]:
     names = WORKER_ENV_VARS + (SECRET_ENV_VARS if include_secrets else ())
-    return {k: os.environ[k] for k in names if os.environ.get(k)}
+    env = {k: os.environ[k] for k in names if os.environ.get(k)}
+    env[PROGRESS_ENV] = "1" if sys.stdout.isatty() else "0"  # Ray Data progress bars only on a terminal
+    return env
 
 
 def use_stack_env(*, local_stack: bool) -> None:
@@ -129,24 +134,45 @@ def connect_ray(address: str | None, *, include_secrets: bool) -> None:
 
 
 def summarize(results: dict[str, StageResult]) -> str:
-    lines = []
+    """The final table: one row per stage (ran or cached, time, its main outputs)."""
+    rows = [("stage", "status", "time", "outputs")]
     for name, r in results.items():
-        state = "skipped (cached)" if r.skipped else f"ran in {r.seconds:.1f}s"
-        lines.append(f"  {name:<10} {state:<18} {r.outputs}")
+        brief = ", ".join(f"{k}={v}" for k, v in r.outputs.items()
+                          if isinstance(v, (bool, int, float, str)) and len(str(v)) <= 60)  # fmt: skip
+        rows.append((name, "cached" if r.skipped else "ran", "-" if r.skipped else f"{r.seconds:.1f}s",
+                     brief[:110] + ("..." if len(brief) > 110 else "")))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [f"  {a:<{widths[0]}}  {b:<{widths[1]}}  {c:>{widths[2]}}  {d}" for a, b, c, d in rows]
+    lines.insert(1, "  " + "-" * (sum(widths) + 6 + 7))
     return "\n".join(lines)
+
+
+def setup(args: argparse.Namespace) -> tuple[PipelineConfig, list[Stage], set[str]]:
+    """Load the config and run the preflight checks: everything that can be wrong with the command line,
+    the config or the services, found before Ray starts or an MLflow run exists."""
+    use_stack_env(local_stack=args.local_stack)
+    cfg = PipelineConfig.from_yaml(args.config, args.overrides)
+    stages = build_stages(cfg)
+    force = downstream_of(stages, args.from_stage) if args.from_stage else set()
+    address = None if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") else (
+        args.ray_address or os.environ.get("RAY_ADDRESS"))  # fmt: skip
+    preflight(cfg, ray_address=address, create_bucket=args.create_bucket or args.local_stack)
+    return cfg, stages, force
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    use_stack_env(local_stack=args.local_stack)
-    cfg = PipelineConfig.from_yaml(args.config, args.overrides)
-    stages = build_stages(cfg)
-    force = downstream_of(stages, args.from_stage) if args.from_stage else set()
-    if storage.is_s3(cfg.run.root):
-        storage.ensure_bucket(cfg.run.root)
-
-    connect_ray(args.ray_address, include_secrets=args.local_stack)
+    try:
+        cfg, stages, force = setup(args)
+        connect_ray(args.ray_address, include_secrets=args.local_stack)
+    except (ConfigError, PreflightError, ValueError, ConnectionError, TimeoutError) as err:
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(err).split()) if isinstance(err, PreflightError) else err}",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    configure_progress()
     tracking, client = start_tracking(cfg)
     status = "FAILED"
     try:

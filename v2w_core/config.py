@@ -7,6 +7,7 @@ Configs load from YAML and accept ``key.sub=value`` overrides (the pipeline's ``
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Self
 
@@ -32,13 +33,29 @@ class StrictConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Self:
+        """Load ``path`` and apply ``overrides``; a bad value is reported against the ``--set`` that put
+        it there, not against the file."""
         path = Path(path)
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror or err}") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" line {where.line + 1}" if where is not None else ""
+            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
         for item in overrides or []:
             apply_override(data, item)
-        return cls.from_dict(data, source=str(path))
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(_describe(err, str(path), overrides or [])) from None
 
 
 def apply_override(data: dict[str, Any], item: str) -> None:
@@ -58,9 +75,30 @@ def apply_override(data: dict[str, Any], item: str) -> None:
     node[keys[-1]] = yaml.safe_load(raw)
 
 
-def _describe(err: ValidationError, source: str) -> str:
-    lines = [f"invalid configuration in {source}:"]
+def _describe(err: ValidationError, source: str, overrides: list[str] | None = None) -> str:
+    """One line per problem; a key set by an override is blamed on ``--set <override>``."""
+    lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        lines.append(f"  {key}: {e['msg']}")
-    return "\n".join(lines)
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+            named = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg)
+            if named and not loc:  # a whole-model check that names the key itself
+                loc, msg = named.group(1).split("."), named.group(2)
+                key = named.group(1)
+        blamed = [o for o in overrides or [] if _override_covers(o, loc)]
+        origin = f"--set {blamed[-1]}" if blamed else source
+        lines.append(f"{origin}: {key}: {msg}")
+    if len(lines) == 1:
+        return f"invalid configuration: {lines[0]}"
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _override_covers(override: str, loc: list[str]) -> bool:
+    keys = [k for k in override.split("=", 1)[0].strip().split(".") if k]
+    n = min(len(keys), len(loc))
+    return n > 0 and keys[:n] == loc[:n]

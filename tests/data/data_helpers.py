@@ -60,21 +60,33 @@ def make_episode(
     )
 
 
-def rewrite_tar(path: Path, edit: Callable[[str, bytes], bytes | None]) -> None:
-    """Rewrite a tar in place, passing each member through ``edit(name, data)`` (None drops it)."""
+def rewrite_tar(path: Path, edit: Callable[[str, bytes], bytes | None], *, fix_checksums: bool = False) -> None:
+    """Rewrite a tar in place, passing each member through ``edit(name, data)`` (None drops it).
+
+    ``fix_checksums``: recompute each sample's ``checksums.json`` after the edit, as a writer that stored
+    bad data would have (so the schema checks behind the checksums are reached); otherwise the edit is
+    corruption after writing, which the checksums catch.
+    """
+    from v2w_core.data.shards import CHECKSUMS_EXT, checksums_member
+
     members: list[tuple[tarfile.TarInfo, bytes]] = []
     with tarfile.open(path, "r") as tar:
         for info in tar:
             f = tar.extractfile(info)
             assert f is not None
             members.append((info, f.read()))
+    edited = [(info, new) for info, data in members if (new := edit(info.name, data)) is not None]
+    if fix_checksums:
+        samples: dict[str, dict[str, bytes]] = {}
+        for info, data in edited:
+            key, ext = info.name.split(".", 1)
+            samples.setdefault(key, {})[ext] = data
+        edited = [(info, checksums_member(samples[info.name.split(".", 1)[0]])
+                   if info.name.endswith("." + CHECKSUMS_EXT) else data) for info, data in edited]  # fmt: skip
     with tarfile.open(path, "w") as tar:
-        for info, data in members:
-            new = edit(info.name, data)
-            if new is None:
-                continue
-            info.size = len(new)
-            tar.addfile(info, io.BytesIO(new))
+        for info, data in edited:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
 
 
 def npy(array: np.ndarray) -> bytes:

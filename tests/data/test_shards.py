@@ -16,9 +16,11 @@ from v2w_core.data.episode import Episode
 from v2w_core.data.errors import CorruptSampleError, EpisodeError, ShardError
 from v2w_core.data.manifest import Manifest
 from v2w_core.data.shards import (
+    CHECKSUMS_EXT,
     ReadStats,
     ShardWriter,
     ShardWriterConfig,
+    checksums_member,
     decode_sample,
     iter_episodes,
     iter_samples,
@@ -69,7 +71,7 @@ def test_sample_layout_in_tar(tmp_path: Path) -> None:
         meta = json.loads(tar.extractfile("layout-ep.json").read())  # type: ignore[union-attr]
         actions = np.load(io.BytesIO(tar.extractfile("layout-ep.actions.npy").read()))  # type: ignore[union-attr]
     assert sorted(names) == [
-        f"layout-ep.{x}" for x in ("actions.npy", "done.npy", "json", "mp4", "reward.npy")
+        f"layout-ep.{x}" for x in ("actions.npy", "checksums.json", "done.npy", "json", "mp4", "reward.npy")
     ]
     assert (
         meta["codec"] == "h264" and meta["content_hash"] == ep.content_hash() and meta["format_version"] == 1
@@ -104,7 +106,8 @@ def test_decode_sample_accepts_ray_shapes(tmp_path: Path) -> None:
     """Ray's read_webdataset yields raw bytes (decoder=None) or json->dict, npy->ndarray (default decoder)."""
     ep = make_episode("continuous", episode_id="ray-ep")
     (raw,) = _raw_samples(tmp_path, [ep])
-    assert set(raw) == {"__key__", "__url__", "json", "mp4", "actions.npy", "reward.npy", "done.npy"}
+    assert set(raw) == {"__key__", "__url__", "json", "mp4", "actions.npy", "reward.npy", "done.npy",
+                        CHECKSUMS_EXT}
     assert all(isinstance(raw[k], bytes) for k in raw if not k.startswith("__"))
     assert_episodes_equal(ep, decode_sample(raw, shard=raw["__url__"]), exact_frames=False, frame_mae=2.0)
     ray_default = dict(raw)
@@ -120,6 +123,7 @@ def test_decode_sample_accepts_ray_shapes(tmp_path: Path) -> None:
 
 
 def _corrupt(raw: dict, **changes: object) -> dict:
+    """A sample whose stored members break the schema although its checksums match (a writer bug)."""
     sample = dict(raw)
     for k, v in changes.items():
         k = k.replace("_npy", ".npy")
@@ -127,6 +131,7 @@ def _corrupt(raw: dict, **changes: object) -> dict:
             sample.pop(k)
         else:
             sample[k] = v
+    sample[CHECKSUMS_EXT] = checksums_member(sample)
     return sample
 
 
@@ -238,7 +243,8 @@ def test_undecodable_video_in_shard(dataset: tuple[Path, Manifest]) -> None:
     root, manifest = dataset
     path = _shard_path(root, manifest, 2)
     victim = manifest.rows_by_shard()[f"shards/{path.name}"][0]["key"]
-    rewrite_tar(path, lambda name, data: data[: len(data) // 2] if name == f"{victim}.mp4" else data)
+    rewrite_tar(path, lambda name, data: data[: len(data) // 2] if name == f"{victim}.mp4" else data,
+                fix_checksums=True)  # fmt: skip
     with pytest.raises(CorruptSampleError) as info:
         list(iter_episodes(manifest))
     assert (info.value.shard, info.value.key) == (str(path), victim)
@@ -261,7 +267,7 @@ def test_frame_action_mismatch_and_nan_in_stored_sample(dataset: tuple[Path, Man
             return npy(np.full(12, np.nan, dtype=np.float32))
         return data
 
-    rewrite_tar(path, edit)
+    rewrite_tar(path, edit, fix_checksums=True)
     with pytest.raises(CorruptSampleError, match=f"{k1}.*frame/action length mismatch"):
         list(iter_episodes(manifest))
     stats = ReadStats()
@@ -279,11 +285,14 @@ def test_bit_flip_caught_by_hash_in_lossless_mode(dataset: tuple[Path, Manifest]
     def edit(name: str, data: bytes) -> bytes:
         if name == f"{key}.actions.npy":
             arr = np.load(io.BytesIO(data))
-            arr[0] = (arr[0] + 1) % 5  # still a valid action: only the hash can notice
+            arr[0] = (arr[0] + 1) % 5  # still a valid action: only a hash can notice
             return npy(arr)
         return data
 
-    rewrite_tar(path, edit)
+    rewrite_tar(path, edit)  # corruption after writing: the member checksum catches it
+    with pytest.raises(CorruptSampleError, match=f"checksum mismatch in {key}.actions.npy"):
+        list(iter_episodes(manifest))
+    rewrite_tar(path, lambda name, data: data, fix_checksums=True)  # as if written so: the content hash
     with pytest.raises(CorruptSampleError, match="content hash mismatch"):
         list(iter_episodes(manifest))
     assert len(list(iter_episodes(manifest, verify=False))) == 8
@@ -302,12 +311,30 @@ def test_missing_shard(dataset: tuple[Path, Manifest]) -> None:
     assert all(b.shard == str(path) and "does not exist" in b.reason for b in stats.bad)
 
 
-def test_unlisted_samples_are_counted_not_returned(dataset: tuple[Path, Manifest]) -> None:
-    _, manifest = dataset
-    table = manifest.table.slice(1)  # forget the first episode in the manifest
+def test_unlisted_samples_are_counted_not_returned(dataset: tuple[Path, Manifest], caplog) -> None:
+    root, manifest = dataset
+    forgetful = Manifest(manifest.table.slice(1), manifest.root)  # the data set forgot its first episode
+    forgetful.write()
     stats = ReadStats()
-    got = list(iter_episodes(Manifest(table, manifest.root), stats=stats))
+    with caplog.at_level("WARNING"):
+        got = list(iter_episodes(str(root), stats=stats))
     assert len(got) == 7 and stats.unlisted == 1 and stats.reconciles
+    assert sum("no manifest lists" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_selection_of_a_data_set_reads_quietly(dataset: tuple[Path, Manifest], caplog) -> None:
+    """A frozen snapshot / split of the data set lists a subset of each shard's samples: the others are
+    the data set's own episodes, not strays, and must not be warned about (evaluation did, per sample)."""
+    root, manifest = dataset
+    snapshot = Manifest(manifest.table.slice(0, 3), manifest.root)
+    uri = snapshot.write(str(root / "manifest-eval-0123.parquet"))
+    stats = ReadStats()
+    with caplog.at_level("WARNING"):
+        got = list(iter_episodes(uri, stats=stats))
+        got_split = list(iter_episodes(manifest, split="train"))
+    assert len(got) == 3 and stats.unlisted == 0 and stats.reconciles and stats.num_bad == 0
+    assert len(got_split) == len(manifest.select(split="train"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"], [r.getMessage() for r in caplog.records]
 
 
 def test_shards_read_identically_by_rays_webdataset_reader(tmp_path: Path) -> None:
@@ -329,12 +356,130 @@ def test_shards_read_identically_by_rays_webdataset_reader(tmp_path: Path) -> No
 def test_corrupt_tar_header(dataset: tuple[Path, Manifest]) -> None:
     root, manifest = dataset
     path = _shard_path(root, manifest, 0)
-    n = len(manifest.rows_by_shard()[f"shards/{path.name}"])
+    keys = [r["key"] for r in manifest.rows_by_shard()[f"shards/{path.name}"]]
     data = bytearray(path.read_bytes())
-    data[:512] = b"\xff" * 512  # first member header destroyed
+    data[:2048] = b"\xff" * 2048  # the first member's headers and the start of its data destroyed
     path.write_bytes(bytes(data))
-    with pytest.raises(ShardError, match=f"{path.name}: unreadable tar"):
+    with pytest.raises(ShardError, match=f"{path.name}: damaged tar: garbled tar data at bytes 0-"):
         list(iter_episodes(manifest))
     stats = ReadStats()
-    assert len(list(iter_episodes(manifest, on_error="skip", stats=stats))) == 8 - n
-    assert stats.reconciles and stats.num_bad == n and {b.shard for b in stats.bad} == {str(path)}
+    got = {e.episode_id for e in iter_episodes(manifest, on_error="skip", stats=stats)}
+    assert stats.reconciles and [(b.shard, b.key) for b in stats.bad] == [(str(path), keys[0])]
+    assert "missing member" in stats.bad[0].reason and got == set(manifest.episode_ids()) - {keys[0]}
+
+
+# ------------------------------------------------- damage anywhere: counted, named, never silently wrong
+def _clean_read(manifest: Manifest) -> dict[str, str]:
+    return {e.episode_id: e.content_hash() for e in iter_episodes(manifest)}
+
+
+def _check_damaged_read(manifest: Manifest, path: Path, clean: dict[str, str]) -> ReadStats:
+    """Skip mode reads around the damage: counts reconcile, only the damaged shard has bad samples,
+    every episode that comes out is exactly what was written; fail mode raises one error naming it."""
+    stats = ReadStats()
+    got = {e.episode_id: e.content_hash() for e in iter_episodes(manifest, on_error="skip", stats=stats)}
+    assert stats.reconciles, stats.summary()
+    assert {b.shard for b in stats.bad} <= {str(path)}
+    assert all(clean[k] == h for k, h in got.items())
+    assert set(got) | {b.key for b in stats.bad} == set(clean)
+    if stats.bad:
+        with pytest.raises((ShardError, CorruptSampleError)) as info:
+            list(iter_episodes(manifest))
+        assert path.name in str(info.value) and "\n" not in str(info.value)
+    return stats
+
+
+def test_truncated_at_every_block(dataset: tuple[Path, Manifest]) -> None:
+    """Cut a shard at every 512-byte boundary (member boundaries included: tarfile's "empty header")
+    and in the middle of blocks (tarfile's "unexpected end of data")."""
+    root, manifest = dataset
+    clean = _clean_read(manifest)
+    path = _shard_path(root, manifest, 1)
+    data = path.read_bytes()
+    listed = {r["key"] for r in manifest.rows_by_shard()[f"shards/{path.name}"]}
+    cuts = sorted({*range(0, len(data), 512), *range(300, len(data), 4096)})
+    end_of_archive = -(-len(data.rstrip(b"\0")) // 512) * 512 + 1024  # last member + two zero blocks
+    bad_counts = []
+    for cut in cuts:
+        path.write_bytes(data[:cut])
+        stats = _check_damaged_read(manifest, path, clean)
+        bad_counts.append(stats.num_bad)
+        assert {b.key for b in stats.bad} <= listed
+        # Without a manifest the damage is still reported (as the cut sample, or keyless at a boundary).
+        raw = ReadStats()
+        list(read_shard(str(path), on_error="skip", stats=raw))
+        assert {b.shard for b in raw.bad} <= {str(path)}
+        assert raw.num_bad >= 1 or cut >= end_of_archive, cut  # only a cut in the final padding is harmless
+    assert bad_counts[0] == len(listed) and min(bad_counts) == 0 and max(bad_counts) == len(listed)
+    path.write_bytes(data)
+
+
+def test_garbled_bytes_anywhere(dataset: tuple[Path, Manifest]) -> None:
+    """16 garbled bytes at many places (headers, PAX records, data, padding, end marker): never an
+    exception in skip mode, never a wrong episode, counts reconcile."""
+    root, manifest = dataset
+    clean = _clean_read(manifest)
+    path = _shard_path(root, manifest, 0)
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    for at in sorted({*range(0, len(data) - 16, 1531), *range(0, 4096, 128)}):
+        damaged = bytearray(data)
+        damaged[at : at + 16] = rng.integers(0, 256, 16, dtype=np.uint8).tobytes()
+        path.write_bytes(bytes(damaged))
+        _check_damaged_read(manifest, path, clean)
+    path.write_bytes(data)
+
+
+def test_sixteen_flipped_bytes_in_lossy_video_are_caught(tmp_path: Path, shapes_episodes) -> None:
+    """Lossy H.264 has no content hash to check; the member checksum names the shard and the key."""
+    manifest = write_episodes(shapes_episodes[:3], str(tmp_path), ShardWriterConfig(), prefix="lossy")
+    (shard,) = manifest.shard_uris()
+    victim = shapes_episodes[1].episode_id
+
+    def flip(name: str, data: bytes) -> bytes:
+        if name != f"{victim}.mp4":
+            return data
+        out = bytearray(data)
+        for i in range(len(out) // 2, len(out) // 2 + 16):
+            out[i] ^= 0xFF
+        return bytes(out)
+
+    rewrite_tar(Path(shard), flip)
+    stats = ReadStats()
+    got = [e.episode_id for e in iter_episodes(manifest, on_error="skip", stats=stats)]
+    assert victim not in got and len(got) == 2 and stats.reconciles
+    assert [(b.shard, b.key) for b in stats.bad] == [(shard, victim)]
+    assert "checksum mismatch" in stats.bad[0].reason
+    with pytest.raises(CorruptSampleError, match=f"{victim}.*lossy-000000.tar.*checksum mismatch"):
+        list(iter_episodes(manifest))
+
+
+def test_old_shards_without_checksums_read_with_one_warning(tmp_path: Path, shapes_episodes, caplog) -> None:
+    from v2w_core.data import shards
+
+    manifest = write_episodes(shapes_episodes[:4], str(tmp_path), ShardWriterConfig(), prefix="old")
+
+    def strip(name: str, data: bytes) -> bytes | None:
+        if name.endswith("." + CHECKSUMS_EXT):
+            return None
+        if name.endswith(".json"):
+            meta = json.loads(data)
+            meta.pop("checksums")
+            return json.dumps(meta, sort_keys=True).encode()
+        return data
+
+    for uri in manifest.shard_uris():
+        rewrite_tar(Path(uri), strip)
+    shards._warned_unchecked.clear()
+    with caplog.at_level("WARNING"):
+        stats = ReadStats()
+        assert len(list(iter_episodes(manifest, stats=stats))) == 4 and stats.num_bad == 0
+        assert len(list(iter_episodes(manifest))) == 4
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "without checksums" in warnings[0], warnings
+    # A sample that announces checksums but lost the member is bad, not "old".
+    rewrite_tar(Path(manifest.shard_uris()[0]), lambda n, d: d)
+    sample = next(iter_samples(write_episodes(shapes_episodes[4:5], str(tmp_path / "new")).shard_uris()[0]))
+    del sample[CHECKSUMS_EXT]
+    with pytest.raises(CorruptSampleError, match="missing member .*checksums.json"):
+        decode_sample(sample, shard="s")

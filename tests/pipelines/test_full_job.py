@@ -75,6 +75,9 @@ def _submit(info, name: str, root: str, model_name: str, *extra: str, succeed: b
     out = proc.stdout + proc.stderr
     if succeed:
         assert proc.returncode == 0 and "succeeded" in out.lower(), out[-6000:]
+        # Quiet output (issue 21): no progress-bar flood, no false "unlisted sample" warnings.
+        assert len(out.splitlines()) <= 300, f"{len(out.splitlines())} lines:\n{out[-6000:]}"
+        assert "no manifest lists" not in out and "does not list" not in out, out[-6000:]
     else:
         assert proc.returncode != 0 and "failed" in out.lower(), out[-6000:]
     return out

@@ -25,8 +25,12 @@ Design decisions (and why):
 * **Actions are not shifted here.** ``actions[i]`` is the action taken at the clip's frame i (the data
   convention); the model's ``align_actions`` turns that into "frame t carries a_{t-1}", nulling the
   clip's first frame, as in training on any 16-frame window.
+* **Shards are read by our own reader.** A dataset of shard URIs, each read, verified (member checksums)
+  and cut into clips by one ``map_batches`` task. ``ray.data.read_webdataset`` is not used: its tar
+  reader fails the whole read at the first truncated or garbled byte, with no shard name.
 * **Nothing disappears silently.** Every listed episode ends up either read or bad: a corrupt sample
-  (``CorruptSampleError``) is logged with its shard and key and recorded in a small stats actor; with
+  (``CorruptSampleError``, a checksum mismatch, a sample cut by a truncated tar) or a damaged stretch of
+  a shard is logged with its shard (and key) and recorded in a small stats actor; with
   ``on_error="fail"`` it fails the pipeline instead. A shard listed in the manifest but missing from
   storage is reported by name before anything runs (its episodes count as bad, or it is fatal).
   Episodes listed but never found in their shard are reported as bad when :meth:`ClipDataset.report`
@@ -41,7 +45,7 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -53,7 +57,7 @@ from v2w_core.config import StrictConfig
 from v2w_core.data.codec import LOSSLESS_CODECS
 from v2w_core.data.errors import CorruptSampleError, ManifestError, ShardError
 from v2w_core.data.manifest import Manifest
-from v2w_core.data.shards import decode_sample
+from v2w_core.data.shards import decode_sample, iter_samples, known_keys
 
 log = logging.getLogger(__name__)
 
@@ -189,29 +193,38 @@ def _stats_actor() -> Any:
 
 
 # ---------------------------------------------------------------------------------- the per-block fn
-class _SamplesToClips:
-    """Ray Data ``map_batches`` function: a batch of WebDataset samples (episodes) -> all their clips.
+class _ShardsToClips:
+    """Ray Data ``map_batches`` function: a batch of shard URIs -> every clip of their listed episodes.
 
-    Batched on purpose: clips leave as stacked ``(N, L, H, W, 3)`` arrays (one copy, no per-row Arrow
-    conversion) and the outcome of the whole batch reaches the stats actor in one acknowledged call, so
+    Reads each shard with :func:`shards.iter_samples` (not ``read_webdataset``, whose tar reader aborts the
+    whole read at the first truncated or garbled byte): damage costs only the samples it touches, each
+    named by shard and key. Clips leave as stacked ``(N, L, H, W, 3)`` arrays (one copy, no per-row Arrow
+    conversion), a few episodes at a time (a generator, so a large shard is never held decoded whole),
+    and each shard's outcome reaches the stats actor in one acknowledged call, so
     :meth:`ClipDataset.report` never races the counts. Holds the selected manifest rows (key -> expected
     length / hash / codec) so every sample is checked against the manifest.
     """
 
+    #: Emit a batch once this many bytes of clips are ready.
+    _FLUSH_BYTES = 64 * 2**20
+
     def __init__(self, config: ClipConfig, rows: Mapping[str, Mapping[str, Any]], stats: Any, ds_id: str,
-                 shard_names: Mapping[str, str], other_split: set[str], frame_shape: tuple[int, int],
-                 action_shape: tuple[int, ...], action_dtype: str) -> None:  # fmt: skip
+                 known: set[str], frame_shape: tuple[int, int], action_shape: tuple[int, ...],
+                 action_dtype: str) -> None:  # fmt: skip
         self.config = config
-        self.other_split = frozenset(other_split)  # same shards, unselected split: skipped, not strays
+        self.known = frozenset(known)  # listed by the data set (other split, not selected): not strays
         self.rows = dict(rows)
         self.stats = stats
         self.ds_id = ds_id
-        self.shard_names = dict(shard_names)  # filesystem path -> URI, for messages
         self.frame_shape = frame_shape
         self.action_shape = action_shape
         self.action_dtype = np.dtype(action_dtype)
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        for shard in batch["shard"]:
+            yield from self._one_shard(str(shard))
+
+    def _one_shard(self, shard: str) -> Iterator[dict[str, np.ndarray]]:
         import ray
 
         L, stride = self.config.clip_length, self.config.stride
@@ -219,47 +232,63 @@ class _SamplesToClips:
         actions_out: list[np.ndarray] = []
         ids: list[str] = []
         starts_out: list[int] = []
+        pending = 0
         ok: dict[str, int] = {}
         bad: list[tuple[str, str, str]] = []
         strays: list[tuple[str, str]] = []
-        columns = list(batch)
-        failure: CorruptSampleError | None = None
-        for i in range(len(batch["__key__"])):
-            sample = {c: batch[c][i] for c in columns if batch[c][i] is not None}
-            url = str(sample.get("__url__"))
-            shard = self.shard_names.get(url, url)
-            key = str(sample.get("__key__"))
-            row = self.rows.get(key)
-            if row is None:
-                if key not in self.other_split:
-                    log.warning(
-                        "shard %s holds sample %s that the manifest does not list; ignored", shard, key
-                    )
-                    strays.append((shard, key))
-                continue
-            try:
-                episode = decode_sample(sample, shard=shard, verify=self.config.verify)
-                _check_row(episode, row, shard, verify=self.config.verify)
-            except CorruptSampleError as err:
-                log.warning("bad sample: shard=%s key=%s: %s", err.shard, err.key, err.reason)
-                bad.append((err.shard, err.key, err.reason))
-                if self.config.on_error == "fail":
-                    failure = err
-                    break
-                continue
-            starts = clip_starts(episode.length, L, stride)
-            ok[key] = len(starts)
-            if len(starts):
-                windows = np.lib.stride_tricks.sliding_window_view(episode.frames, L, axis=0)[::stride]
-                # (n, H, W, 3, L) view -> (n, L, H, W, 3) contiguous: one copy for all clips
-                frames_out.append(np.ascontiguousarray(np.moveaxis(windows[: len(starts)], -1, 1)))
-                actions_out.append(np.stack([episode.actions[s : s + L] for s in starts]))
-                ids.extend([key] * len(starts))
-                starts_out.extend(starts)
+        failure: Exception | None = None
+        try:
+            for sample in iter_samples(shard):
+                key = sample["__key__"]
+                if key is None:  # damage between samples: the manifest finds what it swallowed
+                    log.warning("shard %s is damaged: %s", shard, sample["__error__"])
+                    if self.config.on_error == "fail":
+                        failure = ShardError(shard, f"damaged tar: {sample['__error__']}")
+                        break
+                    continue
+                row = self.rows.get(key)
+                if row is None:
+                    if key not in self.known:
+                        strays.append((shard, key))
+                    continue
+                try:
+                    episode = decode_sample(sample, shard=shard, verify=self.config.verify)
+                    _check_row(episode, row, shard, verify=self.config.verify)
+                except CorruptSampleError as err:
+                    log.warning("bad sample: shard=%s key=%s: %s", err.shard, err.key, err.reason)
+                    bad.append((err.shard, err.key, err.reason))
+                    if self.config.on_error == "fail":
+                        failure = ShardError(shard, err.reason) if sample.get("__error__") else err
+                        break
+                    continue
+                starts = clip_starts(episode.length, L, stride)
+                ok[key] = len(starts)
+                if len(starts):
+                    windows = np.lib.stride_tricks.sliding_window_view(episode.frames, L, axis=0)[::stride]
+                    # (n, H, W, 3, L) view -> (n, L, H, W, 3) contiguous: one copy for all clips
+                    frames_out.append(np.ascontiguousarray(np.moveaxis(windows[: len(starts)], -1, 1)))
+                    actions_out.append(np.stack([episode.actions[s : s + L] for s in starts]))
+                    ids.extend([key] * len(starts))
+                    starts_out.extend(starts)
+                    pending += frames_out[-1].nbytes
+                if pending >= self._FLUSH_BYTES:
+                    yield self._assemble(frames_out, actions_out, ids, starts_out)
+                    frames_out, actions_out, ids, starts_out, pending = [], [], [], [], 0
+        except ShardError as err:  # missing, unreadable or not a WebDataset tar: its unread samples are bad
+            log.warning("shard %s: %s", shard, err.reason)
+            unread = [k for k, r in self.rows.items() if r["shard"] == shard and k not in ok
+                      and k not in {b[1] for b in bad}]  # fmt: skip
+            bad.extend((shard, k, err.reason) for k in unread)
+            if self.config.on_error == "fail":
+                failure = err
+        if strays:
+            log.warning("shard %s holds %d sample(s) that no manifest lists (%s); ignored", shard,
+                        len(strays), ", ".join(k for _, k in strays[:5]))  # fmt: skip
         ray.get(self.stats.record.remote(self.ds_id, ok, bad, strays))
         if failure is not None:
             raise failure
-        return self._assemble(frames_out, actions_out, ids, starts_out)
+        if ids:
+            yield self._assemble(frames_out, actions_out, ids, starts_out)
 
     def _assemble(self, frames: list[np.ndarray], actions: list[np.ndarray], ids: list[str],
                   starts: list[int]) -> dict[str, np.ndarray]:  # fmt: skip
@@ -376,26 +405,21 @@ def build_clip_dataset(manifest: Manifest | str, config: ClipConfig | None = Non
     if config.shuffle != "none":
         random.Random(config.seed).shuffle(present)
 
-    fs, paths = storage.get_filesystem_for(present)
-    shard_names = dict(zip(paths, present, strict=True))
-    # Episodes of the other split live in the same shards: skip them without counting them as strays.
-    other_keys = set(full.episode_ids()) - set(selected.episode_ids())
-    rows = {r["key"]: {"length": r["length"], "codec": r["codec"], "content_hash": r["content_hash"]}
+    # Episodes of other splits (or left out of a snapshot) live in the same shards: skip them quietly.
+    known = known_keys(full) - set(selected.episode_ids())
+    rows = {r["key"]: {"length": r["length"], "codec": r["codec"], "content_hash": r["content_hash"],
+                       "shard": shard_uris[r["shard"]]}
             for r in selected.rows() if shard_uris[r["shard"]] not in missing}  # fmt: skip
     first = selected.rows()[0]
     action_shape = () if first["action_type"] == "discrete" else (int(first["action_dim"]),)
     action_dtype = "int64" if first["action_type"] == "discrete" else "float32"
-    fn = _SamplesToClips(config, rows, stats, ds_id, shard_names, other_keys, (first["height"], first["width"]),
-                         action_shape, action_dtype)  # fmt: skip
+    fn = _ShardsToClips(config, rows, stats, ds_id, known, (first["height"], first["width"]),
+                        action_shape, action_dtype)  # fmt: skip
 
-    ds = ray.data.read_webdataset(
-        paths,
-        filesystem=fs,
-        decoder=None,  # bytes stay bytes: a corrupt member must reach decode_sample to be counted
-        include_paths=False,
-        override_num_blocks=config.read_blocks,
-    )
-    # One call per read block (a shard's samples): batch_size=None. Fused with the read into one task.
+    # One read task per shard (or ``read_blocks`` tasks): a block of shard URIs, read and cut into clips
+    # by the same task.
+    blocks = min(len(present), config.read_blocks or len(present))
+    ds = ray.data.from_items([{"shard": uri} for uri in present], override_num_blocks=blocks)
     ds = ds.map_batches(fn, batch_size=None, batch_format="numpy", num_cpus=config.decode_num_cpus)
     if config.shuffle == "global":
         ds = ds.random_shuffle(seed=config.seed)
@@ -403,7 +427,32 @@ def build_clip_dataset(manifest: Manifest | str, config: ClipConfig | None = Non
         ds = ds.randomize_block_order(seed=config.seed)
     log.info("clip dataset over %d shard(s), %d episodes (split %s), %d clips expected",
              len(present), len(selected), config.split, expected_clips)  # fmt: skip
-    return ClipDataset(ds, selected, config, expected_clips, missing, stats, ds_id, missing_bad, other_keys)
+    return ClipDataset(ds, selected, config, expected_clips, missing, stats, ds_id, missing_bad, known)
+
+
+#: Set to "1" by a driver whose stdout is a terminal, for the Ray tasks that run Ray Data executions.
+PROGRESS_ENV = "V2W_PROGRESS_BARS"
+
+
+def configure_progress(enabled: bool | None = None) -> bool:
+    """Ray Data progress bars only on a terminal: in a log file or a job's output they are thousands of
+    blank and cursor-control lines. ``None``: on when ``$V2W_PROGRESS_BARS`` is "1", or (unset) when
+    stdout is a TTY. Applies to Ray Data executions started by this process; returns the setting."""
+    import os
+    import sys
+
+    import ray.data
+
+    if enabled is None:
+        flag = os.environ.get(PROGRESS_ENV)
+        enabled = flag == "1" if flag is not None else sys.stdout.isatty()
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = enabled
+    ctx.enable_operator_progress_bars = enabled
+    ctx.use_ray_tqdm = enabled
+    ctx.print_on_execution_start = enabled
+    ctx.enable_auto_log_stats = False
+    return enabled
 
 
 def _check_uniform(manifest: Manifest) -> None:
@@ -425,6 +474,7 @@ __all__ = [
     "build_clip_dataset",
     "clip_starts",
     "collate_clips",
+    "configure_progress",
     "count_clips",
     "normalize_frames",
 ]

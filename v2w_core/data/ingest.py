@@ -18,6 +18,7 @@ import logging
 import sys
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -143,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _check_input(uri: str) -> None:
+    """``--input`` must exist; said before any converter turns the URI into a path (``s3://`` would
+    become ``s3:/``) or fails deep inside with a traceback."""
+    if storage.is_s3(uri):
+        if not storage.exists(uri):
+            raise ConfigError(f"--input {uri}: no such object or prefix (check the bucket and path)")
+    elif not Path(uri).expanduser().exists():
+        raise ConfigError(f"--input {uri}: no such file or directory")
+
+
 def _convert(args: argparse.Namespace) -> int:
     """``--input``: stream a user's data set through a converter into shards + manifest."""
     from v2w_core.data.converters import UnknownConverterError, convert
@@ -162,8 +173,9 @@ def _convert(args: argparse.Namespace) -> int:
                 "eval_fraction": args.eval_fraction,
             }
         )
+        _check_input(args.input)
         result = convert(args.source, args.input, args.out, writer, **options)
-    except (ConfigError, UnknownConverterError, DataError, StorageError) as err:
+    except (ConfigError, UnknownConverterError, DataError, StorageError, FileNotFoundError) as err:
         log.error("%s", err)
         return 2
     print(

@@ -2,7 +2,8 @@
 
 Layout of one sample (one episode) in a tar, all members adjacent, ``<key>`` = the episode id::
 
-    <key>.json          metadata: Episode.metadata() + codec + content_hash (utf-8 JSON)
+    <key>.checksums.json  {"sha256": {ext: hex digest}} of every other member's stored bytes
+    <key>.json          metadata: Episode.metadata() + codec + content_hash + checksums (utf-8 JSON)
     <key>.mp4           frames, codec "h264" / "h264-lossless" (libx264rgb in MP4)
        or <key>.zst     frames, codec "zstd" (zstd-compressed .npy of the uint8 array)
     <key>.actions.npy   actions (np.save, no pickle)
@@ -27,6 +28,7 @@ webdataset package's own reader and with Ray's ``read_webdataset`` is tested.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -52,7 +54,11 @@ log = logging.getLogger(__name__)
 
 OnError = Literal["skip", "fail"]
 SHARDS_DIR = "shards"
+#: Member of every sample holding the checksums of the others (see :func:`encode_sample`).
+CHECKSUMS_EXT = "checksums.json"
+CHECKSUM_ALGORITHM = "sha256"
 _TAR_BLOCK = 512
+_ZERO_BLOCK = bytes(_TAR_BLOCK)
 #: Read/write shards in large chunks: on S3 every read of the underlying file is a ranged GET.
 _IO_BUFSIZE = 4 * 1024 * 1024
 #: Sample key and extension of a tar member, the rule of webdataset's and Ray's readers.
@@ -63,12 +69,18 @@ _KEY_RE = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")
 def encode_sample(
     episode: Episode, codec: CodecConfig | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The tar members of one episode (``{"__key__": id, ext: bytes}``) and its metadata dict."""
+    """The tar members of one episode (``{"__key__": id, ext: bytes}``) and its metadata dict.
+
+    Besides the data members the sample carries ``<key>.checksums.json``: the sha256 of every other
+    member's stored bytes, so any change to them (a flipped byte in a lossy video that still decodes,
+    a cut member, a lost member) is caught on read, whatever the codec.
+    """
     codec = codec or CodecConfig()
     episode.validate()
     meta = episode.metadata()
     meta["codec"] = codec.name
     meta["content_hash"] = episode.content_hash()
+    meta["checksums"] = CHECKSUM_ALGORITHM
     sample: dict[str, Any] = {
         "__key__": episode.episode_id,
         "json": json.dumps(meta, sort_keys=True, allow_nan=False).encode("utf-8"),
@@ -79,7 +91,15 @@ def encode_sample(
         sample["reward.npy"] = _npy_bytes(episode.reward)
     if episode.done is not None:
         sample["done.npy"] = _npy_bytes(episode.done)
+    sample[CHECKSUMS_EXT] = checksums_member(sample)
     return sample, meta
+
+
+def checksums_member(sample: Mapping[str, Any]) -> bytes:
+    """The ``checksums.json`` member of a sample: sha256 of each other member's bytes."""
+    digests = {ext: hashlib.sha256(data).hexdigest() for ext, data in sorted(sample.items())
+               if not ext.startswith("__") and ext != CHECKSUMS_EXT}  # fmt: skip
+    return json.dumps({CHECKSUM_ALGORITHM: digests}, sort_keys=True).encode("utf-8")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -89,9 +109,10 @@ def _npy_bytes(array: np.ndarray) -> bytes:
 
 
 def _tar_size(sample: Mapping[str, Any]) -> int:
-    """Bytes the sample occupies in a tar: one header block per member plus data padded to blocks."""
+    """Bytes the sample occupies in a tar: per member a PAX header (two blocks: the fractional mtime),
+    its header block, and its data padded to blocks."""
     return sum(
-        _TAR_BLOCK + -(-len(v) // _TAR_BLOCK) * _TAR_BLOCK
+        3 * _TAR_BLOCK + -(-len(v) // _TAR_BLOCK) * _TAR_BLOCK
         for k, v in sample.items()
         if not k.startswith("__")
     )
@@ -111,8 +132,12 @@ def decode_sample(sample: Mapping[str, Any], *, shard: str, verify: bool = True)
     def bad(reason: str) -> CorruptSampleError:
         return CorruptSampleError(shard, key, reason)
 
-    if "__key__" not in sample:
+    if sample.get("__error__"):
+        raise bad(str(sample["__error__"]))
+    if "__key__" not in sample or sample["__key__"] is None:
         raise bad("sample has no __key__ (not a WebDataset sample?)")
+    if verify:
+        _verify_checksums(sample, key, shard, bad)
     meta = _load_json(sample, bad)
     version = meta.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -152,6 +177,50 @@ def decode_sample(sample: Mapping[str, Any], *, shard: str, verify: bool = True)
     if verify and codec in LOSSLESS_CODECS and meta.get("content_hash") != episode.content_hash():
         raise bad("content hash mismatch: decoded frames/actions differ from what was written")
     return episode
+
+
+_warned_unchecked: set[str] = set()
+
+
+def _verify_checksums(sample: Mapping[str, Any], key: str, shard: str, bad: Any) -> None:
+    """Check every member against ``checksums.json``; a sample written before checksums existed (no
+    such member, and metadata that does not announce one) is read with one warning per process."""
+    raw = sample.get(CHECKSUMS_EXT)
+    if raw is None:
+        meta = sample.get("json")
+        announced = (b'"checksums"' in meta) if isinstance(meta, (bytes, bytearray)) else (
+            isinstance(meta, Mapping) and "checksums" in meta)  # fmt: skip
+        if announced:
+            raise bad(f"missing member {key}.{CHECKSUMS_EXT} (the metadata says the sample has checksums)")
+        if "old" not in _warned_unchecked:
+            _warned_unchecked.add("old")
+            log.warning("shard %s (and maybe others) holds samples written without checksums (older "
+                        "writer): their stored bytes are not verified; rewrite the data set to add them",
+                        shard)  # fmt: skip
+        return
+    try:
+        listed = json.loads(_as_bytes(raw, CHECKSUMS_EXT))[CHECKSUM_ALGORITHM]
+        if not isinstance(listed, Mapping):
+            raise TypeError("not an object")
+    except (ValueError, TypeError, KeyError) as err:
+        raise bad(f"{key}.{CHECKSUMS_EXT} is unreadable ({err})") from None
+    members = {ext for ext in sample if not ext.startswith("__") and ext != CHECKSUMS_EXT}
+    missing = sorted(set(listed) - members)
+    if missing:
+        raise bad(f"missing member(s) {', '.join(f'{key}.{m}' for m in missing)} (listed in its checksums)")
+    extra = sorted(members - set(listed))
+    if extra:
+        raise bad(f"unexpected member(s) {', '.join(f'{key}.{m}' for m in extra)} (not in its checksums)")
+    for ext in sorted(listed):
+        value = sample[ext]
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            if "decoded" not in _warned_unchecked:
+                _warned_unchecked.add("decoded")
+                log.warning("samples arrive already decoded (Ray's default decoder?): their checksums "
+                            "cannot be verified; read with decoder=None")  # fmt: skip
+            continue
+        if hashlib.sha256(value).hexdigest() != listed[ext]:
+            raise bad(f"checksum mismatch in {key}.{ext}: its stored bytes differ from what was written")
 
 
 def _as_bytes(value: Any, what: str) -> bytes:
@@ -351,7 +420,7 @@ class ReadStats:
     expected: int | None = None
     read: int = 0
     bad: list[BadSample] = field(default_factory=list)
-    #: samples found in a shard but not listed in the manifest (ignored, logged).
+    #: samples found in a shard that no manifest of the data set lists (ignored, logged once per shard).
     unlisted: int = 0
 
     @property
@@ -370,8 +439,16 @@ class ReadStats:
 def iter_samples(uri: str) -> Iterator[dict[str, Any]]:
     """Raw samples of one shard, shaped as Ray yields them (``__key__``, ``__url__``, ext -> bytes).
 
-    Raises :class:`ShardError` for a missing or unreadable/truncated tar (after yielding the complete
-    samples before the damage).
+    Damage never ends the read early: a truncated tar yields every complete sample before the cut, a
+    garbled stretch is skipped and reading resumes at the next intact member header. Damage shows up as
+
+    * a sample with an ``__error__`` entry (the damage lies inside that sample: a member cut short, or
+      a garbled stretch between two of its members) - :func:`decode_sample` raises it as corrupt;
+    * a record ``{"__key__": None, "__url__": uri, "__error__": reason}`` where the damage cannot be
+      tied to one sample (between samples, a missing end-of-archive marker). Samples it swallowed whole
+      are found by the manifest; samples it cut are found by their missing members and checksums.
+
+    Raises :class:`ShardError` for a missing shard, or for a tar that breaks the WebDataset rules.
     """
     try:
         stream = storage.open_input_stream(uri)
@@ -382,8 +459,8 @@ def iter_samples(uri: str) -> Iterator[dict[str, Any]]:
     with stream:
         try:
             yield from _group_members(stream, uri)
-        except (tarfile.TarError, EOFError, OSError) as err:
-            raise ShardError(uri, f"unreadable tar (truncated or corrupt?): {err}") from err
+        except OSError as err:  # the storage layer failed mid-read (connection reset, ...)
+            raise ShardError(uri, f"read failed: {err}") from err
 
 
 def _add_sample(tar: tarfile.TarFile, sample: Mapping[str, Any], *, mtime: float) -> None:
@@ -397,34 +474,175 @@ def _add_sample(tar: tarfile.TarFile, sample: Mapping[str, Any], *, mtime: float
         tar.addfile(info, io.BytesIO(data))
 
 
+class _BufferedReader:
+    """Large reads from the shard stream (every read of an S3 file is a ranged GET), tracking the offset."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._buf = b""
+        self._pos = 0
+        self.offset = 0
+
+    def read(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        while n > 0:
+            if self._pos >= len(self._buf):
+                self._buf, self._pos = self._stream.read(max(_IO_BUFSIZE, n)), 0
+                if not self._buf:
+                    break
+            chunk = self._buf[self._pos : self._pos + n]
+            self._pos += len(chunk)
+            n -= len(chunk)
+            parts.append(chunk)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.offset += len(data)
+        return data
+
+
+@dataclass
+class _Damage:
+    reason: str
+    #: the damage is a member cut short (this member name), so it belongs to the sample being read
+    inside: str | None = None
+    #: the damage ended at a member header whose name is this (reading resumed there)
+    resumed_at: str | None = None
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    """PAX extended-header records (``"<len> <key>=<value>\\n"``)."""
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(data) and data[i] != 0:
+        space = data.index(b" ", i)
+        length = int(data[i:space])
+        if length <= 0:
+            raise ValueError("bad PAX record length")
+        key, value = data[space + 1 : i + length - 1].split(b"=", 1)
+        out[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+        i += length
+    return out
+
+
+def _iter_members(reader: _BufferedReader) -> Iterator[tuple[str, bytes] | _Damage]:
+    """``(name, data)`` of each regular member, with :class:`_Damage` where the tar is broken.
+
+    A small tar walker rather than ``tarfile``'s: ``tarfile`` stops silently at a garbled header in the
+    middle of an archive (everything after it vanishes without an error), raises on one after a PAX
+    header, and cannot resume after a truncated member. Here every header block is checked (its
+    checksum) and a bad one starts a scan for the next intact header; PAX (``x``), global PAX (``g``)
+    and GNU long-name (``L``) headers are understood, which covers what ``tarfile``/webdataset write.
+    """
+    overrides: dict[str, str] = {}
+    bad_from: int | None = None  # start of a garbled stretch being skipped
+    zeros_from: int | None = None  # start of a run of all-zero blocks
+    while True:
+        start = reader.offset
+        block = reader.read(_TAR_BLOCK)
+        if len(block) < _TAR_BLOCK:
+            if bad_from is not None:
+                yield _Damage(f"garbled tar data from byte {bad_from} to the end of the shard ({start})")
+            elif zeros_from is None or start - zeros_from < 2 * _TAR_BLOCK:
+                what = "inside a member header" if block else "without the end-of-archive marker"
+                yield _Damage(f"truncated: the shard ends at byte {start + len(block)} {what}")
+            return
+        if block == _ZERO_BLOCK:
+            if zeros_from is None:
+                zeros_from = start
+            continue
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except tarfile.HeaderError:
+            if bad_from is None:
+                bad_from = zeros_from if zeros_from is not None else start
+            zeros_from = None
+            continue
+        name = overrides.get("path", info.name)
+        if bad_from is not None or zeros_from is not None:
+            gap_from = bad_from if bad_from is not None else zeros_from
+            what = "garbled" if bad_from is not None else "zeroed"
+            yield _Damage(f"{what} tar data at bytes {gap_from}-{start} skipped", resumed_at=name)
+            bad_from = zeros_from = None
+        try:
+            size = int(overrides.get("size", info.size))
+        except ValueError:
+            size = info.size
+        data = reader.read(size)
+        if len(data) < size:
+            yield _Damage(f"truncated: the shard ends at byte {reader.offset}, inside member {name} "
+                          f"({len(data)} of {size} bytes)", inside=name)  # fmt: skip
+            return
+        reader.read(-size % _TAR_BLOCK)  # padding; if it is cut, the next read reports the truncation
+        if info.type == tarfile.XHDTYPE:
+            try:
+                overrides = _parse_pax(data)
+            except (ValueError, UnicodeDecodeError):
+                overrides = {}
+                yield _Damage(f"unreadable PAX header at byte {start}")
+            continue
+        if info.type == tarfile.XGLTYPE:
+            continue
+        if info.type == tarfile.GNUTYPE_LONGNAME:
+            overrides = {"path": data.rstrip(b"\0").decode("utf-8", "surrogateescape")}
+            continue
+        overrides = {}
+        if info.type in tarfile.REGULAR_TYPES:
+            yield name, data
+
+
+def _complete(sample: Mapping[str, Any]) -> bool:
+    """Whether a sample holds every member its checksums list (older samples: has its metadata)."""
+    raw = sample.get(CHECKSUMS_EXT)
+    if raw is None:
+        return "json" in sample
+    try:
+        return set(json.loads(raw)[CHECKSUM_ALGORITHM]) <= set(sample)
+    except (ValueError, TypeError, KeyError):
+        return False
+
+
 def _group_members(stream: Any, uri: str) -> Iterator[dict[str, Any]]:
     """Group adjacent tar members into samples by key, with webdataset's/Ray's rule: the key is the
     member name up to the first dot of its basename, the rest is the extension."""
-    with tarfile.open(fileobj=stream, mode="r|*", bufsize=_IO_BUFSIZE) as tar:  # big reads: few S3 GETs
-        current: dict[str, Any] | None = None
-        seen: set[str] = set()
-        for info in tar:
-            match = _KEY_RE.match(info.name)
-            if not info.isreg() or match is None:
+    current: dict[str, Any] | None = None
+    seen: set[str] = set()
+    for item in _iter_members(_BufferedReader(stream)):
+        if isinstance(item, _Damage):
+            where = _KEY_RE.match(item.inside or item.resumed_at or "")
+            key = where.group(1) if where else None
+            if current is not None and key == current["__key__"]:
+                current.setdefault("__error__", f"shard damaged inside this sample: {item.reason}")
                 continue
-            key, ext = match.groups()
-            member = tar.extractfile(info)
-            data = member.read() if member is not None else b""
-            tar.members = []  # streaming: do not keep every TarInfo of a large shard
-            if current is None or key != current["__key__"]:
-                if current is not None:
+            if current is not None and item.resumed_at is None:  # the shard ends here
+                if not _complete(current):
+                    current["__error__"] = f"shard damaged inside this sample: {item.reason}"
                     yield current
-                if key in seen:
-                    raise ShardError(
-                        uri, f"members of sample {key!r} are not adjacent (not a WebDataset tar)"
-                    )
-                seen.add(key)
-                current = {"__key__": key, "__url__": uri}
-            if ext in current:
-                raise ShardError(uri, f"duplicate member {info.name}")
-            current[ext] = data
-        if current is not None:
-            yield current
+                    current = None
+                    continue
+                yield current
+                current = None
+            if item.inside is not None and key is not None:  # cut inside the first member of a sample
+                yield {"__key__": key, "__url__": uri, "__error__": f"shard damaged inside this sample: "
+                       f"{item.reason}"}  # fmt: skip
+            else:
+                yield {"__key__": None, "__url__": uri, "__error__": item.reason}
+            continue
+        name, data = item
+        match = _KEY_RE.match(name)
+        if match is None:
+            continue
+        key, ext = match.groups()
+        if current is None or key != current["__key__"]:
+            if current is not None:
+                yield current
+            if key in seen:
+                raise ShardError(uri, f"members of sample {key!r} are not adjacent (not a WebDataset tar)")
+            seen.add(key)
+            current = {"__key__": key, "__url__": uri}
+        if ext in current:
+            raise ShardError(uri, f"duplicate member {name}")
+        current[ext] = data
+    if current is not None:
+        yield current
 
 
 def read_shard(
@@ -446,15 +664,18 @@ def iter_episodes(
     """Every episode the manifest (a :class:`Manifest`, or its URI / its root's) lists, optionally one
     split, shard by shard.
 
-    With ``on_error="skip"`` a bad sample, a missing shard or a truncated tar is logged with shard and
+    With ``on_error="skip"`` a bad sample, a missing shard or a damaged tar is logged with shard and
     key and recorded in ``stats`` instead of raised; listed episodes that never show up are recorded as
-    bad too, so ``stats.reconciles`` holds at the end.
+    bad too, so ``stats.reconciles`` holds at the end. The manifest may be a selection (a split, a
+    frozen snapshot): samples of the same shards that the data set's own manifest lists are skipped
+    quietly; only samples no manifest lists count as ``unlisted``.
     """
     if isinstance(manifest, str):
         manifest = Manifest.read(manifest)
     stats = stats if stats is not None else ReadStats()
     selected = manifest.select(split=split) if split else manifest
     stats.expected = (stats.expected or 0) + len(selected)
+    known = known_keys(manifest)
     for shard, rows in selected.rows_by_shard().items():
         yield from _read_one_shard(
             selected.shard_uri(shard),
@@ -462,9 +683,23 @@ def iter_episodes(
             on_error=on_error,
             stats=stats,
             verify=verify,
+            known=known,
         )
     level = logging.WARNING if stats.bad else logging.INFO
     log.log(level, "read episodes of %s: %s", selected.root, stats.summary())
+
+
+def known_keys(manifest: Manifest) -> set[str]:
+    """Keys listed by ``manifest`` or by the data set's own manifest in its root (when ``manifest`` is a
+    selection of it, such as a frozen eval split): other samples in the shards are not strays."""
+    keys = set(manifest.table.column("key").to_pylist())
+    uri = storage.join(manifest.root, MANIFEST_NAME)
+    try:
+        if storage.exists(uri):
+            keys |= set(Manifest.read(uri).table.column("key").to_pylist())
+    except (DataError, storage.StorageError) as err:
+        log.debug("cannot read %s to tell selected-out samples from strays: %s", uri, err)
+    return keys
 
 
 def _read_one_shard(
@@ -474,8 +709,11 @@ def _read_one_shard(
     on_error: OnError,
     stats: ReadStats,
     verify: bool,
+    known: set[str] | None = None,
 ) -> Iterator[Episode]:
     pending = dict(expected) if expected is not None else None
+    damage: list[str] = []
+    strays: list[str] = []
 
     def record(key: str | None, reason: str, err: Exception) -> None:
         if on_error == "fail":
@@ -485,13 +723,26 @@ def _read_one_shard(
 
     try:
         for sample in iter_samples(uri):
-            key = str(sample["__key__"])
+            key = sample["__key__"]
+            if key is None:  # damage not tied to one sample
+                reason = str(sample["__error__"])
+                if on_error == "fail":
+                    raise ShardError(uri, f"damaged tar: {reason}")
+                damage.append(reason)
+                if pending is None:
+                    record(None, reason, ShardError(uri, reason))
+                else:
+                    log.warning("shard %s is damaged: %s", uri, reason)
+                continue
+            key = str(key)
             if pending is not None:
                 if key not in pending:
-                    stats.unlisted += 1
-                    log.warning("shard %s holds sample %s that the manifest does not list; ignored", uri, key)
+                    if known is None or key not in known:
+                        strays.append(key)
                     continue
                 row = pending.pop(key)
+            if sample.get("__error__") and on_error == "fail":
+                raise ShardError(uri, f"damaged tar: {sample['__error__']} (sample {key})")
             try:
                 episode = decode_sample(sample, shard=uri, verify=verify)
                 if pending is not None:
@@ -509,8 +760,14 @@ def _read_one_shard(
         shard_failure: str | None = err.reason
     else:
         shard_failure = None
+    if strays:
+        stats.unlisted += len(strays)
+        log.warning("shard %s holds %d sample(s) that no manifest lists (%s%s); ignored", uri, len(strays),
+                    ", ".join(strays[:5]), " ..." if len(strays) > 5 else "")  # fmt: skip
     if pending:
         reason = shard_failure or "listed in the manifest but missing from the shard"
+        if damage and not shard_failure:
+            reason += f" (shard damaged: {'; '.join(damage)})"
         if on_error == "fail":
             key = next(iter(pending))
             raise CorruptSampleError(uri, key, f"{reason} ({len(pending)} missing)")
@@ -527,6 +784,7 @@ def _check_against_row(episode: Episode, row: Mapping[str, Any], shard: str, *, 
 
 
 __all__ = [
+    "CHECKSUMS_EXT",
     "BadSample",
     "OnError",
     "ReadStats",
@@ -536,6 +794,7 @@ __all__ = [
     "encode_sample",
     "iter_episodes",
     "iter_samples",
+    "known_keys",
     "read_shard",
     "write_episodes",
 ]

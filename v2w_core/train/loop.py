@@ -525,7 +525,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if tracker is not None:
                 tracker.log_metrics(metrics, step)
             if rank == 0:
-                logger.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+                logger.info("step %d/%d loss %.4g ETA %s (%s)", step, cfg.max_steps, metrics["loss"],
+                            time.strftime("%H:%M:%S", time.gmtime(step_time * (cfg.max_steps - step))),
+                            " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss"))
         losses.clear()
 
         position = {"step": step, "epoch": epoch, "batch_in_epoch": index + 1, "samples_seen": samples_seen}
