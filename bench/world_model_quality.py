@@ -59,28 +59,65 @@ def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, changes
 
 
-def _score(model: Any, chunks: list[Any], protocol: Any, device: str) -> dict[str, float]:
-    """PSNR/SSIM of the rollouts and controllability, with the serial (no-Ray) rollout path."""
+def _rollout_batch(model: Any, chunks: list[Any], protocol: Any, device: str, *, shuffled: bool) -> Any:
+    """All chunks as one batch (one generator): the curve evaluates often, and batch-1 rollouts
+    (the eval stage's reproducible-per-chunk path) would dominate its time. Same seed for the
+    recorded and the shuffled run, so the two differ only through the actions."""
+    import numpy as np
+    import torch
+
+    from v2w_core.data.clips import normalize_frames
+    from v2w_core.diffusion.rollout import rollout
+    from v2w_core.eval.rollouts import chunk_seed, shuffled_actions
+
+    k = protocol.context_frames
+    context = torch.stack([normalize_frames(torch.from_numpy(c.frames[:k]).permute(0, 3, 1, 2)).float()
+                           for c in chunks]).to(device)
+    acts = [shuffled_actions(c.actions, k, chunk_seed(protocol.seed, c.chunk_id)) if shuffled else c.actions
+            for c in chunks]
+    actions = torch.from_numpy(np.stack(acts)).to(device)
+    gen = torch.Generator(device="cpu").manual_seed(protocol.seed)
+    with torch.no_grad():
+        out = rollout(model, context, actions, protocol.horizon, protocol.rollout, generator=gen)
+    return out.float().cpu()
+
+
+def _score(model: Any, chunks: list[Any], protocol: Any, device: str) -> dict[str, Any]:
+    """PSNR/SSIM of the rollouts, controllability, and the fraction of saturated outputs."""
     import torch
 
     from v2w_core.eval.controllability import controllability
     from v2w_core.eval.metrics import psnr, ssim, to_unit
-    from v2w_core.eval.rollouts import rollout_chunks
 
-    results = rollout_chunks(model, chunks, protocol, device=device)
     k = protocol.context_frames
+    raw = _rollout_batch(model, chunks, protocol, device, shuffled=False)
+    gen = to_unit(raw.clamp(-1, 1))
     gt = torch.stack([to_unit(torch.from_numpy(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
-    gen = torch.stack([to_unit(torch.from_numpy(r.generated)) for r in results])
-    raw = torch.stack([torch.from_numpy(r.generated) for r in results])
-    out = {"psnr": float(psnr(gen, gt).mean()), "ssim": float(ssim(gen, gt).mean()),
-           "saturated_frac": float((raw.abs() >= 1 - 1 / 255).float().mean())}
-    out["psnr_per_step"] = psnr(gen, gt).mean(0).tolist()
-    if all(r.shuffled is not None for r in results):
-        alt = torch.stack([to_unit(torch.from_numpy(r.shuffled)) for r in results])
+    p = psnr(gen, gt)
+    out: dict[str, Any] = {"psnr": float(p.mean()), "ssim": float(ssim(gen, gt).mean()),
+                           "saturated_frac": float((raw.abs() >= 1 - 1 / 255).float().mean()),
+                           "psnr_per_step": [round(float(v), 3) for v in p.mean(0)]}
+    if model.action_encoder is not None:
+        alt = to_unit(_rollout_batch(model, chunks, protocol, device, shuffled=True).clamp(-1, 1))
         c = controllability(gt * 2 - 1, gen * 2 - 1, alt * 2 - 1)
         out["ctrl_psnr_gain_db"] = c["ctrl_psnr_gain_db"]
         out["ctrl_rollout_diff"] = c["ctrl_rollout_diff"]
     return out
+
+
+def _save_strip(model: Any, chunks: list[Any], protocol: Any, device: str, path: Path, rows: int = 3) -> None:
+    """The README's picture: truth / model / model under shuffled actions for the first chunks."""
+    from PIL import Image
+
+    from v2w_core.eval.videos import rollout_strip
+
+    picked = chunks[:rows]
+    gen = _rollout_batch(model, picked, protocol, device, shuffled=False).clamp(-1, 1).numpy()
+    alt = _rollout_batch(model, picked, protocol, device, shuffled=True).clamp(-1, 1).numpy()
+    strip = rollout_strip([(c.chunk_id, c.frames, g, a) for c, g, a in zip(picked, gen, alt, strict=True)],
+                          protocol.context_frames, scale=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(strip).save(path)
 
 
 def copy_last_scores(chunks: list[Any], k: int) -> dict[str, float]:
@@ -139,7 +176,7 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
         for key, value in changes.items():
             if key.startswith("clips."):
                 clip_cfg[key[6:]] = value
-            elif key.startswith("rollout.") or key.startswith("protocol."):
+            elif key.startswith(("rollout.", "protocol.")):
                 _set(proto, key.split(".", 1)[1] if key.startswith("protocol.") else key, value)
             else:
                 _set(section, key, value)
@@ -148,14 +185,15 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
         section.update({"experiment": f"curve-{name}", "mode": "finetune", "storage_path": "/tmp/curve",
                         "micro_batch_per_worker": batch, "scaling": {"num_workers": 1},
                         "model": {"base_uri": base_uri, "action_space": space}})
-        if args.steps:
+        if args.steps and "max_steps" not in changes:
             section["max_steps"] = args.steps
         tcfg = TrainConfig.from_dict(section, source=f"variant {name}")
         vprotocol = EvalConfig.model_validate(proto)
         frames, actions = episode_clips(train_eps, clip_cfg["clip_length"], clip_cfg["stride"])
         points: list[dict[str, Any]] = []
 
-        def evaluate(step: int, model: Any, points: list = points, vprotocol: Any = vprotocol) -> None:
+        def evaluate(step: int, model: Any, points: list = points, vprotocol: Any = vprotocol,
+                     name: str = name) -> None:
             t = time.perf_counter()
             score = _score(model, chunks, vprotocol, args.device)
             points.append({"step": step, **score})
@@ -167,6 +205,8 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
         run = train_local(tcfg, ClipArrays(frames, actions), device=args.device, model=fresh_causal(),
                           callback=evaluate, callback_every=args.eval_every or tcfg.max_steps,
                           log_every=max(tcfg.max_steps // 10, 1))
+        if args.strip and name == "config":
+            _save_strip(run.model, chunks, vprotocol, args.device, Path(args.strip))
         out["variants"][name] = {"changes": changes, "steps": run.step, "train_seconds": run.seconds,
                                  "clips": len(frames), "global_batch": batch, "curve": points}
     out["seconds"] = time.perf_counter() - t0
@@ -176,31 +216,31 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ demo
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
     """The product path: the whole pipeline on the local stack, into a fresh run root, timed."""
+    from infra.stack import StackConfig
     from pipelines.config import PipelineConfig
     from v2w_core import storage
 
-    root = f"s3://v2w/bench/quality-{int(time.time())}"
-    cmd = [sys.executable, "pipelines/full.py", "--local-stack", "--config", args.config,
-           "--set", f"run.root={root}", "--set", f"run.name=quality-{int(time.time())}", *sum((["--set", s] for s in args.set), [])]
-    env = dict(os.environ)
+    stamp = int(time.time())
+    overrides = [*args.set, f"run.root=s3://v2w/bench/quality-{stamp}", f"run.name=quality-{stamp}"]
+    cfg = PipelineConfig.from_yaml(args.config, overrides)
+    cmd = [sys.executable, "pipelines/full.py", "--local-stack", "--config", args.config]
+    for item in overrides:
+        cmd += ["--set", item]
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "infra.stack", "start"], cwd=ROOT, check=True, env=env)
-    proc = subprocess.run(cmd, cwd=ROOT, env=env)
+    subprocess.run([sys.executable, "-m", "infra.stack", "start"], cwd=ROOT, check=True)
+    proc = subprocess.run(cmd, cwd=ROOT, check=False)
     minutes = (time.perf_counter() - t0) / 60
     if proc.returncode:
         raise SystemExit(f"demo pipeline failed (exit {proc.returncode})")
-    from infra.stack import stack_env
-
-    os.environ.update(stack_env())
-    cfg = PipelineConfig.from_yaml(args.config, [*args.set, f"run.root={root}"])
-    records = {}
+    for key, value in StackConfig.from_env().client_env().items():
+        os.environ.setdefault(key, value)
+    records: dict[str, Any] = {}
     for stage in ("evaluate", "register", "train"):
-        uris = [u for u in storage.list_files(storage.join(root, "stages", stage)) if u.endswith(".json")]
-        records[stage] = json.loads(storage.read_bytes(sorted(uris)[-1]))["outputs"] if uris else {}
+        uris = [u for u in storage.list_files(storage.join(cfg.run.root, "stages", stage)) if u.endswith(".json")]
+        records[stage] = json.loads(storage.read_bytes(uris[-1]))["outputs"] if uris else {}
     ev = records["evaluate"]
-    m, b = ev.get("metrics", {}), ev.get("baseline_metrics", {})
-    return {"pipeline_minutes": minutes, "root": root, "config": args.config,
-            "horizon": cfg.evaluate.protocol.horizon, "metrics": m, "baseline_metrics": b,
+    return {"pipeline_minutes": minutes, "root": cfg.run.root, "horizon": cfg.evaluate.protocol.horizon,
+            "metrics": ev.get("metrics", {}), "baseline_metrics": ev.get("baseline_metrics", {}),
             "register": records["register"], "train": records["train"]}
 
 
@@ -260,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-every", type=int, default=None)
     p.add_argument("--variant", action="append", default=[])
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--strip", default=None, help="save a PNG strip of the config recipe's rollouts here")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     if not (args.demo or args.curve):
