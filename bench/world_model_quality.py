@@ -236,8 +236,9 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
         os.environ.setdefault(key, value)
     records: dict[str, Any] = {}
     for stage in ("evaluate", "register", "train"):
-        uris = [u for u in storage.list_files(storage.join(cfg.run.root, "stages", stage)) if u.endswith(".json")]
-        records[stage] = json.loads(storage.read_bytes(uris[-1]))["outputs"] if uris else {}
+        found = [json.loads(storage.read_bytes(u)) for u in storage.list_files(storage.join(cfg.run.root, "stages", stage))
+                 if u.endswith(".json")]
+        records[stage] = next((r["outputs"] for r in found if "outputs" in r), {})  # the stage's completion record
     ev = records["evaluate"]
     return {"pipeline_minutes": minutes, "root": cfg.run.root, "horizon": cfg.evaluate.protocol.horizon,
             "metrics": ev.get("metrics", {}), "baseline_metrics": ev.get("baseline_metrics", {}),

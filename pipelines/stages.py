@@ -248,7 +248,10 @@ def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
         common["tracking_uri"] = None
     base = None
     if cfg["baseline"]:
-        base = evaluate(inputs["causalize"].outputs["model"], manifest, protocol, run_name="eval:baseline",
+        # The untrained action encoder outputs exactly zero: its shuffled-action rollouts would equal the
+        # recorded ones, so the baseline skips them (a third of the stage's rollouts on the demo).
+        base_protocol = protocol.model_copy(update={"controllability": False})
+        base = evaluate(inputs["causalize"].outputs["model"], manifest, base_protocol, run_name="eval:baseline",
                         tags={"v2w.baseline": "untrained-causal-base"}, **common)
     result = evaluate(inputs["train"].outputs["model"], manifest, protocol, run_name="eval:trained",
                       baseline=base, **common)

@@ -122,3 +122,24 @@ def test_finetune_needs_actions_and_time_budget_stops_early(tmp_path) -> None:
         train_local(cfg, ClipArrays(_clips().frames), model=model)
     run = train_local(cfg, _clips(), model=model, time_budget_s=0.0, checkpoint_dir=tmp_path / "ck", log_every=0)
     assert run.step == 1 and (tmp_path / "ck" / "state.json").exists()
+
+
+def test_ema_warms_up_instead_of_keeping_the_initial_weights() -> None:
+    """A fixed 0.999 decay keeps 0.999^n of the initial weights (9.5 % after 100 steps); the warm-up
+    forgets them, and its update count survives a state-dict round trip (resume)."""
+    from v2w_core.train.loop import Ema
+
+    layer = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.zero_()
+    ema = Ema(layer, 0.999)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.fill_(1.0)
+    for _ in range(100):
+        ema.update(layer)
+    assert min(float(v.min()) for v in ema.shadow.values()) > 0.99
+    again = Ema(layer, 0.999)
+    again.load_state_dict(ema.state_dict())
+    assert again.num_updates == 100 and again.current_decay() == pytest.approx(101 / 110)

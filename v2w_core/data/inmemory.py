@@ -24,8 +24,15 @@ from v2w_core.data.manifest import assign_split
 logger = logging.getLogger(__name__)
 
 
-def _record_range(source: str, options: dict[str, Any], seed: int, indices: Sequence[int]) -> list[Episode]:
+def _record_range(source: str, options: dict[str, Any], seed: int, indices: Sequence[int],
+                  own_cwd: bool = False) -> list[Episode]:
     from v2w_core.data.sources import get_source
+
+    if own_cwd:  # a pool worker: ViZDoom writes _vizdoom/ into the cwd, and parallel engines race on it
+        import os
+        import tempfile
+
+        os.chdir(tempfile.mkdtemp(prefix="v2w-record-"))
 
     src = get_source(source, **options)
     try:
@@ -46,7 +53,8 @@ def record_episodes(
         return _record_range(source, options, seed, indices)
     parts = [indices[i::workers] for i in range(workers)]
     with ProcessPoolExecutor(workers) as pool:
-        done = list(pool.map(_record_range, [source] * workers, [options] * workers, [seed] * workers, parts))
+        done = list(pool.map(_record_range, [source] * workers, [options] * workers, [seed] * workers, parts,
+                             [True] * workers))
     by_index = {i: ep for part, eps in zip(parts, done, strict=True) for i, ep in zip(part, eps, strict=True)}
     return [by_index[i] for i in indices]
 

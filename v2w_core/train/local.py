@@ -93,8 +93,8 @@ class LocalRun:
     seconds: float = 0.0
 
 
-def _save_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, ema: dict[str, torch.Tensor] | None,
-                step: int, losses: list[float]) -> None:
+def _save_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, ema: Any, step: int,
+                losses: list[float]) -> None:
     """A resumable state without pickles: weights, EMA and Adam moments as safetensors, the rest as JSON."""
     from safetensors.torch import save_file
 
@@ -110,7 +110,7 @@ def _save_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, ema: d
             for k, v in optimizer.state.get(p, {}).items():
                 if isinstance(v, torch.Tensor):
                     tensors[f"adam/{names[id(p)]}/{k}"] = v.detach().float().cpu().contiguous().reshape(-1)
-    for n, v in (ema or {}).items():
+    for n, v in (ema.state_dict() if ema is not None else {}).items():
         tensors[f"ema/{n}"] = v.detach().cpu().contiguous()
     save_file(tensors, str(tmp / "optim.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses}))
@@ -121,8 +121,7 @@ def _save_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, ema: d
     tmp.rename(path)
 
 
-def _load_state(path: Path, model: Any, optimizer: torch.optim.Optimizer,
-                ema: dict[str, torch.Tensor] | None) -> tuple[int, list[float]]:
+def _load_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, ema: Any) -> tuple[int, list[float]]:
     from safetensors.torch import load_file
 
     from v2w_core.models.io import load_world_model
@@ -141,8 +140,7 @@ def _load_state(path: Path, model: Any, optimizer: torch.optim.Optimizer,
         if st:
             optimizer.state[p] = st
     if ema is not None:
-        for n in ema:
-            ema[n].copy_(tensors[f"ema/{n}"])
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema/")})
     state = json.loads((path / "state.json").read_text())
     return int(state["step"]), list(state["losses"])
 
@@ -171,7 +169,7 @@ def train_local(
     from v2w_core.diffusion.losses import bidirectional_pretrain_loss, diffusion_forcing_loss
     from v2w_core.diffusion.schedule import NoiseSchedule
     from v2w_core.train.deepspeed_config import param_groups
-    from v2w_core.train.loop import build_model
+    from v2w_core.train.loop import Ema, build_model
 
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
@@ -186,7 +184,7 @@ def train_local(
     o = cfg.optim
     optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, weight_decay=o.weight_decay,
                                   **({"fused": True} if device.type == "cuda" else {"foreach": True}))
-    ema = ({n: p.detach().float().clone() for n, p in model.named_parameters()} if cfg.ema.enabled else None)
+    ema = Ema(model, cfg.ema.decay) if cfg.ema.enabled else None
     schedule = NoiseSchedule()
     autocast = cfg.precision == "bf16" and device.type == "cuda"
 
@@ -208,7 +206,7 @@ def train_local(
         live = {n: p.detach().clone() for n, p in model.named_parameters()}
         with torch.no_grad():
             for n, p in model.named_parameters():
-                p.copy_(ema[n])
+                p.copy_(ema.shadow[n])
         try:
             model.eval()
             fn()
@@ -242,9 +240,7 @@ def train_local(
         losses.append(total)
         window.append(total)
         if ema is not None:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    ema[n].mul_(cfg.ema.decay).add_(p.detach().float(), alpha=1 - cfg.ema.decay)
+            ema.update(model)
         if log_every and step % log_every == 0:
             logger.info("step %d/%d loss %.4f lr %.3g (%.1f s)", step, cfg.max_steps, sum(window) / len(window),
                         optimizer.param_groups[0]["lr"], time.perf_counter() - t0)
@@ -261,7 +257,7 @@ def train_local(
     if ema is not None:
         with torch.no_grad():
             for n, p in model.named_parameters():
-                p.copy_(ema[n])
+                p.copy_(ema.shadow[n])
     return LocalRun(model=model.eval(), step=step, losses=losses, seconds=time.perf_counter() - t0)
 
 
