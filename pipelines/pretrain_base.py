@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                   "loss_first_100": sum(losses[:100]) / max(len(losses[:100]), 1),
                   "loss_last_100": sum(losses[-100:]) / max(len(losses[-100:]), 1)},
         "parameters": int(sum(p.numel() for p in model.parameters())),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor(),
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
         "seconds": {"record": round(record_s, 1), "train": round(seconds, 1)},
         "sha256": {w.name: hashlib.sha256(w.read_bytes()).hexdigest() for w in weights},
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
