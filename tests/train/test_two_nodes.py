@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -31,10 +33,19 @@ def two_node_run(mlflow_stack: Any) -> dict[str, Any]:
     prefix = f"s3://{mlflow_stack.bucket}/test-two-nodes-{uuid.uuid4().hex[:8]}/"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "tests.train.two_node_run", prefix],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=720, check=False,
-    )  # fmt: skip
+    # ray.cluster_utils.Cluster writes "ray_current_cluster" into Ray's *default* temp dir (/tmp/ray), which
+    # does not exist on a machine where Ray never ran with defaults (issue 21, item 0): give the run its
+    # own default temp dir, created here, instead of relying on (or polluting) the machine's.
+    ray_tmp = tempfile.mkdtemp(prefix="v2w-rt-", dir="/tmp")
+    os.makedirs(os.path.join(ray_tmp, "ray"))
+    env["RAY_TMPDIR"] = ray_tmp
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.train.two_node_run", prefix],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=720, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("TWO_NODE_RESULT ")]
     assert proc.returncode == 0 and lines, (proc.stdout + proc.stderr)[-6000:]
     return json.loads(lines[-1].removeprefix("TWO_NODE_RESULT "))
