@@ -58,7 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         champion = client.get_model_version_by_alias(name, "champion")
     except Exception as err:  # noqa: BLE001 - MLflow raises its own RestException subclasses
-        raise SystemExit(f"no champion for {name!r} in the registry ({err}); run pipelines/full.py first")
+        raise SystemExit(
+            f"no champion for {name!r} in the registry ({type(err).__name__}): run pipelines/full.py first; "
+            "versions that did not beat copy-last-frame are registered but rejected (tag v2w.rejected) and "
+            "never become champion, so there is nothing to warm-start from"
+        ) from None
     tags = champion.tags
     manifest_uri, cutoff = tags["v2w.data_manifest"], datetime.fromisoformat(tags["v2w.data_cutoff"])
     manifest = Manifest.read(manifest_uri)
