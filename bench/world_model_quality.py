@@ -83,25 +83,26 @@ def _rollout_batch(model: Any, chunks: list[Any], protocol: Any, device: str, *,
 
 
 def _score(model: Any, chunks: list[Any], protocol: Any, device: str) -> dict[str, Any]:
-    """PSNR/SSIM of the rollouts, controllability, and the fraction of saturated outputs."""
-    import torch
+    """The eval stage's own metrics (:func:`v2w_core.eval.compute_metrics`: PSNR/SSIM, copy-last-frame,
+    controllability, saturation) of batched rollouts, under the point's short keys."""
+    from v2w_core.eval import compute_metrics
+    from v2w_core.eval.rollouts import RolloutResult
 
-    from v2w_core.eval.controllability import controllability
-    from v2w_core.eval.metrics import psnr, ssim, to_unit
-
-    k = protocol.context_frames
-    raw = _rollout_batch(model, chunks, protocol, device, shuffled=False)
-    gen = to_unit(raw.clamp(-1, 1))
-    gt = torch.stack([to_unit(torch.from_numpy(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
-    p = psnr(gen, gt)
-    out: dict[str, Any] = {"psnr": float(p.mean()), "ssim": float(ssim(gen, gt).mean()),
-                           "saturated_frac": float((raw.abs() >= 1 - 1 / 255).float().mean()),
-                           "psnr_per_step": [round(float(v), 3) for v in p.mean(0)]}
-    if model.action_encoder is not None:
-        alt = to_unit(_rollout_batch(model, chunks, protocol, device, shuffled=True).clamp(-1, 1))
-        c = controllability(gt * 2 - 1, gen * 2 - 1, alt * 2 - 1)
-        out["ctrl_psnr_gain_db"] = c["ctrl_psnr_gain_db"]
-        out["ctrl_rollout_diff"] = c["ctrl_rollout_diff"]
+    gen = _rollout_batch(model, chunks, protocol, device, shuffled=False).clamp(-1, 1).numpy()
+    alt = None
+    if protocol.controllability and model.action_encoder is not None:
+        alt = _rollout_batch(model, chunks, protocol, device, shuffled=True).clamp(-1, 1).numpy()
+    results = [RolloutResult(c.chunk_id, c.episode_id, gen[i], None if alt is None else alt[i])
+               for i, c in enumerate(chunks)]
+    report = compute_metrics(chunks, results, protocol)
+    m = report.metrics
+    out: dict[str, Any] = {"psnr": m["psnr_mean"], "ssim": m["ssim_mean"],
+                           "copy_last_psnr": m["copy_last_psnr_mean"], "copy_last_ssim": m["copy_last_ssim_mean"],
+                           "saturated_frac": m["gen_saturated_frac"],
+                           "psnr_per_step": [round(v, 3) for v in report.drift["psnr"]]}
+    for key in ("ctrl_psnr_gain_db", "ctrl_rollout_diff"):
+        if key in m:
+            out[key] = m[key]
     return out
 
 
@@ -118,17 +119,6 @@ def _save_strip(model: Any, chunks: list[Any], protocol: Any, device: str, path:
                           protocol.context_frames, scale=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(strip).save(path)
-
-
-def copy_last_scores(chunks: list[Any], k: int) -> dict[str, float]:
-    import torch
-
-    from v2w_core.eval.metrics import psnr, ssim, to_unit
-
-    gt = torch.stack([to_unit(torch.from_numpy(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
-    last = torch.stack([to_unit(torch.from_numpy(c.frames[k - 1]).permute(2, 0, 1)) for c in chunks])
-    rep = last[:, None].expand_as(gt)
-    return {"psnr": float(psnr(rep, gt).mean()), "ssim": float(ssim(rep, gt).mean())}
 
 
 def run_curve(args: argparse.Namespace) -> dict[str, Any]:
@@ -157,7 +147,6 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
         chunks = [c for c in chunks if c.episode_id in keep]
     log.info("data: %d train / %d eval episodes, %d eval chunks (%.0f s)", len(train_eps), len(eval_eps),
              len(chunks), time.perf_counter() - t0)
-    copy_last = copy_last_scores(chunks, protocol.context_frames)
     space = {"type": episodes[0].action_space.type, "dim": episodes[0].action_space.dim}
 
     def fresh_causal() -> Any:
@@ -168,6 +157,7 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
 
     untrained = _score(fresh_causal().to(args.device).eval(), chunks, protocol, args.device)
     variants = [("config", {})] + [_parse_variant(v) for v in args.variant]
+    copy_last = {"psnr": untrained["copy_last_psnr"], "ssim": untrained["copy_last_ssim"]}  # same chunks
     out: dict[str, Any] = {"copy_last": copy_last, "untrained": untrained, "variants": {}}
     for name, changes in variants:
         section = json.loads(json.dumps(cfg.train.train))

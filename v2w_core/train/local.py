@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -115,8 +116,6 @@ def _save_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, ema: A
     save_file(tensors, str(tmp / "optim.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"step": step, "losses": losses}))
     if path.exists():
-        import shutil
-
         shutil.rmtree(path)
     tmp.rename(path)
 
