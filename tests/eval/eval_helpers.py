@@ -135,13 +135,13 @@ def save_conv_net(path: Path | str, dims: int, seed: int = 0, arch: str | None =
 
 def save_lpips_net(path: Path | str, seed: int = 0) -> str:
     """Random-weight LPIPS-AlexNet as safetensors (PLUMBING ONLY: real LPIPS needs the trained weights)."""
-    from v2w_core.eval.features import LpipsAlexNet
+    from v2w_core.eval.nets.lpips import Lpips
 
     torch.manual_seed(seed)
-    net = LpipsAlexNet()
+    net = Lpips("alex")
     with torch.no_grad():
         for i in range(5):
-            getattr(net, f"lin{i}")[1].weight.abs_()  # LPIPS heads are non-negative
+            getattr(net, f"lin{i}").model[1].weight.abs_()  # LPIPS heads are non-negative
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path),
               metadata={"v2w_arch": "lpips_alexnet", "note": "random weights: plumbing test"})  # fmt: skip
     return str(path)

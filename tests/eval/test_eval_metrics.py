@@ -159,7 +159,7 @@ def test_metric_nets_unavailable_say_why(tmp_path: Path) -> None:
     junk.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{nope")
     assert "not a readable safetensors" in fe.load_metric_net(str(junk), "frame").reason
     inception = save_conv_net(tmp_path / "inc.safetensors", 2, arch="inception_v3_fid")
-    assert "not implemented" in fe.load_metric_net(inception, "frame").reason
+    assert "do not fit architecture inception_v3_fid" in fe.load_metric_net(inception, "frame").reason
     video = save_conv_net(tmp_path / "v.safetensors", 3)
     assert "computes video features, not frame" in fe.load_metric_net(video, "frame").reason
 
@@ -179,11 +179,25 @@ def _chunks_and_results(noise: float, n: int = 3, horizon: int = 3) -> tuple[lis
 
 def test_compute_metrics_reports_unavailable_without_weights() -> None:
     chunks, results = _chunks_and_results(0.1)
-    cfg = EvalConfig.from_dict({"context_frames": 2, "horizon": 3, "controllability": False})
+    off = {"lpips": None, "fid": None, "fvd": None}
+    cfg = EvalConfig.from_dict(
+        {"context_frames": 2, "horizon": 3, "controllability": False, "metric_weights": off}
+    )
     report = compute_metrics(chunks, results, cfg)
     assert set(report.unavailable) == {"lpips_mean", "fid", "fvd"}
     assert not {"lpips_mean", "fid", "fvd"} & set(report.metrics)  # no made-up numbers
     assert len(report.drift["psnr"]) == 3 and len(report.drift["ssim"]) == 3
+
+
+def test_default_weights_give_published_metrics_and_fvd_says_when_clips_are_short() -> None:
+    """The default ("auto") networks are the published ones; FVD's convention needs 16-frame clips."""
+    chunks, results = _chunks_and_results(0.1)
+    cfg = EvalConfig.from_dict({"context_frames": 2, "horizon": 3, "controllability": False})
+    report = compute_metrics(chunks, results, cfg)
+    assert {"lpips_mean", "fid", "copy_last_lpips_mean", "copy_last_fid"} <= set(report.metrics)
+    assert "lpips_alexnet" in report.weights["lpips"] and "inception_v3_fid" in report.weights["fid"]
+    assert set(report.unavailable) == {"fvd"}
+    assert "FVD needs clips of 16 frames" in report.unavailable["fvd"] and "2 + 3 = 5" in report.unavailable["fvd"]
 
 
 def test_fid_fvd_lpips_plumbing_with_random_weight_networks(tmp_path: Path) -> None:

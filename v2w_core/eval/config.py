@@ -11,14 +11,17 @@ from v2w_core.diffusion.rollout import RolloutConfig
 
 
 class MetricWeights(StrictConfig):
-    """Safetensors files (local or ``s3://``) of the metric networks; ``None`` = metric unavailable.
+    """Safetensors files (local or ``s3://``) of the metric networks; ``None`` = metric off (unavailable).
 
-    See :mod:`v2w_core.eval.features` for the accepted architectures and key names.
+    ``"auto"`` (default): the published network converted into this machine's cache by
+    ``python -m v2w_core.eval.weights convert`` (the install step runs it) — AlexNet-LPIPS, the FID
+    Inception, the Kinetics-400 I3D. On a multi-node cluster, convert once to ``s3://…`` and name the files
+    here. See :mod:`v2w_core.eval.features` for the accepted architectures.
     """
 
-    lpips: str | None = None
-    fid: str | None = None
-    fvd: str | None = None
+    lpips: str | None = "auto"
+    fid: str | None = "auto"
+    fvd: str | None = "auto"
 
 
 class EvalConfig(StrictConfig):

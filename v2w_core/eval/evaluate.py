@@ -54,6 +54,8 @@ from v2w_core.eval.metrics import (
     ssim,
     to_unit,
 )
+from v2w_core.eval.nets.i3d import ARCH as I3D_ARCH
+from v2w_core.eval.nets.i3d import FVD_FRAMES
 from v2w_core.eval.rollouts import (
     EvalChunk,
     RolloutResult,
@@ -123,6 +125,21 @@ def _copy_last(chunks: list[EvalChunk], k: int) -> torch.Tensor:
     return torch.stack([to_unit(torch.from_numpy(c.frames[k - 1 : k]).permute(0, 3, 1, 2)) for c in chunks])
 
 
+def _context(chunks: list[EvalChunk], k: int) -> torch.Tensor:
+    """The K context frames of every chunk as (B, K, C, H, W) float in [0, 1]."""
+    return torch.stack([to_unit(torch.from_numpy(c.frames[:k]).permute(0, 3, 1, 2)) for c in chunks])
+
+
+def fvd_clip_problem(net: fe.MetricNet, config: EvalConfig) -> str | None:
+    """Why this protocol's chunks are too short for the FVD convention, or None when they are long enough."""
+    if net.arch == I3D_ARCH and config.chunk_length < FVD_FRAMES:
+        return (
+            f"FVD needs clips of {FVD_FRAMES} frames (context_frames + horizon), this protocol has "
+            f"{config.context_frames} + {config.horizon} = {config.chunk_length}; raise evaluate.protocol.horizon"
+        )
+    return None
+
+
 def compute_metrics(
     chunks: list[EvalChunk], results: list[RolloutResult], config: EvalConfig
 ) -> MetricsReport:
@@ -177,11 +194,22 @@ def compute_metrics(
         report.unavailable["fvd"] = fvd_net.reason
     elif b < 2:
         report.unavailable["fvd"] = f"needs at least 2 rollouts (clips), got {b}"
+    elif (short := fvd_clip_problem(fvd_net, config)) is not None:
+        report.unavailable["fvd"] = short
     else:
-        vb = fe.video_features(fvd_net, gt)
+        # FVD clips: the last FVD_FRAMES frames of context + future (README "Metrics"), so the real and the
+        # generated clip share their context frames and differ only where the model predicted.
+        context = _context(chunks, k)
+
+        def clip(future: torch.Tensor) -> torch.Tensor:
+            if fvd_net.arch != I3D_ARCH:  # plumbing nets take the futures as they are
+                return future
+            return torch.cat([context, future], dim=1)[:, -FVD_FRAMES:]
+
+        vb = fe.video_features(fvd_net, clip(gt))
         for prefix, pred in predictions.items():
             report.metrics[f"{prefix}fvd"] = frechet_distance_from_features(
-                fe.video_features(fvd_net, pred), vb
+                fe.video_features(fvd_net, clip(pred)), vb
             )
         report.weights["fvd"] = f"{fvd_net.uri} (sha256 {fvd_net.sha256[:16]})"
 
@@ -224,7 +252,9 @@ def write_artifacts(
         )
         name = chunk.chunk_id.replace("@", "_at_").replace("/", "_")
         paths.append(write_video(frames, out_dir / "videos" / f"{name}.{config.video_format}"))
-    strip_rows = [(c.chunk_id, c.frames, r.generated, r.shuffled) for c, r in zip(chunks, results, strict=True)]
+    strip_rows = [
+        (c.chunk_id, c.frames, r.generated, r.shuffled) for c, r in zip(chunks, results, strict=True)
+    ]
     if strip_rows:
         from PIL import Image
 

@@ -1,26 +1,21 @@
-"""Metric networks (LPIPS, FID / FVD feature extractors), loaded only from safetensors the user supplies.
+"""Metric networks (LPIPS, FID / FVD feature extractors), loaded only from safetensors.
 
 Why this shape: LPIPS, FID and FVD are defined by pretrained networks (AlexNet + LPIPS heads, Inception,
-I3D) whose weights cannot be downloaded here and must never be made up. A metric network is therefore a
-safetensors file (local path or ``s3://``) whose metadata names its architecture::
-
-    {"v2w_arch": "lpips_alexnet" | "conv2d_pool" | "conv3d_pool", ...}
-
-and :func:`load_metric_net` returns either the network or an :class:`Unavailable` carrying the reason
-(not configured, file missing, unknown or unimplemented architecture, weights not matching). Callers report
+I3D) whose weights must never be made up. A metric network is a safetensors file (local path or ``s3://``)
+whose metadata names its architecture (``{"v2w_arch": "i3d_kinetics400", ...}``), or ``"auto"``: the
+file :mod:`v2w_core.eval.weights` converted from the published weights into this machine's cache.
+:func:`load_metric_net` returns either the network or an :class:`Unavailable` carrying the reason (not
+configured, file missing or damaged, unknown architecture, weights not matching). Callers report
 ``"unavailable: <reason>"`` instead of a number.
 
-Architectures implemented here:
-  * ``lpips_alexnet`` — LPIPS v0.1 with AlexNet features (Zhang et al. 2018). Key names follow torchvision's
-    ``alexnet.features.{0,3,6,8,10}`` and the ``lpips`` package's ``lin{0..4}.model.1.weight``, so real
-    weights convert by renaming nothing (load both state dicts, merge, ``safetensors.torch.save_file``).
+Architectures:
+  * ``i3d_kinetics400`` (FVD), ``inception_v3_fid`` (FID), ``lpips_alexnet`` / ``lpips_vgg16`` (LPIPS) —
+    the published networks, ported to torch in :mod:`v2w_core.eval.nets` and cross-checked there against
+    the originals. Conventions (resize, value range, layer) are in those modules and the README.
   * ``conv2d_pool`` / ``conv3d_pool`` — a stack of stride-2 convolutions + ReLU + global average pool, built
-    from the weight shapes (``layers.{i}.weight``/``bias``). These are the *plumbing* extractors for frames
-    (FID-style) and clips (FVD-style); with random weights they give a self-consistent distance, not the
-    published FID/FVD. Numbers are comparable across runs only with the same weights file, which is why
-    the file's sha256 is reported with every value.
-  * ``inception_v3_fid`` and ``i3d_kinetics400`` are recognised names but **not implemented** in this build;
-    a file naming them yields ``Unavailable`` with that reason rather than a wrong number.
+    from the weight shapes (``layers.{i}.weight``/``bias``). *Plumbing* extractors for tests: with random
+    weights they give a self-consistent distance, not the published FID/FVD. The weights file's sha256 is
+    reported with every value, so a number is never mistaken for another network's.
 """
 
 from __future__ import annotations
@@ -44,12 +39,14 @@ logger = logging.getLogger(__name__)
 MetricKind = Literal["lpips", "frame", "video"]
 ARCH_KIND: dict[str, MetricKind] = {
     "lpips_alexnet": "lpips",
+    "lpips_vgg16": "lpips",
     "conv2d_pool": "frame",
     "conv3d_pool": "video",
     "inception_v3_fid": "frame",
     "i3d_kinetics400": "video",
 }
-NOT_IMPLEMENTED = {"inception_v3_fid", "i3d_kinetics400"}
+#: The metric_weights key whose "auto" default each kind resolves (see v2w_core.eval.weights).
+AUTO_METRIC: dict[MetricKind, str] = {"lpips": "lpips", "frame": "fid", "video": "fvd"}
 
 
 @dataclass(frozen=True)
@@ -110,56 +107,14 @@ class ConvPoolNet(nn.Module):
         return x.flatten(2).mean(dim=2)
 
 
-class LpipsAlexNet(nn.Module):
-    """LPIPS v0.1 (AlexNet): distance between (N, 3, H, W) images in [0, 1]; needs H, W ≥ 32."""
-
-    CHANNELS = (64, 192, 384, 256, 256)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(),
-        )  # fmt: skip
-        for i, c in enumerate(self.CHANNELS):
-            self.add_module(f"lin{i}", nn.Sequential(nn.Dropout(), nn.Conv2d(c, 1, 1, bias=False)))
-        self.register_buffer(
-            "shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
-        self.taps = (1, 4, 7, 9, 11)  # the ReLU outputs LPIPS compares
-
-    def _feats(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = ((x * 2.0 - 1.0) - self.shift) / self.scale
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
-        return out
-
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        if min(a.shape[-2:]) < 32:
-            a = F.interpolate(a, size=(32, 32), mode="bilinear", align_corners=False)
-            b = F.interpolate(b, size=(32, 32), mode="bilinear", align_corners=False)
-        total = torch.zeros(a.shape[0], device=a.device)
-        for i, (fa, fb) in enumerate(zip(self._feats(a), self._feats(b), strict=True)):
-            total = total + getattr(self, f"lin{i}")((fa - fb) ** 2).mean(dim=(1, 2, 3))
-        return total
-
-
 def _build(arch: str, state: dict[str, torch.Tensor]) -> nn.Module:
-    if arch == "lpips_alexnet":
-        net: nn.Module = LpipsAlexNet()
-    elif arch in ("conv2d_pool", "conv3d_pool"):
+    if arch in ("conv2d_pool", "conv3d_pool"):
         net = ConvPoolNet.from_state(state, 2 if arch == "conv2d_pool" else 3)
-    else:  # pragma: no cover - guarded by the caller
-        raise ValueError(arch)
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+        net.load_state_dict(state, strict=True)
+        return net.eval()
+    from v2w_core.eval.weights import NETS
+
+    return NETS[arch].builder()(state).eval()
 
 
 def load_metric_net(
@@ -168,6 +123,13 @@ def load_metric_net(
     """Load the metric network at ``uri`` (safetensors) for ``kind``, or say why it is unavailable."""
     if not uri:
         return Unavailable(f"no {kind} network weights configured (safetensors path or s3:// URI)")
+    if uri == "auto":
+        from v2w_core.eval import weights
+
+        try:
+            uri = weights.cached_weights(weights.DEFAULT_ARCH[AUTO_METRIC[kind]])
+        except (FileNotFoundError, ValueError, RuntimeError) as err:
+            return Unavailable(str(err))
     try:
         data = storage.read_bytes(uri)
     except (FileNotFoundError, storage.StorageError) as err:
@@ -182,8 +144,6 @@ def load_metric_net(
         return Unavailable(f"{uri}: metadata v2w_arch={arch!r} is not one of {sorted(ARCH_KIND)}")
     if ARCH_KIND[arch] != kind:
         return Unavailable(f"{uri}: architecture {arch} computes {ARCH_KIND[arch]} features, not {kind}")
-    if arch in NOT_IMPLEMENTED:
-        return Unavailable(f"{uri}: architecture {arch} is not implemented in this build")
     try:
         module = _build(arch, state).to(device)
     except (RuntimeError, ValueError, KeyError) as err:
@@ -223,7 +183,6 @@ def lpips_distance(net: MetricNet, a: torch.Tensor, b: torch.Tensor, batch: int 
 __all__ = [
     "ARCH_KIND",
     "ConvPoolNet",
-    "LpipsAlexNet",
     "MetricNet",
     "Unavailable",
     "frame_features",

