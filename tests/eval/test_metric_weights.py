@@ -103,3 +103,20 @@ def test_numpy_only_unpickler_refuses_code(tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps({"params": Evil()}))
     with pytest.raises(pickle.UnpicklingError, match="refusing global builtins.print"):
         sources.load_numpy_pickle(path)
+
+
+def test_features_of_the_same_input_are_computed_once(tmp_path: Path) -> None:
+    """The evaluation stage scores the untrained base and the trained model on the same chunks: the ground
+    truth's (and copy-last's) features must not be computed twice."""
+    from eval_helpers import save_conv_net
+
+    net = fe.load_metric_net(save_conv_net(tmp_path / "v.safetensors", 3), "video")
+    assert isinstance(net, fe.MetricNet)
+    calls = []
+    net.module.register_forward_hook(lambda *a: calls.append(1))
+    clips = torch.rand(3, 4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    first = fe.video_features(net, clips)
+    again = fe.video_features(net, clips.clone())
+    assert len(calls) == 1 and torch.equal(first, again)
+    fe.video_features(net, clips + 0.01)  # different input: computed
+    assert len(calls) == 2

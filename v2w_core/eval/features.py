@@ -24,6 +24,8 @@ import hashlib
 import json
 import logging
 import struct
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -153,11 +155,39 @@ def load_metric_net(
     return MetricNet(arch=arch, kind=kind, module=module, uri=uri, sha256=sha)
 
 
+#: Features of recently seen inputs, per network: an evaluation stage scores the untrained base and then the
+#: trained model on the same chunks, so the ground-truth and copy-last features (2/3 of the metric networks'
+#: work) are computed once. Keyed by the weights' sha256 and the input's bytes; a few entries suffice.
+_FEATURE_CACHE: OrderedDict[tuple[str, str, str], torch.Tensor] = OrderedDict()
+_FEATURE_CACHE_SIZE = 16
+
+
+def _input_key(x: torch.Tensor) -> str:
+    x = x.detach().cpu().contiguous()
+    return hashlib.blake2b(x.numpy().tobytes(), digest_size=16).hexdigest() + str(tuple(x.shape))
+
+
+def _cached(net: MetricNet, kind: str, x: torch.Tensor, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+    key = (net.sha256, kind, _input_key(x))
+    if key in _FEATURE_CACHE:
+        _FEATURE_CACHE.move_to_end(key)
+        return _FEATURE_CACHE[key]
+    value = compute()
+    _FEATURE_CACHE[key] = value
+    while len(_FEATURE_CACHE) > _FEATURE_CACHE_SIZE:
+        _FEATURE_CACHE.popitem(last=False)
+    return value
+
+
 @torch.no_grad()
 def frame_features(net: MetricNet, frames: torch.Tensor, batch: int = 64) -> torch.Tensor:
     """(N, C, H, W) frames in [0, 1] → (N, D) features."""
     dev = next(net.module.parameters()).device
-    return torch.cat([net.module(frames[i : i + batch].to(dev)).cpu() for i in range(0, len(frames), batch)])
+
+    def compute() -> torch.Tensor:
+        return torch.cat([net.module(frames[i : i + batch].to(dev)).cpu() for i in range(0, len(frames), batch)])
+
+    return _cached(net, "frame", frames, compute)
 
 
 @torch.no_grad()
@@ -165,7 +195,11 @@ def video_features(net: MetricNet, videos: torch.Tensor, batch: int = 16) -> tor
     """(N, T, C, H, W) clips in [0, 1] → (N, D) features (3-D nets take (N, C, T, H, W))."""
     dev = next(net.module.parameters()).device
     x = videos.permute(0, 2, 1, 3, 4)
-    return torch.cat([net.module(x[i : i + batch].to(dev)).cpu() for i in range(0, len(x), batch)])
+
+    def compute() -> torch.Tensor:
+        return torch.cat([net.module(x[i : i + batch].to(dev)).cpu() for i in range(0, len(x), batch)])
+
+    return _cached(net, "video", videos, compute)
 
 
 @torch.no_grad()
