@@ -44,6 +44,9 @@ class EvalConfig(StrictConfig):
     gpus_per_actor: float = Field(0.25, gt=0, le=8)
     #: torch intra-op threads per actor; 1 avoids oversubscription when actors share cores.
     torch_threads: int = Field(1, ge=1)
+    #: torch threads of the metric networks (I3D, Inception, LPIPS), which run in the evaluate stage after
+    #: the rollout actors finished; None = every core of the machine (a Ray task would otherwise get 1).
+    metric_threads: int | None = Field(None, ge=1)
     controllability: bool = True
     #: Latent-space models: the VAE (diffusers from_pretrained dir, local or s3://) that encodes the context
     #: frames and decodes the rollout, so metrics and videos stay in pixel space.

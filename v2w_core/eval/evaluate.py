@@ -35,6 +35,8 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,12 +111,17 @@ class EvalResult:
         return asdict(self)
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """A tensor owning a copy: frames and rollouts arrive as read-only views (Ray's object store)."""
+    return torch.from_numpy(np.array(a))
+
+
 def _futures(
     chunks: list[EvalChunk], results: list[RolloutResult], k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth and generated futures as (B, N, C, H, W) float in [0, 1]."""
-    gt = torch.stack([to_unit(torch.from_numpy(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
-    gen = torch.stack([to_unit(torch.from_numpy(r.generated)) for r in results])
+    gt = torch.stack([to_unit(_tensor(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
+    gen = torch.stack([to_unit(_tensor(r.generated)) for r in results])
     if gt.shape != gen.shape:
         raise ValueError(f"generated futures {tuple(gen.shape)} do not match ground truth {tuple(gt.shape)}")
     return gt, gen
@@ -122,12 +129,12 @@ def _futures(
 
 def _copy_last(chunks: list[EvalChunk], k: int) -> torch.Tensor:
     """Frame K−1 of every chunk as (B, 1, C, H, W) float in [0, 1] (the copy-last-frame predictor)."""
-    return torch.stack([to_unit(torch.from_numpy(c.frames[k - 1 : k]).permute(0, 3, 1, 2)) for c in chunks])
+    return torch.stack([to_unit(_tensor(c.frames[k - 1 : k]).permute(0, 3, 1, 2)) for c in chunks])
 
 
 def _context(chunks: list[EvalChunk], k: int) -> torch.Tensor:
     """The K context frames of every chunk as (B, K, C, H, W) float in [0, 1]."""
-    return torch.stack([to_unit(torch.from_numpy(c.frames[:k]).permute(0, 3, 1, 2)) for c in chunks])
+    return torch.stack([to_unit(_tensor(c.frames[:k]).permute(0, 3, 1, 2)) for c in chunks])
 
 
 def fvd_clip_problem(net: fe.MetricNet, config: EvalConfig) -> str | None:
@@ -140,10 +147,27 @@ def fvd_clip_problem(net: fe.MetricNet, config: EvalConfig) -> str | None:
     return None
 
 
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def compute_metrics(
     chunks: list[EvalChunk], results: list[RolloutResult], config: EvalConfig
 ) -> MetricsReport:
     """All metrics of rollouts against their chunks (same order); see the module docstring for keys."""
+    with _torch_threads(config.metric_threads or os.cpu_count() or 1):
+        return _compute_metrics(chunks, results, config)
+
+
+def _compute_metrics(
+    chunks: list[EvalChunk], results: list[RolloutResult], config: EvalConfig
+) -> MetricsReport:
     if [c.chunk_id for c in chunks] != [r.chunk_id for r in results]:
         raise ValueError("results must be in the same order as chunks")
     report = MetricsReport()
@@ -215,14 +239,12 @@ def compute_metrics(
 
     with_alt = [i for i, r in enumerate(results) if r.shuffled is not None]
     if config.controllability and with_alt:
-        alt = torch.stack([to_unit(torch.from_numpy(results[i].shuffled)) for i in with_alt])
+        alt = torch.stack([to_unit(_tensor(results[i].shuffled)) for i in with_alt])
         ctrl = controllability(gt[with_alt] * 2 - 1, gen[with_alt] * 2 - 1, alt * 2 - 1)
         report.metrics.update(ctrl)
         for i in with_alt:
             row = per_chunk[i]
-            c = controllability(
-                gt[i] * 2 - 1, gen[i] * 2 - 1, to_unit(torch.from_numpy(results[i].shuffled)) * 2 - 1
-            )
+            c = controllability(gt[i] * 2 - 1, gen[i] * 2 - 1, to_unit(_tensor(results[i].shuffled)) * 2 - 1)
             row.update(
                 {"ctrl_psnr_gain_db": c["ctrl_psnr_gain_db"], "ctrl_rollout_diff": c["ctrl_rollout_diff"]}
             )

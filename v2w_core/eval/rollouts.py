@@ -161,7 +161,7 @@ def rollout_chunk(
     from v2w_core.diffusion.rollout import rollout
 
     k = config.context_frames
-    frames = torch.from_numpy(chunk.frames[:k]).permute(0, 3, 1, 2)  # (K, C, H, W) uint8
+    frames = torch.from_numpy(np.array(chunk.frames[:k])).permute(0, 3, 1, 2)  # (K, C, H, W) uint8, a copy
     context = normalize_frames(frames).float()
     if codec is not None:
         context = codec.encode(context)
