@@ -6,7 +6,7 @@ CONFIG ?= configs/tiny.yaml
 PYTEST_ARGS ?=
 
 demo:
-	@bash infra/env.sh
+	@V2W_EXTRAS=dev,sim,convert bash infra/env.sh
 	@$(PY) -m infra.stack start
 	@$(PY) pipelines/full.py --local-stack --config $(CONFIG)
 

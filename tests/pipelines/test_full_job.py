@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -30,7 +31,8 @@ SMALL = [
     "base.pretrained_uri=null",  # pretrain the base in the DAG (the demo ships one: asset://)
     "base.train.max_steps=3", "base.train.checkpoint.every_n_steps=3",
     "train.train.max_steps=3", "train.train.checkpoint.every_n_steps=3",
-    "evaluate.protocol.max_episodes=2", "evaluate.protocol.horizon=4",
+    # 8 context + 8 generated frames = FVD's 16-frame clips: the published FVD, FID and LPIPS are logged
+    "evaluate.protocol.max_episodes=2", "evaluate.protocol.horizon=8",
     "evaluate.protocol.rollout.num_inference_steps=3", "evaluate.protocol.num_videos=1",
     # Suite time (this module is most of it): one train worker per run and no controllability rollouts
     # (multi-worker ZeRO, lost workers and two nodes are tests/train's; controllability is tests/eval's).
@@ -55,10 +57,11 @@ def ray_head(mlflow_stack, _stack_config):
 
 
 def _job_env(info) -> tuple[dict[str, str], dict[str, str]]:
+    """The CLI's environment, and the job's runtime env: locations only. No keys: the Jobs API shows a
+    runtime env in plain text; the job finds them through the Ray head's V2W_CREDENTIALS_FILE."""
     env = {**os.environ, **info.env()}
-    job_env = {k: env[k] for k in ("V2W_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                   "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
-                                   "MLFLOW_DISABLE_TELEMETRY")}
+    job_env = {k: env[k] for k in ("V2W_S3_ENDPOINT", "AWS_DEFAULT_REGION", "MLFLOW_TRACKING_URI",
+                                   "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY")}
     return env, job_env
 
 
@@ -101,7 +104,8 @@ def pipeline(ray_head, mlflow_stack):
     return SimpleNamespace(name=name, model_name=model_name, root=root, failed=failed, resumed=resumed)
 
 
-def test_job_fails_after_training_and_the_resubmission_runs_only_evaluate_and_register(pipeline, mlflow_stack):
+def test_job_fails_after_training_and_the_resubmission_runs_only_evaluate_and_register(pipeline, mlflow_stack,
+                                                                                      ray_head):
     from mlflow.tracking import MlflowClient
 
     assert "injected failure after the stage finished" in pipeline.failed
@@ -135,6 +139,7 @@ def test_job_fails_after_training_and_the_resubmission_runs_only_evaluate_and_re
     assert "psnr_gain_over_copy_last_db" in by_stage["evaluate"].data.metrics
     # both baselines sit in the trained model's eval run, beside its own numbers and drift curves
     assert {"copy_last_psnr_mean", "untrained_psnr_mean", "gen_saturated_frac"} <= set(trained[0].data.metrics)
+    assert {"fvd", "fid", "lpips_mean", "copy_last_fvd", "untrained_fvd"} <= set(trained[0].data.metrics)
     untrained = baseline[0].data.metrics["psnr_mean"]
     assert trained[0].data.metrics["untrained_psnr_mean"] == pytest.approx(untrained)
     assert trained[0].data.tags["v2w.degenerate"] in ("true", "false")
@@ -152,6 +157,18 @@ def test_job_fails_after_training_and_the_resubmission_runs_only_evaluate_and_re
     assert ("-> champion" if passes else f"-> {REJECTED}") in out
     assert version.tags["v2w.data_manifest"].startswith(pipeline.root)
     assert version.tags["v2w.eval_manifest"].startswith(pipeline.root)
+    # the version describes itself: the model, its lineage through the pipeline's runs, its metrics
+    assert "fine-tuned from" in version.description and "pretrained base" in version.description
+    assert f"psnr_mean {metrics['psnr_mean']:.4g} (copy-last" in version.description
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+    # no secret in the jobs' metadata (the Jobs API lists their runtime envs)
+    cfg = ray_head.config
+    token = cfg.ray_token_path.read_text().strip()
+    request = urllib.request.Request(f"{cfg.ray_dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        jobs = resp.read().decode()
+    assert "pipelines/full.py" in jobs and cfg.secret_key not in jobs
 
 
 def test_rerun_skips_everything_and_from_train_reruns_what_follows(pipeline, ray_head):
