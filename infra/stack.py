@@ -14,7 +14,10 @@
 * Starting is idempotent and serialised by a file lock: healthy services we own are left alone; a port
   held by anything else is an error naming the port; a service that dies on start is an error naming
   its log file.
-* Secrets never reach logs or stdout; ``status`` shows the access-key id at most.
+* Secrets never reach logs or stdout; ``status`` shows the access-key id at most. Nor do they reach Ray:
+  the Ray head (and so every Ray worker and job) gets ``V2W_CREDENTIALS_FILE``, the path of this stack's
+  credentials file (mode 0600, :func:`write_credentials`), instead of the keys, because whatever a Ray
+  runtime env or job carries is shown in plain text by ``ray job list``, the Jobs API and Ray's logs.
 """
 
 from __future__ import annotations
@@ -183,6 +186,12 @@ class StackConfig:
         return Path("/tmp") / f"v2w-ray-{digest}"
 
     @property
+    def credentials_path(self) -> Path:
+        """This stack's S3 credentials (AWS shared-credentials format, mode 0600): processes that must not
+        carry the keys in their environment (Ray workers) find them here through ``V2W_CREDENTIALS_FILE``."""
+        return self.stack_dir / "credentials"
+
+    @property
     def ray_token_path(self) -> Path:
         """Ray token-auth secret of this stack (file mode 0600); clients point RAY_AUTH_TOKEN_PATH at it."""
         return self.stack_dir / "ray_auth_token"
@@ -198,6 +207,7 @@ class StackConfig:
             "AWS_DEFAULT_REGION": self.region,
             "V2W_BUCKET": self.bucket,
             "V2W_STACK_DIR": str(self.stack_dir),
+            CREDENTIALS_FILE_VAR: str(self.credentials_path),  # what Ray workers get instead of the keys
         }
         if "mlflow" in services:
             env["MLFLOW_TRACKING_URI"] = self.mlflow_uri
@@ -218,6 +228,26 @@ class StackConfig:
 
 
 SECRET_VARS = frozenset({"AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"})
+#: Mirrors ``v2w_core.storage.CREDENTIALS_FILE_VAR`` (infra imports nothing from the library).
+CREDENTIALS_FILE_VAR = "V2W_CREDENTIALS_FILE"
+
+
+def write_credentials(cfg: StackConfig) -> Path:
+    """Write the stack's key id and secret to ``cfg.credentials_path`` (mode 0600 from the first byte,
+    replaced atomically; left alone when unchanged) and return the path."""
+    path = cfg.credentials_path
+    text = f"[default]\naws_access_key_id = {cfg.access_key}\naws_secret_access_key = {cfg.secret_key}\n"
+    with contextlib.suppress(OSError):
+        if path.read_text() == text and (path.stat().st_mode & 0o777) == 0o600:
+            return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # O_CREAT's mode does not apply to a file that already existed
+        fh.write(text)
+    os.replace(tmp, path)
+    return path
 
 
 def redact(env: dict[str, str]) -> dict[str, str]:
@@ -476,6 +506,10 @@ def _service_env(cfg: StackConfig, service: str) -> dict[str, str]:
         env.update({"MLFLOW_S3_ENDPOINT_URL": cfg.s3_endpoint, "V2W_S3_ENDPOINT": cfg.s3_endpoint})
         env["V2W_BUCKET"] = cfg.bucket
     if service == "ray":
+        # No keys in Ray's environment (its workers and jobs would inherit them): the file's path instead.
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+            env.pop(name, None)
+        env[CREDENTIALS_FILE_VAR] = str(cfg.credentials_path)
         env.pop("RAY_ADDRESS", None)  # `ray start --head` must not try to join another cluster
         env.pop("RAY_API_SERVER_ADDRESS", None)
         # Job entrypoints say `python ...`: make that this environment's interpreter even when the
@@ -652,6 +686,7 @@ def ensure_running(
         raise StackError(f"unknown services {sorted(unknown)}; expected some of {SERVICES}")
     started: list[str] = []
     with _locked(cfg):
+        write_credentials(cfg)  # before Ray starts: its workers read it
         state = _load_state(cfg)
         pending: dict[str, dict[str, Any]] = {}
         for service in wanted:

@@ -88,25 +88,27 @@ def start_tracking(cfg: PipelineConfig) -> tuple[dict[str, Any] | None, Any]:
         return None, None
     from mlflow.tracking import MlflowClient
 
+    from v2w_core.train import mlflow_logging
+
     uri = os.environ["MLFLOW_TRACKING_URI"]  # checked by the preflight
     client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(cfg.run.experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(cfg.run.experiment)
+    exp_id = mlflow_logging.ensure_experiment(client, cfg.run.experiment)
     run = client.create_run(exp_id, run_name=f"pipeline:{cfg.run.name}", tags={"v2w.pipeline": cfg.run.name})
     return {"tracking_uri": uri, "experiment_id": exp_id, "experiment_name": cfg.run.experiment,
             "parent_run_id": run.info.run_id}, client
 
 
-#: What stage tasks need to reach storage and tracking. Secrets travel only for the local stack's dummy
-#: credentials; on a real cluster the nodes' own credential chain (instance roles, mounted secrets) applies.
+#: What stage tasks need to reach storage and tracking: locations and switches, never a secret. Whatever
+#: a Ray runtime env holds is shown in plain text by `ray job list`, the Jobs API and Ray's logs, so the
+#: workers find credentials themselves: the node's own environment or credential chain (instance roles,
+#: a mounted secret), or the file that ``V2W_CREDENTIALS_FILE`` names (the local stack's, mode 0600).
 WORKER_ENV_VARS = ("V2W_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                   "V2W_BUCKET", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_DISABLE_TELEMETRY")
-SECRET_ENV_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+                   "V2W_BUCKET", "V2W_CREDENTIALS_FILE", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
+                   "MLFLOW_DISABLE_TELEMETRY")
 
 
-def worker_env(*, include_secrets: bool) -> dict[str, str]:
-    names = WORKER_ENV_VARS + (SECRET_ENV_VARS if include_secrets else ())
-    env = {k: os.environ[k] for k in names if os.environ.get(k)}
+def worker_env() -> dict[str, str]:
+    env = {k: os.environ[k] for k in WORKER_ENV_VARS if os.environ.get(k)}
     env[PROGRESS_ENV] = "1" if sys.stdout.isatty() else "0"  # Ray Data progress bars only on a terminal
     return env
 
@@ -114,23 +116,28 @@ def worker_env(*, include_secrets: bool) -> dict[str, str]:
 def use_stack_env(*, local_stack: bool) -> None:
     """Fill unset variables from the local stack (``--local-stack``); MLflow telemetry off either way."""
     if local_stack:
-        from infra.stack import StackConfig
+        from infra.stack import StackConfig, write_credentials
 
-        for key, value in StackConfig.from_env().client_env().items():
+        stack = StackConfig.from_env()
+        for key, value in stack.client_env().items():
             os.environ.setdefault(key, value)
+        creds = Path(os.environ["V2W_CREDENTIALS_FILE"])
+        if creds == stack.credentials_path and not creds.exists():
+            write_credentials(stack)  # a stack started before the file existed: the workers need it
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # see infra/stack.py
 
 
-def connect_ray(address: str | None, *, include_secrets: bool) -> None:
+def connect_ray(address: str | None) -> None:
     """Join the cluster. Under ``ray job submit`` the job's own runtime_env (working dir, env vars) applies
-    and must not be replaced; run directly, the stage tasks get the storage/tracking variables."""
+    and must not be replaced; run directly, the stage tasks get the storage/tracking locations
+    (:func:`worker_env`, no secrets)."""
     import ray
 
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         ray.init()
     else:
         ray.init(address=address or os.environ.get("RAY_ADDRESS"),
-                 runtime_env={"env_vars": worker_env(include_secrets=include_secrets)})
+                 runtime_env={"env_vars": worker_env()})
 
 
 def summarize(results: dict[str, StageResult]) -> str:
@@ -165,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg, stages, force = setup(args)
-        connect_ray(args.ray_address, include_secrets=args.local_stack)
+        connect_ray(args.ray_address)
     except (ConfigError, PreflightError, ValueError, ConnectionError, TimeoutError) as err:
         if args.debug:
             raise

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     log.info("%d new episodes since %s; warm-starting from %s v%s", len(new), cutoff, name, champion.version)
 
-    connect_ray(args.ray_address, include_secrets=args.local_stack)
+    connect_ray(args.ray_address)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     root = storage.join(cfg.run.root, "retrain", stamp)
     section = dict(cfg.train.train)

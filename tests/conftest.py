@@ -5,6 +5,7 @@
 * ``s3_prefix``  - a fresh ``s3://<bucket>/test-<uuid>/`` per test, deleted afterwards.
 * ``ray_cluster`` - a real local Ray (2 CPUs, no dashboard, loopback only) whose workers get the S3
   environment through ``runtime_env``.
+* ``authenticating_s3`` - a dedicated moto_server that enforces IAM auth: (endpoint, key id, secret).
 
 Services use test ports distinct from the defaults (9410/5410) and a temporary stack dir; when a port is
 busy (e.g. another engineer's test session on this machine) a free port is taken instead. Whatever a
@@ -17,7 +18,11 @@ import contextlib
 import dataclasses
 import logging
 import os
+import socket
+import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -142,9 +147,11 @@ def s3_prefix(s3_stack: StackInfo) -> Iterator[str]:
 
 
 def s3_env_for_workers() -> dict[str, str]:
-    """The S3/MLflow variables of this process that Ray workers need (passed via ``runtime_env``)."""
+    """The S3/MLflow variables of this process that Ray workers need (passed via ``runtime_env``). Like
+    the product's, no keys: a runtime env is shown in plain text by Ray; the workers read the stack's
+    credentials file (``V2W_CREDENTIALS_FILE``) or inherit the keys from the raylet's environment."""
     names = (
-        "V2W_S3_ENDPOINT", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "V2W_BUCKET",
+        "V2W_S3_ENDPOINT", "V2W_CREDENTIALS_FILE", "AWS_DEFAULT_REGION", "V2W_BUCKET",
         "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_EC2_METADATA_DISABLED",
     )  # fmt: skip
     return {n: os.environ[n] for n in names if os.environ.get(n)}
@@ -212,3 +219,43 @@ def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("vae") / "vae"
     vae.save_pretrained(path, safe_serialization=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def authenticating_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """A dedicated moto_server that enforces IAM auth after 4 free bootstrap actions (user, policy,
+    access key, bucket): yields (endpoint, key id, secret) of a user allowed to use S3."""
+    import boto3
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
+    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4")
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"moto_server with auth did not start; see {log}")
+            time.sleep(0.2)
+        endpoint = f"http://127.0.0.1:{port}"
+        kw = {"endpoint_url": endpoint, "region_name": "us-east-1",
+              "aws_access_key_id": "bootstrap", "aws_secret_access_key": "bootstrap"}  # fmt: skip
+        iam = boto3.client("iam", **kw)
+        iam.create_user(UserName="tester")
+        iam.put_user_policy(
+            UserName="tester", PolicyName="s3",
+            PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}',
+        )  # fmt: skip
+        key = iam.create_access_key(UserName="tester")["AccessKey"]
+        boto3.client("s3", **kw).create_bucket(Bucket="authb")
+        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

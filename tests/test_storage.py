@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -102,6 +98,35 @@ def test_join_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "super-secret-value" not in repr(settings) + settings.describe()
 
 
+def test_credentials_file_when_the_environment_has_none(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """V2W_CREDENTIALS_FILE (what Ray workers get instead of the keys) is read only when both key
+    variables are unset; a file readable by others still works, with one warning."""
+    path = tmp_path / "credentials"
+    path.write_text("[default]\naws_access_key_id = file-id\naws_secret_access_key = file-secret\n")
+    path.chmod(0o600)
+    storage.clear_caches()
+    env = {"V2W_CREDENTIALS_FILE": str(path)}
+    got = storage.s3_settings(env)
+    assert (got.access_key, got.secret_key, got.session_token) == ("file-id", "file-secret", None)
+    assert "file-secret" not in repr(got) + got.describe()
+    env_wins = storage.s3_settings(
+        {**env, "AWS_ACCESS_KEY_ID": "env-id", "AWS_SECRET_ACCESS_KEY": "env-secret"}
+    )
+    assert (env_wins.access_key, env_wins.secret_key) == ("env-id", "env-secret")
+    assert storage.s3_settings({"V2W_CREDENTIALS_FILE": str(tmp_path / "missing")}).access_key is None
+    assert "cannot be read" in caplog.text and "file-secret" not in caplog.text
+    path.chmod(0o644)
+    caplog.clear()
+    storage.clear_caches()
+    assert storage.s3_settings(env).secret_key == "file-secret"
+    assert "readable by other users" in caplog.text and "chmod 600" in caplog.text
+    path.write_text("[ci]\naws_access_key_id = only-id\naws_secret_access_key = only-secret\n")  # one profile
+    assert storage.s3_settings(env).secret_key == "only-secret"
+    storage.clear_caches()
+
+
 # ------------------------------------------------------------------------------------------------ s3
 @pytest.mark.slow
 def test_s3_roundtrip(s3_prefix: str) -> None:
@@ -143,7 +168,7 @@ def test_s3_missing_key_and_bucket(s3_prefix: str) -> None:
 
 @pytest.mark.slow
 def test_missing_credentials(s3_stack, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "V2W_CREDENTIALS_FILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
@@ -285,46 +310,6 @@ def test_persistent_transient_errors_give_up_after_bounded_attempts(
 
 
 # ---------------------------------------------------------------------- rejected credentials (auth)
-@pytest.fixture(scope="module")
-def authenticating_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
-    """A dedicated moto_server that enforces IAM auth after 4 free bootstrap actions (user, policy,
-    access key, bucket): yields (endpoint, key id, secret) of a user allowed to use S3."""
-    import boto3
-
-    port = free_port()
-    log = tmp_path_factory.mktemp("moto-auth") / "moto.log"
-    env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="4")
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"moto_server with auth did not start; see {log}")
-            time.sleep(0.2)
-        endpoint = f"http://127.0.0.1:{port}"
-        kw = {"endpoint_url": endpoint, "region_name": "us-east-1",
-              "aws_access_key_id": "bootstrap", "aws_secret_access_key": "bootstrap"}  # fmt: skip
-        iam = boto3.client("iam", **kw)
-        iam.create_user(UserName="tester")
-        iam.put_user_policy(
-            UserName="tester", PolicyName="s3",
-            PolicyDocument='{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:*","Resource":"*"}]}',
-        )  # fmt: skip
-        key = iam.create_access_key(UserName="tester")["AccessKey"]
-        boto3.client("s3", **kw).create_bucket(Bucket="authb")
-        yield endpoint, key["AccessKeyId"], key["SecretAccessKey"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 @pytest.mark.slow
 def test_rejected_credentials(authenticating_s3, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoint, key_id, secret = authenticating_s3

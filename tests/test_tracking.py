@@ -150,12 +150,14 @@ def test_promotion_policy_and_pyfunc_from_alias(mlflow_stack: Any, tmp_path: Pat
     higher_fvd = register({"psnr_mean": 30.0, "fvd": 120.0})
     assert higher_fvd.decision == "challenger" and higher_fvd.metric == "fvd"
 
-    # The champion loads through the registry alias as a pyfunc and rolls out.
+    # The champion loads through the registry alias as a pyfunc and rolls out (the inputs its signature
+    # names: batched arrays, num_frames and seed as params).
     pyfunc = mlflow.pyfunc.load_model(f"models:/{name}@champion")
     ep = make_episode(0, length=5)
-    out = pyfunc.predict({"context": ep.frames[:2], "actions": ep.actions, "num_frames": 2, "seed": 3})
-    assert out.shape == (2, 32, 32, 3) and out.dtype == np.uint8
-    again = pyfunc.predict({"context": ep.frames[:2], "actions": ep.actions, "num_frames": 2, "seed": 3})
+    inputs = {"context": ep.frames[None, :2], "actions": ep.actions[None]}
+    out = pyfunc.predict(inputs, params={"num_frames": 2, "seed": 3})
+    assert out.shape == (1, 2, 32, 32, 3) and out.dtype == np.uint8
+    again = pyfunc.predict(inputs, params={"num_frames": 2, "seed": 3})
     np.testing.assert_array_equal(out, again)
     # ... and as the world model itself (what evaluate's actors load), with the same weights.
     wm = tracking.load_model_from_uri(f"models:/{name}@champion", tracking_uri=uri)

@@ -12,12 +12,14 @@ Two clients are used on purpose:
   ``S3FileSystem`` (explicit ``endpoint_override``/``scheme``) that e.g. ``ray.data.read_webdataset`` needs
   for a non-AWS endpoint; inside those libraries pyarrow's own AWS retry strategy applies.
 
-Secrets are read from the environment (or the AWS credential chain) and never logged; log lines name
-the endpoint and at most the access-key id.
+Secrets are read from the environment, else from the file named by ``V2W_CREDENTIALS_FILE`` (how Ray
+workers get them: only the file's path travels in a runtime env), else the AWS credential chain; they are
+never logged, and log lines name the endpoint and at most the access-key id.
 """
 
 from __future__ import annotations
 
+import configparser
 import functools
 import hashlib
 import logging
@@ -27,7 +29,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -49,9 +51,14 @@ MAX_BACKOFF_S = 5.0
 ARROW_MAX_ATTEMPTS = int(os.environ.get("V2W_S3_ARROW_MAX_ATTEMPTS", "3"))
 
 _ENDPOINT_VARS = ("V2W_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+#: Names a file with the credentials (AWS shared-credentials format, mode 0600), read when the two
+#: variables below are unset. Its path is not a secret, so it may travel where secrets must not: a Ray
+#: runtime env, job metadata. The local stack writes one (``<stack dir>/credentials``).
+CREDENTIALS_FILE_VAR = "V2W_CREDENTIALS_FILE"
 _CREDENTIAL_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the local stack of `v2w-stack start` uses "
-    "v2w-local / v2w-local-secret unless configured otherwise), or configure an AWS profile/role"
+    "v2w-local / v2w-local-secret unless configured otherwise), or V2W_CREDENTIALS_FILE, or configure an "
+    "AWS profile/role"
 )
 
 
@@ -112,25 +119,71 @@ class S3Settings:
         return (self.endpoint, self.region, self.access_key, secret_digest, self.session_token)
 
 
-def s3_settings(environ: dict[str, str] | None = None) -> S3Settings:
+def s3_settings(environ: Mapping[str, str] | None = None) -> S3Settings:
     """Read the S3 endpoint, region and credentials from the environment.
 
     The endpoint comes from ``V2W_S3_ENDPOINT``, else ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``;
     none of them set means AWS itself. Credentials come from ``AWS_ACCESS_KEY_ID`` /
-    ``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``); when absent, the AWS credential chain is
-    consulted lazily at first use (profiles, instance roles).
+    ``AWS_SECRET_ACCESS_KEY`` (+ ``AWS_SESSION_TOKEN``); when both are unset, from the file named by
+    ``V2W_CREDENTIALS_FILE``; when that is unset too, the AWS credential chain is consulted lazily at
+    first use (profiles, instance roles).
     """
     env = os.environ if environ is None else environ
     endpoint = next((env[v] for v in _ENDPOINT_VARS if env.get(v)), None)
     if endpoint and "://" not in endpoint:
         endpoint = "http://" + endpoint
+    creds = {
+        "access_key": env.get("AWS_ACCESS_KEY_ID") or None,
+        "secret_key": env.get("AWS_SECRET_ACCESS_KEY") or None,
+        "session_token": env.get("AWS_SESSION_TOKEN") or None,
+    }
+    if not (creds["access_key"] or creds["secret_key"]) and env.get(CREDENTIALS_FILE_VAR):
+        creds = read_credentials_file(env[CREDENTIALS_FILE_VAR])
     return S3Settings(
         endpoint=endpoint.rstrip("/") if endpoint else None,
         region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
-        access_key=env.get("AWS_ACCESS_KEY_ID") or None,
-        secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
-        session_token=env.get("AWS_SESSION_TOKEN") or None,
+        **creds,
     )
+
+
+def read_credentials_file(path: str | os.PathLike[str]) -> dict[str, str | None]:
+    """``access_key`` / ``secret_key`` / ``session_token`` from an AWS shared-credentials file (its
+    ``[default]`` section, else its only one). A missing or unreadable file gives no credentials (the
+    error that follows names ``V2W_CREDENTIALS_FILE``); one readable by others is used, with a warning."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        _warn_once(f"{CREDENTIALS_FILE_VAR}={os.fspath(path)} cannot be read ({err.strerror}); ignoring it")
+        return {"access_key": None, "secret_key": None, "session_token": None}
+    return dict(_parse_credentials(os.fspath(path), st.st_mtime_ns, st.st_size, st.st_mode))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_credentials(path: str, mtime_ns: int, size: int, mode: int) -> tuple[tuple[str, str | None], ...]:
+    """Parsed once per file version (``s3_settings`` runs on every storage call)."""
+    if mode & 0o077:
+        _warn_once(f"{CREDENTIALS_FILE_VAR}={path} is readable by other users (mode {mode & 0o777:o}); "
+                   "chmod 600 it")  # fmt: skip
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(Path(path).read_text())
+    except (OSError, configparser.Error) as err:
+        _warn_once(f"{CREDENTIALS_FILE_VAR}={path} is not an AWS credentials file ({type(err).__name__}); "
+                   "ignoring it")  # fmt: skip
+        return (("access_key", None), ("secret_key", None), ("session_token", None))
+    sections = parser.sections()
+    section = parser["default"] if parser.has_section("default") else (
+        parser[sections[0]] if len(sections) == 1 else {})  # fmt: skip
+    return (
+        ("access_key", section.get("aws_access_key_id") or None),
+        ("secret_key", section.get("aws_secret_access_key") or None),
+        ("session_token", section.get("aws_session_token") or None),
+    )
+
+
+@functools.lru_cache(maxsize=32)
+def _warn_once(message: str) -> None:
+    log.warning("storage: %s", message)
 
 
 # ---------------------------------------------------------------------------------------------- URIs
@@ -329,7 +382,8 @@ def _resolved_settings() -> S3Settings:
         return settings
     if settings.access_key or settings.secret_key:
         raise CredentialsError(
-            "only one of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY is set; " + _CREDENTIAL_HINT
+            "only one of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY is set (in the environment, or in "
+            f"{CREDENTIALS_FILE_VAR}); " + _CREDENTIAL_HINT
         )
     creds = _chain_credentials()
     if creds is None:
@@ -680,9 +734,12 @@ def clear_caches() -> None:
         _arrow_filesystems.clear()
         _known_buckets.clear()
     _chain_credentials.cache_clear()
+    _parse_credentials.cache_clear()
+    _warn_once.cache_clear()
 
 
 __all__ = [
+    "CREDENTIALS_FILE_VAR",
     "CredentialsError",
     "EndpointUnreachableError",
     "NotFoundError",
@@ -702,6 +759,7 @@ __all__ = [
     "open_input_stream",
     "open_output_stream",
     "read_bytes",
+    "read_credentials_file",
     "s3_client",
     "s3_filesystem",
     "s3_settings",

@@ -27,7 +27,8 @@ champion: nothing is overwritten silently, and every decision is written to the 
 
 The registered flavor is a pyfunc (:class:`WorldModelPyfunc`): its weights travel as the safetensors
 directory in the model's artifacts; the pickled python_model object holds no weights, only the class
-reference.
+reference. Every version carries a description (the model, what it was fine-tuned from, its eval metrics
+beside the baselines', :func:`describe_version`) and the pyfunc a signature (:func:`pyfunc_signature`).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,9 +202,11 @@ except ImportError:  # pragma: no cover
 class WorldModelPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
     """Loads the safetensors world model from the registered model's artifacts and rolls it out.
 
-    ``predict`` input: a dict with ``context`` (uint8 (B, K, H, W, 3) or (K, H, W, 3)), ``actions``
-    (recorded, (B, ≥K+N−1, ...) or unbatched), ``num_frames`` (int) and optional ``seed`` (int).
-    Output: uint8 frames (B, N, H, W, 3). Sampler settings are the rollout config stored at registration.
+    ``predict`` input: a dict with ``context`` (uint8 (B, K, H, W, 3)) and ``actions`` (recorded,
+    (B, ≥K+N−1, ...)); params ``num_frames`` and ``seed`` (ints). Output: uint8 frames (B, N, H, W, 3).
+    Sampler settings are the rollout config stored at registration. The registered signature
+    (:func:`pyfunc_signature`) checks exactly this; the class itself also takes unbatched arrays and
+    ``num_frames`` / ``seed`` inside the dict (versions registered before the signature existed).
     """
 
     # MLflow 3 turns a predict type hint into input-schema validation that only understands list[...]
@@ -220,6 +224,7 @@ class WorldModelPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
         self.rollout_config = RolloutConfig.from_dict(raw, source="registered rollout_config.json")
 
     def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+        """``num_frames`` and ``seed`` come from ``params`` (the signature's) or, unchecked, from the dict."""
         import numpy as np
         import torch
 
@@ -237,8 +242,12 @@ class WorldModelPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
         if not batched:
             frames = frames[None]
             actions = None if actions is None else np.asarray(actions)[None]
-        num_frames = int(np.asarray(model_input.get("num_frames", 1)).reshape(-1)[0])
-        seed = int(np.asarray(model_input.get("seed", 0)).reshape(-1)[0])
+
+        def setting(key: str, default: int) -> int:
+            value = model_input[key] if key in model_input else (params or {}).get(key, default)
+            return int(np.asarray(value).reshape(-1)[0])
+
+        num_frames, seed = setting("num_frames", 1), setting("seed", 0)
         ctx = normalize_frames(torch.from_numpy(frames).permute(0, 1, 4, 2, 3)).float()
         act = (
             None
@@ -307,12 +316,17 @@ def register_world_model(
         rc = rollout_config if rollout_config is not None else RolloutConfig()
         rc_path = work / "rollout_config.json"
         rc_path.write_text(json.dumps(rc.model_dump(mode="json"), indent=2))
-        mlflow.pyfunc.save_model(
-            path=str(work / "pyfunc"),
-            python_model=WorldModelPyfunc(),
-            artifacts={WORLD_MODEL_ARTIFACT: str(wm_dir), ROLLOUT_CONFIG_ARTIFACT: str(rc_path)},
-            pip_requirements=["vid2world", "torch", "diffusers", "safetensors", "mlflow"],
-        )
+        wm_config = json.loads((find_world_model_dir(wm_dir) / "config.json").read_text())
+        with warnings.catch_warnings():
+            # An input example would be rolled out at registration to check it: minutes for a large model.
+            warnings.filterwarnings("ignore", message=".*An input example was not provided")
+            mlflow.pyfunc.save_model(
+                path=str(work / "pyfunc"),
+                python_model=WorldModelPyfunc(),
+                artifacts={WORLD_MODEL_ARTIFACT: str(wm_dir), ROLLOUT_CONFIG_ARTIFACT: str(rc_path)},
+                pip_requirements=["vid2world", "torch", "diffusers", "safetensors", "mlflow"],
+                signature=pyfunc_signature(wm_config),
+            )
         client.log_artifacts(run_id, str(work / "pyfunc"), PYFUNC_ARTIFACT_PATH)
         try:
             client.get_registered_model(name)
@@ -324,9 +338,14 @@ def register_world_model(
             **{f"{TAG_METRIC_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()},
             **dict(tags or {}),
         }
+        description = describe_version(
+            model_uri, wm_config, metrics=metrics, split_id=split_id,
+            lineage=_lineage(client, run_id, model_uri), parameters=_parameter_count(wm_dir),
+        )  # fmt: skip
         mv = client.create_model_version(
-            name, source=f"runs:/{run_id}/{PYFUNC_ARTIFACT_PATH}", run_id=run_id, tags=version_tags
-        )
+            name, source=f"runs:/{run_id}/{PYFUNC_ARTIFACT_PATH}", run_id=run_id, tags=version_tags,
+            description=description,
+        )  # fmt: skip
         if own_run:
             client.set_terminated(run_id, "FINISHED")
     except BaseException:
@@ -337,6 +356,126 @@ def register_world_model(
         shutil.rmtree(work, ignore_errors=True)
     logger.info("registered %s version %s (run %s)", name, mv.version, run_id)
     return str(mv.version)
+
+
+def pyfunc_signature(wm_config: Mapping[str, Any]) -> Any:
+    """The pyfunc's signature, from the saved model's config: ``context`` uint8 (B, K, H, W, C) and, with
+    an action space, ``actions`` (B, T, dim) float32 or (B, T) int64 ids in; uint8 (B, N, H, W, C) out;
+    params ``num_frames`` and ``seed``. None when the config lacks the frame size."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    size, channels = wm_config.get("sample_size"), wm_config.get("data_channels")
+    if size is None or channels is None:
+        return None
+    h, w = (size, size) if isinstance(size, int) else size
+    frames = (-1, -1, int(h), int(w), int(channels))
+    inputs = [TensorSpec(np.dtype(np.uint8), frames, "context")]
+    space = wm_config.get("action_space")
+    if space and space["type"] == "discrete":
+        inputs.append(TensorSpec(np.dtype(np.int64), (-1, -1), "actions"))
+    elif space:
+        inputs.append(TensorSpec(np.dtype(np.float32), (-1, -1, int(space["dim"])), "actions"))
+    return ModelSignature(
+        inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype(np.uint8), frames, "frames")]),
+        params=ParamSchema([ParamSpec("num_frames", "long", 1), ParamSpec("seed", "long", 0)]),
+    )  # fmt: skip
+
+
+def _parameter_count(model_dir: Path) -> int | None:
+    """Parameters in the safetensors files under ``model_dir``, from their headers (nothing loaded)."""
+    import struct
+
+    total = 0
+    try:
+        for f in sorted(find_world_model_dir(model_dir).glob("*.safetensors")):
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            total += sum(math.prod(t["shape"]) for k, t in header.items() if k != "__metadata__")
+    except (OSError, ValueError, KeyError, struct.error):
+        return None
+    return total or None
+
+
+def _lineage(client: Any, run_id: str | None, model_uri: str) -> dict[str, str]:
+    """Best effort, through MLflow: the training run that exported ``model_uri`` (an EMA export is
+    ``<export>_ema``), what it fine-tuned from, and the base model of the pipeline it ran in."""
+    out: dict[str, str] = {}
+    export = model_uri.rstrip("/").removesuffix("_ema")
+    if run_id is None or "'" in export:
+        return out
+    try:
+        exp_id = client.get_run(run_id).info.experiment_id
+        runs = client.search_runs([exp_id], f"params.output_uri = '{export}'", max_results=1,
+                                  order_by=["attributes.start_time DESC"])  # fmt: skip
+        if not runs:
+            return out
+        train = runs[0]
+        out["train_run"] = train.info.run_id
+        out["fine_tuned_from"] = train.data.params.get("model.base_uri", "")
+        out["steps"] = train.data.params.get("max_steps", "")
+        stage = train.data.tags.get("mlflow.parentRunId")
+        pipeline = client.get_run(stage).data.tags.get("mlflow.parentRunId") if stage else None
+        if pipeline:
+            query = f"tags.`mlflow.parentRunId` = '{pipeline}' and tags.`v2w.stage` = 'base'"
+            base = client.search_runs([exp_id], query, max_results=1)
+            if base:
+                out["pretrained_base"] = base[0].data.tags.get("output.model", "")
+    except Exception as err:  # noqa: BLE001 - a description without lineage beats a failed registration
+        logger.info("registry: lineage of %s not found (%s)", model_uri, str(err).splitlines()[0][:200])
+    return {k: v for k, v in out.items() if v}
+
+
+def describe_version(
+    model_uri: str,
+    wm_config: Mapping[str, Any],
+    *,
+    metrics: Mapping[str, float],
+    split_id: str,
+    lineage: Mapping[str, str] | None = None,
+    parameters: int | None = None,
+) -> str:
+    """A model version's description (Markdown, shown by the registry UI): what the model is, what it
+    was fine-tuned from, its eval metrics beside the copy-last-frame and untrained-base baselines."""
+    lineage = lineage or {}
+    space = wm_config.get("action_space")
+    actions = f"{space['type']} actions (dim {space['dim']})" if space else "no actions"
+    size = wm_config.get("sample_size") or []
+    frames = "×".join(str(x) for x in ([size, size] if isinstance(size, int) else size))
+    channels = wm_config.get("data_channels", "?")
+    what = (
+        f"Vid2World world model: {wm_config.get('family', '?')} video diffusion model, causal mode "
+        f"{wm_config.get('causal_mode', '?')}, {actions}, {frames or '?'}×{channels} frames"
+    )
+    lines = [what + (f", {parameters / 1e6:.2f} M parameters." if parameters else ".")]
+    if lineage.get("fine_tuned_from"):
+        base = f"Base: fine-tuned from `{lineage['fine_tuned_from']}`"
+        if lineage.get("steps"):
+            base += f" for {lineage['steps']} steps"
+        if lineage.get("train_run"):
+            base += f" (train run {lineage['train_run']})"
+        if lineage.get("pretrained_base"):
+            base += f"; pretrained base `{lineage['pretrained_base']}`"
+        lines.append(base + ".")
+    summary = []
+    for name in HIGHER_IS_BETTER:
+        value = metrics.get(name)
+        if value is None or not math.isfinite(float(value)):
+            continue
+        baselines = [
+            f"{label} {float(metrics[prefix + name]):.4g}"
+            for label, prefix in (("copy-last", COPY_LAST_PREFIX), ("untrained base", "untrained_"))
+            if prefix + name in metrics
+        ]
+        summary.append(f"{name} {float(value):.4g}" + (f" ({', '.join(baselines)})" if baselines else ""))
+    lines.append(
+        f"Eval (split `{split_id}`): {'; '.join(summary) or 'no comparable metrics'}. "
+        f"All eval metrics are the version's `{TAG_METRIC_PREFIX}*` tags."
+    )
+    lines.append(f"Weights: `{model_uri}`.")
+    return "\n\n".join(lines)
 
 
 def version_metrics(tags: Mapping[str, str]) -> dict[str, float]:
@@ -526,11 +665,13 @@ __all__ = [
     "WorldModelPyfunc",
     "choose_primary",
     "copy_last_gate",
+    "describe_version",
     "find_world_model_dir",
     "is_better",
     "load_model_from_uri",
     "log_eval_run",
     "promote_if_better",
+    "pyfunc_signature",
     "register_and_promote",
     "register_world_model",
     "resolve_model_dir",

@@ -134,3 +134,22 @@ def test_ray_head_loopback_job_submit_and_stop(tmp_path: Path) -> None:
     finally:
         stack.stop(config=cfg)
     assert {r.name: r.state for r in stack.status(config=cfg)}["ray"] == "stopped"
+
+
+def test_credentials_file_is_private_and_ray_gets_its_path_not_the_keys(tmp_path: Path) -> None:
+    """Whatever Ray's environment holds, its workers and jobs inherit: the Ray head gets the path of the
+    stack's credentials file (mode 0600), never the keys; clients get both (their own environment)."""
+    cfg = dataclasses.replace(_own_config(tmp_path), access_key="id-1", secret_key="secret-1")
+    path = stack.write_credentials(cfg)
+    assert path == cfg.credentials_path and path.stat().st_mode & 0o777 == 0o600
+    assert storage.read_credentials_file(path)["secret_key"] == "secret-1"
+    path.chmod(0o644)  # rewritten (and made private again) when the keys change
+    path = stack.write_credentials(dataclasses.replace(cfg, secret_key="secret-2"))
+    assert path.stat().st_mode & 0o777 == 0o600 and "secret-2" in path.read_text()
+    assert sorted(p.name for p in path.parent.iterdir()) == ["credentials"]  # no temp file left behind
+    ray_env = stack._service_env(cfg, "ray")
+    assert ray_env["V2W_CREDENTIALS_FILE"] == str(path)
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & set(ray_env)
+    assert "secret-1" not in json.dumps(ray_env)
+    assert stack._service_env(cfg, "mlflow")["AWS_SECRET_ACCESS_KEY"] == "secret-1"  # its artifact proxy
+    assert cfg.client_env()["V2W_CREDENTIALS_FILE"] == str(path)

@@ -165,7 +165,8 @@ def test_job_fails_after_training_and_the_resubmission_runs_only_evaluate_and_re
     # no secret in the jobs' metadata (the Jobs API lists their runtime envs)
     cfg = ray_head.config
     token = cfg.ray_token_path.read_text().strip()
-    request = urllib.request.Request(f"{cfg.ray_dashboard_url}/api/jobs/", headers={"Authorization": f"Bearer {token}"})
+    headers = {"Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(f"{cfg.ray_dashboard_url}/api/jobs/", headers=headers)
     with urllib.request.urlopen(request, timeout=30) as resp:
         jobs = resp.read().decode()
     assert "pipelines/full.py" in jobs and cfg.secret_key not in jobs

@@ -112,8 +112,8 @@ def test_wrong_s3_endpoint_and_missing_credentials() -> None:
     _assert_one_line_error(proc, "run.root=s3://v2w/x", endpoint)
     assert seconds < 30
     no_creds = {**env, "AWS_ACCESS_KEY_ID": "<unset>", "AWS_SECRET_ACCESS_KEY": "<unset>",
-                "AWS_PROFILE": "<unset>", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
-                "AWS_CONFIG_FILE": "/nonexistent"}  # fmt: skip
+                "AWS_PROFILE": "<unset>", "V2W_CREDENTIALS_FILE": "<unset>",
+                "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_CONFIG_FILE": "/nonexistent"}  # fmt: skip
     proc, _ = _run(["--set", "run.root=s3://v2w/x", *LOCAL], env=no_creds)
     _assert_one_line_error(proc, "run.root=s3://v2w/x", "credentials")
 

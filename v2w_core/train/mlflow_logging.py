@@ -6,7 +6,10 @@ exponential backoff for minutes (``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` = 7 by defa
 every rank waiting on rank 0 in the next collective. Here ``log_metrics`` only appends to a bounded
 buffer; a daemon thread sends batches (``log_batch``, ≤ 1000 metrics / 100 params) with a short timeout
 and no client-side retries, keeps the buffer across an outage (logging one warning when it starts and
-one when it ends) and drops the oldest entries only if the buffer limit is reached (counted and logged).
+one when it ends) and drops the newest entries only if the buffer limit is reached. Every metric batch
+that never reaches the server (rejected by it, dropped on a full buffer, unsent at shutdown) is counted;
+``close`` logs the counts as the run's metrics ``mlflow_dropped_metric_batches`` /
+``mlflow_dropped_metric_values`` (0 when nothing was lost) and a warning line when any were lost.
 
 Only the rank-0 worker creates one of these. The run itself is created by the driver (see
 :func:`start_run`) so that a restarted worker group keeps logging into the same run.
@@ -17,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import math
 import os
 import platform
 import threading
@@ -29,6 +33,13 @@ logger = logging.getLogger(__name__)
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_PARAM_VALUE = 6000
+#: MLflow 3's UI picks an experiment's view from this tag: model training (runs, metrics, models) for
+#: ``custom_model_development``; unset, it may open on the GenAI view (traces, evaluations) instead.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: Metrics that :meth:`BufferedMlflowLogger.close` logs: what never reached the tracking server.
+DROPPED_BATCHES_METRIC = "mlflow_dropped_metric_batches"
+DROPPED_VALUES_METRIC = "mlflow_dropped_metric_values"
 _PACKAGES = ("torch", "deepspeed", "ray", "diffusers", "mlflow", "pyarrow", "numpy", "vid2world")
 
 
@@ -80,6 +91,22 @@ def _no_client_retries(timeout_s: float) -> None:
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout_s)))
 
 
+def ensure_experiment(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created as a model-training experiment (:data:`EXPERIMENT_KIND`)
+    when missing. One without a kind (created before this tag was set) gets it; another kind is kept."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return str(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
+        except Exception:  # RESOURCE_ALREADY_EXISTS: another stage or process created it meanwhile
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(exp.experiment_id)
+
+
 def start_run(
     tracking_uri: str,
     experiment: str,
@@ -94,8 +121,7 @@ def start_run(
     from mlflow.entities import Param, RunTag
 
     client = MlflowClient(tracking_uri=tracking_uri)
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
+    exp_id = ensure_experiment(client, experiment)
     all_tags = dict(tags or {})
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
@@ -200,9 +226,16 @@ class BufferedMlflowLogger:
         self._max_retry_interval_s = max_retry_interval_s
         self._cond = threading.Condition()
         self._closing = False
+        #: Metric values lost: dropped on a full buffer, or in a batch the server rejected.
         self.dropped = 0
+        #: ``log_metrics`` calls that lost values to a full buffer (each counts as one batch).
+        self.overflow_batches = 0
+        #: Batches the server rejected (a 4xx answer; retrying cannot help), and those of them with metrics.
+        self.rejected_batches = 0
+        self.rejected_metric_batches = 0
         self.failures = 0
         self.sent_metrics = 0
+        self._last_step = 0
         self._outage_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="mlflow-logger", daemon=True)
         self._thread.start()
@@ -213,11 +246,14 @@ class BufferedMlflowLogger:
 
         ts = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
         with self._cond:
+            self._last_step = max(self._last_step, int(step))
+            lost = 0
             for k, v in metrics.items():
                 if v is None:
                     continue
                 if len(self._metrics) >= self._max_buffer:
                     # Drop the newest, not the oldest: the sender thread may be sending the front right now.
+                    lost += 1
                     self.dropped += 1
                     if self.dropped == 1 or self.dropped % 10_000 == 0:
                         logger.warning(
@@ -227,6 +263,7 @@ class BufferedMlflowLogger:
                         )
                     continue
                 self._metrics.append(Metric(k, float(v), ts, int(step)))
+            self.overflow_batches += 1 if lost else 0
             self._cond.notify()
 
     def log_params(self, params: Mapping[str, str]) -> None:
@@ -259,7 +296,8 @@ class BufferedMlflowLogger:
         return self.pending() == 0
 
     def close(self, timeout_s: float = 30.0) -> bool:
-        """Flush (bounded) and stop the thread; warns about anything that could not be sent."""
+        """Flush (bounded), stop the thread, then log what never reached the server (:meth:`loss_report`)
+        as the run's metrics, with a warning line when anything was lost."""
         ok = self.flush(timeout_s)
         with self._cond:
             self._closing = True
@@ -267,7 +305,42 @@ class BufferedMlflowLogger:
         self._thread.join(timeout=5)
         if not ok:
             logger.warning("MLflow: %d buffered entries could not be sent before shutdown", self.pending())
+        report = self.loss_report()
+        if report[DROPPED_BATCHES_METRIC]:
+            logger.warning(
+                "MLflow: %d metric batches (%d values) of run %s never reached the tracking server: %d "
+                "rejected by it, %d dropped on a full buffer during an outage, %d unsent at shutdown",
+                report[DROPPED_BATCHES_METRIC], report[DROPPED_VALUES_METRIC], self.run_id,
+                self.rejected_metric_batches, self.overflow_batches,
+                report[DROPPED_BATCHES_METRIC] - self.dropped_batches,
+            )  # fmt: skip
+        self._log_report(report)
         return ok
+
+    @property
+    def dropped_batches(self) -> int:
+        """Metric batches lost before shutdown: rejected by the server, or cut by a full buffer."""
+        return self.rejected_metric_batches + self.overflow_batches
+
+    def loss_report(self) -> dict[str, int]:
+        """Metric batches and values lost so far, counting those still buffered as lost (for ``close``)."""
+        with self._cond:
+            unsent = len(self._metrics)
+            batches = self.dropped_batches + math.ceil(unsent / MAX_METRICS_PER_BATCH)
+            return {DROPPED_BATCHES_METRIC: batches, DROPPED_VALUES_METRIC: self.dropped + unsent}
+
+    def _log_report(self, report: Mapping[str, int]) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, self._last_step) for k, v in report.items()]
+        try:
+            self._client.log_batch(self.run_id, metrics=metrics)
+        except Exception as err:  # noqa: BLE001 - the tracking server may still be down; never raise here
+            logger.warning(
+                "MLflow: could not log %s=%d to run %s (%s)", DROPPED_BATCHES_METRIC,
+                report[DROPPED_BATCHES_METRIC], self.run_id, str(err).splitlines()[0][:200],
+            )  # fmt: skip
 
     # -------------------------------------------------------------------------------------- internals
     def _take(self) -> tuple[list[Any], list[Any], list[Any]]:
@@ -300,6 +373,10 @@ class BufferedMlflowLogger:
                         "MLflow rejected a batch (%s); dropping it", str(err).splitlines()[0][:200]
                     )
                     with self._cond:
+                        self.rejected_batches += 1
+                        if metrics:
+                            self.rejected_metric_batches += 1
+                            self.dropped += len(metrics)
                         self._drop(self._metrics, metrics)
                         self._drop(self._params, params)
                         self._drop(self._tags, tags)
