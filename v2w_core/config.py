@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+#: The three causal weight-transfer rules of Vid2World §1.1 (DESIGN §1.1), the one definition of the causal
+#: modes: every config field and function that takes one uses this type. Implemented in
+#: :mod:`v2w_core.models.weight_transfer`; defined here because configs must not import torch.
+CausalMode = Literal["shift", "masked", "extrapolative"]
+CAUSAL_MODES: tuple[CausalMode, ...] = get_args(CausalMode)
 
 
 class ConfigError(ValueError):
@@ -47,7 +53,9 @@ class StrictConfig(BaseModel):
         except yaml.YAMLError as err:
             where = getattr(err, "problem_mark", None)
             line = f" line {where.line + 1}" if where is not None else ""
-            raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', None) or err})") from None
+            raise ConfigError(
+                f"{path}{line}: not valid YAML ({getattr(err, 'problem', None) or err})"
+            ) from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
         for item in overrides or []:
@@ -85,7 +93,7 @@ def _describe(err: ValidationError, source: str, overrides: list[str] | None = N
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
             named = re.match(r"^([A-Za-z_][\w.]*): (.*)$", msg)
             if named and not loc:  # a whole-model check that names the key itself
                 loc, msg = named.group(1).split("."), named.group(2)

@@ -69,10 +69,8 @@ def test_channels_last_convs_give_the_same_frames(plain: torch.Tensor) -> None:
 def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch, kernel: str) -> None:
     """Branch r over the shared history plus its own newest key == SDPA over concatenated keys with a
     mask hiding the other branches' newest keys; also when the rows run in chunks; both formulations."""
-    import importlib
-
-    causalize_mod = importlib.import_module("v2w_core.models.causalize")
-    from v2w_core.models.causalize import _chunked_rows, _few_query_attention
+    from v2w_core.models import attention_kernels
+    from v2w_core.models.attention_kernels import chunked_rows, few_query_attention
 
     g = torch.Generator().manual_seed(0)
     q, k_new, v_new = torch.randn(3, 40, 4, 2, 16, generator=g)
@@ -83,9 +81,11 @@ def test_few_query_attention_equals_masked_sdpa(monkeypatch: pytest.MonkeyPatch,
         q, torch.cat([k_hist, k_new], 2), torch.cat([v_hist, v_new], 2), attn_mask=mask, scale=0.25
     )
     args = (q, k_hist, v_hist, k_new, v_new)
-    torch.testing.assert_close(_few_query_attention(*args, scale=0.25, kernel=kernel), want, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(causalize_mod, "MAX_ATTENTION_BATCH", 16)  # rows in chunks of 16, 16, 8
-    chunked = _chunked_rows(_few_query_attention, *args, scale=0.25, kernel=kernel)
+    torch.testing.assert_close(
+        few_query_attention(*args, scale=0.25, kernel=kernel), want, rtol=1e-5, atol=1e-5
+    )
+    monkeypatch.setattr(attention_kernels, "MAX_ATTENTION_BATCH", 16)  # rows in chunks of 16, 16, 8
+    chunked = chunked_rows(few_query_attention, *args, scale=0.25, kernel=kernel)
     torch.testing.assert_close(chunked, want, rtol=1e-5, atol=1e-5)
 
 
@@ -94,7 +94,7 @@ def test_auto_kernel_is_gemm_eagerly_and_a_reduction_inside_compile() -> None:
     the products, and gives torch.compile the broadcast form it fuses into one pass over K/V."""
     from torch.overrides import TorchFunctionMode
 
-    from v2w_core.models.causalize import _few_query_attention
+    from v2w_core.models.attention_kernels import few_query_attention
     from v2w_core.models.streaming import StreamState
 
     assert StreamState().few_query_kernel == "auto"
@@ -113,7 +113,7 @@ def test_auto_kernel_is_gemm_eagerly_and_a_reduction_inside_compile() -> None:
             return func(*args, **(kwargs or {}))
 
     with Calls() as eager:
-        want = _few_query_attention(*args, scale=0.3)
+        want = few_query_attention(*args, scale=0.3)
     assert torch.matmul in eager.seen
 
     traced: list[Any] = []
@@ -123,7 +123,7 @@ def test_auto_kernel_is_gemm_eagerly_and_a_reduction_inside_compile() -> None:
         return gm.forward
 
     torch._dynamo.reset()
-    got = torch.compile(_few_query_attention, backend=backend, fullgraph=True)(*args, scale=0.3)
+    got = torch.compile(few_query_attention, backend=backend, fullgraph=True)(*args, scale=0.3)
     assert traced and torch.matmul not in traced
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
@@ -162,18 +162,20 @@ def test_cuda_graph_replay_equals_eager() -> None:
 def test_temporal_cross_attention_runs_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """SVD's per-pixel temporal cross-attention is chunked like the self-attention (no kernel grid overflow
     at large batch), with the same result."""
-    import importlib
-
     from tests.models.conftest import clip, make_model
-    from v2w_core.models.causalize import RowChunkedAttnProcessor, causalize
+    from v2w_core.models import attention_kernels
+    from v2w_core.models.attention_kernels import RowChunkedAttnProcessor
+    from v2w_core.models.causalize import causalize
 
-    causalize_mod = importlib.import_module("v2w_core.models.causalize")
     model = causalize(make_model("svd"))
-    wrapped = [m for m in model.modules() if isinstance(getattr(m, "processor", None), RowChunkedAttnProcessor)]
+    wrapped = [
+        m for m in model.modules() if isinstance(getattr(m, "processor", None), RowChunkedAttnProcessor)
+    ]
     assert wrapped, "SVD's temporal cross-attentions should be wrapped"
     b = clip(batch=2, frames=3, seed=5)
     with torch.no_grad():
         whole = model(b["x"], b["timesteps"], b["actions"])
-        monkeypatch.setattr(causalize_mod, "MAX_ATTENTION_BATCH", 7)  # rows = 2·3·H·W, not a multiple of 7
+        # rows = 2·3·H·W, not a multiple of 7
+        monkeypatch.setattr(attention_kernels, "MAX_ATTENTION_BATCH", 7)
         chunked = model(b["x"], b["timesteps"], b["actions"])
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import copy
-import sys
 
 import pytest
 import torch
 
 from tests.models.conftest import clip, make_model
+from v2w_core.models import attention_kernels, causal_layers
 from v2w_core.models.causalize import CausalTemporalAttnProcessor, causalize
 from v2w_core.models.streaming import HistoryCache
-
-causalize_module = sys.modules["v2w_core.models.causalize"]  # the package re-exports the function
 
 
 @pytest.mark.parametrize("kernel", ["gemm", "reduce"])
@@ -24,13 +22,13 @@ def test_step_newest_equals_full_forward_with_two_branches(
     model = causalize(make_model(family), "extrapolative")
     model.stream_state.few_query_kernel = kernel  # both replay-attention formulations
     used: set[str] = set()
-    real = causalize_module._few_query_attention
+    real = causal_layers.few_query_attention
 
     def spy(*args, kernel, **kwargs):  # type: ignore[no-untyped-def]
         used.add(kernel)
         return real(*args, kernel=kernel, **kwargs)
 
-    monkeypatch.setattr(causalize_module, "_few_query_attention", spy)
+    monkeypatch.setattr(causal_layers, "few_query_attention", spy)
     batch_size, frames = 2, history + 1
     b = clip(batch=batch_size, frames=frames, seed=3)
     mask = torch.ones(batch_size, frames, dtype=torch.bool)
@@ -124,7 +122,7 @@ def test_attention_is_chunked_over_pixels(monkeypatch: pytest.MonkeyPatch) -> No
     b = clip(batch=2, frames=4)
     full = model(**b)
     cache = model.encode_history(b["x"][:, :-1], b["timesteps"][:, :-1], b["actions"][:, :-1])
-    monkeypatch.setattr(causalize_module, "MAX_ATTENTION_BATCH", 5)
+    monkeypatch.setattr(attention_kernels, "MAX_ATTENTION_BATCH", 5)
     torch.testing.assert_close(model(**b), full, rtol=1e-5, atol=1e-6)
     new = model.step_newest(b["x"][:, -1:], b["timesteps"][:, -1:], b["actions"][:, -1:], None, cache)
     torch.testing.assert_close(new, full[:, -1:], rtol=1e-5, atol=1e-5)

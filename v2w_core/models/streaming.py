@@ -30,7 +30,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 StreamMode = Literal["off", "record", "replay"]
-#: How the replay attention contracts the history (``causalize._few_query_attention``): batched GEMMs,
+#: How the replay attention contracts the history (``attention_kernels.few_query_attention``): batched GEMMs,
 #: a broadcast reduction that ``torch.compile`` fuses into one pass over K/V, or "auto" (the reduction
 #: inside torch.compile, GEMMs otherwise; see that function for the measurements).
 FewQueryKernel = Literal["auto", "gemm", "reduce"]
@@ -46,7 +46,7 @@ class HistoryCache:
     to the newest frame's output. A newest-frame batch of ``n * batch_size`` (e.g. the conditional and
     unconditional guidance branches, ``torch.cat([x] * n)`` order) shares them without copies: convs
     broadcast over the n branches, attention treats them as n queries of one row against the shared
-    history (``causalize._few_query_attention``), so the cache is never tiled or extended.
+    history (``attention_kernels.few_query_attention``), so the cache is never tiled or extended.
 
     For CUDA graphs the cache's tensors must stay at fixed addresses across generated frames:
     :meth:`copy_` writes a new history of the same shapes into an existing cache in place.

@@ -28,10 +28,11 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from v2w_core.config import StrictConfig
+from v2w_core.config import CausalMode, StrictConfig
 from v2w_core.models.actions import ActionEncoder, ActionSpec, check_action_mask
-from v2w_core.models.causalize import causalize_unet, check_mode
+from v2w_core.models.causalize import causalize_unet
 from v2w_core.models.streaming import HistoryCache, StreamState
+from v2w_core.models.weight_transfer import check_causal_mode
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ class WorldModelConfig(StrictConfig):
     """Everything needed to rebuild a world model (recorded in its config.json).
 
     ``base`` holds the diffusers constructor arguments of the UNet. ``causal_mode`` is "none" for the
-    bidirectional base (pretraining) and the causalization mode afterwards.
+    bidirectional base (pretraining) and the causal mode (:data:`~v2w_core.config.CausalMode`) afterwards.
     """
 
     family: Family
@@ -57,7 +58,7 @@ class WorldModelConfig(StrictConfig):
     sample_size: tuple[int, int] = (64, 64)
     action_space: ActionSpec | None = None
     action_hidden_dims: tuple[int, int] | None = None
-    causal_mode: Literal["none", "shift", "masked", "extrapolative"] = "none"
+    causal_mode: Literal["none", CausalMode] = "none"
     extrapolation_window: int = Field(2, ge=1)
     context_tokens: int = Field(1, ge=1)
     added_time_ids: tuple[float, ...] = (6.0, 127.0, 0.02)
@@ -195,9 +196,11 @@ class WorldModel(nn.Module):
         self.action_encoder = self._make_action_encoder(spec)
         self.config = self.config.model_copy(update={"action_space": spec})
 
-    def _set_causal(self, mode: str, window: int) -> None:
-        check_mode(mode)
-        self.config = self.config.model_copy(update={"causal_mode": mode, "extrapolation_window": window})
+    def _set_causal(self, causal_mode: CausalMode, window: int) -> None:
+        check_causal_mode(causal_mode)
+        self.config = self.config.model_copy(
+            update={"causal_mode": causal_mode, "extrapolation_window": window}
+        )
 
     @property
     def is_causal(self) -> bool:

@@ -12,11 +12,10 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from v2w_core.config import StrictConfig
+from v2w_core.config import CausalMode, StrictConfig
 
 Mode = Literal["pretrain", "finetune"]
 Precision = Literal["bf16", "fp16", "fp32"]
-CausalMode = Literal["shift", "masked", "extrapolative"]
 
 
 class ModelSection(StrictConfig):
