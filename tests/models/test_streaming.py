@@ -99,7 +99,7 @@ def test_step_newest_bad_inputs() -> None:
     with pytest.raises(KeyError, match="no entry"):
         other.step_newest(b["x"][:, -1:], b["timesteps"][:, -1:], None, None, cache)
     # a failed streaming call leaves the model usable for full forwards
-    assert other.stream_state.mode == "off"
+    assert other.stream_state.phase == "off"
 
 
 @torch.no_grad()

@@ -100,10 +100,10 @@ class CausalTemporalConv(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.kernel_size[0] - 1
-        if self.stream.mode == "replay":
+        if self.stream.phase == "replay":
             return self._replay(x)
         x = F.pad(x, (0, 0, 0, 0, pad, 0))
-        if self.stream.mode == "record":
+        if self.stream.phase == "record":
             # What the newest frame needs from the history is fixed for all its denoising steps: the past
             # taps applied to the last L-1 inputs (plus the bias). Computing it once here leaves a 1×1 conv
             # of the newest frame per step, and nothing to concatenate.
@@ -165,8 +165,8 @@ class FramePositionProj(nn.Module):
 class CausalTemporalAttnProcessor:
     """diffusers attention processor for temporal self-attention with a causal (lower-triangular) mask.
 
-    Input is (B·H·W, F, C): each spatial position attends over its own frames. In streaming "record" mode
-    the per-head keys/values are stored; in "replay" mode the newest frame's query attends to the cached
+    Input is (B·H·W, F, C): each spatial position attends over its own frames. In the streaming "record"
+    phase the per-head keys/values are stored; in "replay" the newest frame's query attends to the cached
     history keys/values plus its own, which is the last row of the causal attention.
     """
 
@@ -204,7 +204,7 @@ class CausalTemporalAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
-        if self.stream.mode == "replay":
+        if self.stream.phase == "replay":
             if q.shape[2] != 1:
                 raise ValueError(f"{self.stream_key}: streaming replays one new frame, got {q.shape[2]}")
             # The n branches are n queries of the same row against one shared history (never tiled):

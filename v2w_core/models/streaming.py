@@ -1,8 +1,9 @@
 """Streaming state for autoregressive rollout with a causal world model.
 
 Once the model is causal, a history frame's activations never depend on later frames. The rollout can
-therefore run the history once per generated frame (:meth:`WorldModel.encode_history`, "record" mode)
-and then every denoising step on the newest frame alone (:meth:`WorldModel.step_newest`, "replay" mode).
+therefore run the history once per generated frame (:meth:`WorldModel.encode_history`, the "record" phase)
+and then every denoising step on the newest frame alone (:meth:`WorldModel.step_newest`, the "replay"
+phase).
 
 Only the temporal layers look across frames, so only they need state, and they are all ours after
 :func:`~v2w_core.models.causalize.causalize`:
@@ -29,7 +30,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-StreamMode = Literal["off", "record", "replay"]
+#: What a forward does with the history cache: nothing (a full forward), fill it, or read it.
+StreamPhase = Literal["off", "record", "replay"]
 #: How the replay attention contracts the history (``attention_kernels.few_query_attention``): batched GEMMs,
 #: a broadcast reduction that ``torch.compile`` fuses into one pass over K/V, or "auto" (the reduction
 #: inside torch.compile, GEMMs otherwise; see that function for the measurements).
@@ -131,7 +133,7 @@ class StreamState:
     """
 
     def __init__(self) -> None:
-        self.mode: StreamMode = "off"
+        self.phase: StreamPhase = "off"
         self.cache: HistoryCache | None = None
         # Newest-frame batch / history batch (guidance branches); the causal layers broadcast over it.
         self.repeats: int = 1
@@ -140,15 +142,15 @@ class StreamState:
     @property
     def frame_offset(self) -> int:
         """Index of the first frame of the current forward within the whole window."""
-        if self.mode == "replay" and self.cache is not None:
+        if self.phase == "replay" and self.cache is not None:
             return self.cache.num_frames
         return 0
 
     def record(self, key: str, *tensors: torch.Tensor) -> None:
-        if self.mode == "record":
+        if self.phase == "record":
             assert self.cache is not None
             self.cache.put(key, *tensors)
 
     def history(self, key: str) -> tuple[torch.Tensor, ...]:
-        assert self.mode == "replay" and self.cache is not None
+        assert self.phase == "replay" and self.cache is not None
         return self.cache.get(key)

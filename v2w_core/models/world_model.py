@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from v2w_core.config import CausalMode, StrictConfig
 from v2w_core.models.actions import ActionEncoder, ActionSpec, check_action_mask
 from v2w_core.models.causalize import causalize_unet
-from v2w_core.models.streaming import HistoryCache, StreamState
+from v2w_core.models.streaming import HistoryCache, StreamPhase, StreamState
 from v2w_core.models.weight_transfer import check_causal_mode
 
 logger = logging.getLogger(__name__)
@@ -309,7 +309,7 @@ class WorldModel(nn.Module):
             self.config.gradient_checkpointing
             and self.training
             and torch.is_grad_enabled()
-            and self.stream_state.mode == "off"
+            and self.stream_state.phase == "off"
         )
 
     def _call(self, module: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -405,15 +405,15 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------ streaming
 
     @contextlib.contextmanager
-    def _streaming(self, mode: str, cache: HistoryCache, repeats: int) -> Iterator[None]:
+    def _streaming(self, phase: StreamPhase, cache: HistoryCache, repeats: int) -> Iterator[None]:
         state = self.stream_state
-        if state.mode != "off":
+        if state.phase != "off":
             raise RuntimeError("a streaming forward is already running on this model")
-        state.mode, state.cache, state.repeats = mode, cache, repeats  # type: ignore[assignment]
+        state.phase, state.cache, state.repeats = phase, cache, repeats
         try:
             yield
         finally:
-            state.mode, state.cache, state.repeats = "off", None, 1
+            state.phase, state.cache, state.repeats = "off", None, 1
 
     def _require_causal(self, what: str) -> None:
         if not self.is_causal:
