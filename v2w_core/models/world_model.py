@@ -234,10 +234,7 @@ class WorldModel(nn.Module):
         patch = self.config.patch_size
         if patch > 1:
             sample = F.pixel_unshuffle(sample, patch)
-        if self.config.family == "unet3d":
-            out = self._run_unet3d(sample, emb, batch, frames)
-        else:
-            out = self._run_svd(sample, emb, batch, frames)
+        out = self._run_unet(sample, emb, batch, frames)
         if patch > 1:
             out = F.pixel_shuffle(out, patch)
         return out.reshape(batch, frames, *out.shape[1:])
@@ -320,86 +317,58 @@ class WorldModel(nn.Module):
     def _context(self, n: int) -> torch.Tensor:
         return self.null_context[None].expand(n, -1, -1)
 
-    def _run_unet3d(self, sample: torch.Tensor, emb: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+    def _null_cond(self, sample: torch.Tensor) -> torch.Tensor:
+        """``sample`` with SVD's conditioning-latent channels appended, filled with the learned null."""
+        if self.null_cond is None:
+            return sample
+        cond = self.null_cond.to(sample.dtype)[None, :, None, None].expand(
+            sample.shape[0], -1, *sample.shape[-2:]
+        )
+        return torch.cat([sample, cond], dim=1)
+
+    def _run_unet(self, sample: torch.Tensor, emb: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
+        """The base's own layers on (B·F, C, H, W) frames with per-frame embeddings ``emb``, both families.
+
+        The block loop is diffusers' (down blocks collecting skips, mid block, up blocks consuming them,
+        output norm and conv), with the same arguments as the base's own forward except ``emb``, which is
+        per frame here. The families differ only where their diffusers forwards do:
+
+        * how a block learns the frame count: UNet3D blocks take ``num_frames``; SVD blocks take an
+          ``image_only_indicator`` (B, F), all zeros (every frame is a video frame, none a still image);
+        * the stem: SVD appends its conditioning-latent channels (a learned null here) before ``conv_in``;
+          UNet3D runs its temporal ``transformer_in`` after ``conv_in`` (SVD has none);
+        * UNet3D's output norm is optional (``norm_num_groups=None``), SVD's always present.
+        """
         unet = self.unet
         ctx = self._context(sample.shape[0])
+        if self.config.family == "unet3d":
+            per_frame: dict[str, Any] = {"num_frames": frames}
+        else:
+            sample = self._null_cond(sample)
+            indicator = torch.zeros(batch, frames, dtype=sample.dtype, device=sample.device)
+            per_frame = {"image_only_indicator": indicator}
         up_factor = 2**unet.num_upsamplers
         forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
 
         h = unet.conv_in(sample)
-        h = self._call(unet.transformer_in, h, num_frames=frames, return_dict=False)[0]
+        if self.config.family == "unet3d":
+            h = self._call(unet.transformer_in, h, num_frames=frames, return_dict=False)[0]
         skips: tuple[torch.Tensor, ...] = (h,)
         for block in unet.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = self._call(block, h, emb, encoder_hidden_states=ctx, num_frames=frames)
-            else:
-                h, res = self._call(block, h, emb, num_frames=frames)
+            cross = {"encoder_hidden_states": ctx} if getattr(block, "has_cross_attention", False) else {}
+            h, res = self._call(block, h, emb, **cross, **per_frame)
             skips += res
-        h = self._call(unet.mid_block, h, emb, encoder_hidden_states=ctx, num_frames=frames)
+        h = self._call(unet.mid_block, h, emb, encoder_hidden_states=ctx, **per_frame)
         for i, block in enumerate(unet.up_blocks):
             res = skips[-len(block.resnets) :]
             skips = skips[: -len(block.resnets)]
             upsample_size = (
                 skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None
             )
-            if getattr(block, "has_cross_attention", False):
-                h = self._call(
-                    block,
-                    h,
-                    res,
-                    emb,
-                    encoder_hidden_states=ctx,
-                    upsample_size=upsample_size,
-                    num_frames=frames,
-                )
-            else:
-                h = self._call(block, h, res, emb, upsample_size=upsample_size, num_frames=frames)
+            cross = {"encoder_hidden_states": ctx} if getattr(block, "has_cross_attention", False) else {}
+            h = self._call(block, h, res, emb, **cross, upsample_size=upsample_size, **per_frame)
         if unet.conv_norm_out is not None:
             h = unet.conv_act(unet.conv_norm_out(h))
-        return unet.conv_out(h)
-
-    def _run_svd(self, sample: torch.Tensor, emb: torch.Tensor, batch: int, frames: int) -> torch.Tensor:
-        unet = self.unet
-        ctx = self._context(sample.shape[0])
-        if self.null_cond is not None:
-            cond = self.null_cond.to(sample.dtype)[None, :, None, None].expand(
-                sample.shape[0], -1, *sample.shape[-2:]
-            )
-            sample = torch.cat([sample, cond], dim=1)
-        up_factor = 2**unet.num_upsamplers
-        forward_upsample_size = any(s % up_factor != 0 for s in sample.shape[-2:])
-        indicator = torch.zeros(batch, frames, dtype=sample.dtype, device=sample.device)
-
-        h = unet.conv_in(sample)
-        skips: tuple[torch.Tensor, ...] = (h,)
-        for block in unet.down_blocks:
-            if getattr(block, "has_cross_attention", False):
-                h, res = self._call(block, h, emb, encoder_hidden_states=ctx, image_only_indicator=indicator)
-            else:
-                h, res = self._call(block, h, emb, image_only_indicator=indicator)
-            skips += res
-        h = self._call(unet.mid_block, h, emb, encoder_hidden_states=ctx, image_only_indicator=indicator)
-        for i, block in enumerate(unet.up_blocks):
-            res = skips[-len(block.resnets) :]
-            skips = skips[: -len(block.resnets)]
-            upsample_size = (
-                skips[-1].shape[2:] if forward_upsample_size and i < len(unet.up_blocks) - 1 else None
-            )
-            if getattr(block, "has_cross_attention", False):
-                h = self._call(
-                    block,
-                    h,
-                    res,
-                    emb,
-                    encoder_hidden_states=ctx,
-                    upsample_size=upsample_size,
-                    image_only_indicator=indicator,
-                )
-            else:
-                h = self._call(
-                    block, h, res, emb, upsample_size=upsample_size, image_only_indicator=indicator
-                )
-        h = unet.conv_act(unet.conv_norm_out(h))
         return unet.conv_out(h)
 
     # ------------------------------------------------------------------ streaming
