@@ -3,6 +3,10 @@
     python bench/data_throughput.py [--episodes 64] [--length 64] [--codecs h264,h264-lossless,zstd]
                                     [--out bench/results/data_throughput.json] [--profile]
 
+Appends one record per run to bench/results/data_throughput.json (``bench/_record.py``): settings, the
+rows below, the machine and a ``headline`` (decoded frames/s, clip frames/s, frames/CPU-s per case; the
+best Ray Data case).
+
 What runs: a moto_server (``infra.stack``, loopback, its own port) holds WebDataset shards of
 bouncing-shapes episodes (64x64, written untimed with ``shards.write_episodes``, 8 shards per codec so
 both cores get read tasks); a local Ray (2 CPUs, loopback) runs ``build_clip_dataset`` (clip 16,
@@ -23,17 +27,13 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
-import json
 import logging
 import os
-import platform
 import pstats
 import shutil
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._record import append_record, machine_info, machine_summary, new_record, print_table, rounded
 from infra import stack
 from v2w_core import storage
 from v2w_core.data.clips import ClipConfig, build_clip_dataset, clip_starts, collate_clips
@@ -51,33 +52,7 @@ from v2w_core.data.sources import get_source
 
 log = logging.getLogger("bench.data_throughput")
 CLIP, STRIDE, SHARDS = 16, 8, 8
-
-
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("ray", "pyarrow", "numpy", "av", "zstandard", "torch", "moto", "boto3"):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "load_average_1_5_15": list(os.getloadavg()),
-        "packages": versions,
-    }
+PACKAGES = ("ray", "pyarrow", "numpy", "av", "zstandard", "torch", "moto", "boto3")
 
 
 def cpu_seconds() -> float:
@@ -189,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     import ray
     from ray._private import ray_constants
 
-    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    record = new_record("data_throughput", machine=machine_info(PACKAGES))
     load_start = list(os.getloadavg())
     work = Path(tempfile.mkdtemp(prefix="v2w-bench-"))
     ray_tmp = tempfile.mkdtemp(prefix="v2w-ray-", dir="/tmp")  # short: Ray's socket paths are bounded
@@ -238,23 +213,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cols = ("case", "decoded_frames", "clips", "wall_s", "decoded_frames_per_s", "clips_per_s",
             "clip_frames_per_s", "decoded_frames_per_cpu_s", "decoded_frames_per_busy_cpu_s")  # fmt: skip
-    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in results:
-        cells = []
-        for c in cols:
-            v = r.get(c)
-            cells.append(f"{v:.1f}" if isinstance(v, float) else str(v if v is not None else "-"))
-        print("| " + " | ".join(cells) + " |")
+    print()
+    print_table(results, cols)
     for r in results:
         if "profile_top_tottime" in r:
             print(f"\nprofile of {r['case']}:\n{r['profile_top_tottime']}")
-    out = {
-        "benchmark": "data_throughput",
-        "date": started_at,
+    record.update({
         "load_average_at_start": load_start,
         "load_average_at_end": list(os.getloadavg()),
         "ray_idle_cpu_per_s": idle,
-        "machine": machine_info(),
         "settings": {
             "episodes": args.episodes,
             "episode_length": args.length,
@@ -267,11 +234,36 @@ def main(argv: list[str] | None = None) -> int:
             "object_store": "moto_server on loopback",
         },
         "results": results,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2, default=str))
-    print(f"\nwrote {args.out}")
+    })  # fmt: skip
+    record["headline"] = headline(record)
+    append_record(args.out, record)
+    print(f"\nappended to {args.out}")
     return 0
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The figures bench/README.md quotes: per case decoded frames/s, clips/s, clip frames/s, frames/CPU-s
+    and frames/busy CPU-s (Ray rows), and the best Ray Data case without shuffle (the target's number)."""
+    rows = record["results"]
+
+    def per_case(key: str) -> dict[str, float | None]:
+        return {r["case"]: rounded(r.get(key)) for r in rows if key in r}
+
+    ray = [r for r in rows if r["case"].endswith("Ray Data, shuffle=none")]
+    best = max(ray, key=lambda r: r["decoded_frames_per_s"], default=None)
+    return {
+        "best_ray_case": best["case"] if best else None,
+        "best_ray_decoded_frames_per_s": rounded(best["decoded_frames_per_s"]) if best else None,
+        "best_ray_clip_frames_per_s": rounded(best["clip_frames_per_s"]) if best else None,
+        "decoded_frames_per_s": per_case("decoded_frames_per_s"),
+        "clips_per_s": per_case("clips_per_s"),
+        "clip_frames_per_s": per_case("clip_frames_per_s"),
+        "decoded_frames_per_cpu_s": per_case("decoded_frames_per_cpu_s"),
+        "decoded_frames_per_busy_cpu_s": per_case("decoded_frames_per_busy_cpu_s"),
+        "load_average_1min_start_end": [rounded(record["load_average_at_start"][0], 2),
+                                        rounded(record["load_average_at_end"][0], 2)],
+        "machine": machine_summary(record["machine"], f"{record['machine']['memory_gb']} GB"),
+    }
 
 
 if __name__ == "__main__":

@@ -8,22 +8,26 @@ actor start-up (model load), which is what an evaluate stage pays.
 
     .venv/bin/python bench/eval_throughput.py [--episodes 8] [--steps 4] [--horizon 4] [--actors 1,N]
 
-Prints a table and writes bench/results/eval_throughput.json with the machine it ran on.
+Prints a table and appends one record per run to bench/results/eval_throughput.json (``bench/_record.py``):
+settings, rows, the machine and a ``headline`` (rollouts per minute per number of actors).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._record import append_record, machine_info, machine_summary, new_record
 from v2w_core.data.episode import ActionSpace, Episode
 from v2w_core.data.shards import ShardWriterConfig, write_episodes
 from v2w_core.eval.config import EvalConfig
@@ -34,16 +38,6 @@ from v2w_core.models.presets import tiny_unet3d
 from v2w_core.models.world_model import WorldModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval_throughput.json"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def episodes(n: int, length: int) -> list[Episode]:
@@ -105,22 +99,32 @@ def main() -> None:
     for r in rows:
         print(f"{r['actors']:>6} {r['rollouts']:>8} {r['wall_s']:>8.1f} {r['rollouts_per_min']:>13.1f} "
               f"{r['s_per_rollout_in_actor']:>18.2f}")  # fmt: skip
-    record = {
-        "bench": "eval_throughput",
-        "settings": vars(args) | {"out": str(args.out), "model": "tiny_unet3d 64x64", "guidance": 2.5},
-        "results": rows,
-        "machine": {
-            "cpu": cpu_name(),
-            "cpu_count": os.cpu_count(),
-            "load_avg_1m": os.getloadavg()[0],
-            "python": platform.python_version(),
-            "torch": torch.__version__,
-            "ray": ray.__version__,
-        },
+    record = new_record(
+        "eval_throughput",
+        machine=machine_info(("ray",)),
+        settings=vars(args) | {"out": str(args.out), "model": "tiny_unet3d 64x64", "guidance": 2.5},
+        results=rows,
+    )
+    record["headline"] = headline(record)
+    append_record(args.out, record)
+    print(f"appended to {args.out}")
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """Rollouts per minute (wall, actor start-up included) and seconds per rollout inside an actor, per
+    number of actors; the speed-up of the most actors over one."""
+    rows = record["results"]
+    per_min = {str(r["actors"]): round(r["rollouts_per_min"], 2) for r in rows}
+    one = next((r["rollouts_per_min"] for r in rows if r["actors"] == 1), None)
+    most = max(rows, key=lambda r: r["actors"], default=None)
+    s = record["settings"]
+    return {
+        "rollouts_per_min": per_min,
+        "s_per_rollout_in_actor": {str(r["actors"]): round(r["s_per_rollout_in_actor"], 3) for r in rows},
+        "speedup_most_actors_vs_1": round(most["rollouts_per_min"] / one, 2) if one and most else None,
+        "protocol": f"context {s['context']}, horizon {s['horizon']}, {s['steps']} DDIM steps",
+        "machine": machine_summary(record["machine"], load=True),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,69 +13,38 @@ Converter inputs are synthetic data sets in each real format, written first (not
 ``v2w_core.data.converters.testing`` at the data sets' native sizes (LeRobot 96x128 mp4, RT-1 256x320
 JPEG, CS:GO 150x280 BGR hdf5). Output is 64x64 everywhere. Sources whose simulator is not installed
 are reported as skipped with the reason, never as a number.
+
+Appends one record per run to bench/results/ingest.json (``bench/_record.py``): settings, the rows, the
+machine and a ``headline`` (per case: produce and end-to-end frames/s and frames/CPU-s).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._record import append_record, machine_info, machine_summary, new_record, print_table
 from v2w_core.data.episode import Episode
 from v2w_core.data.shards import write_episodes
 
 log = logging.getLogger("bench.ingest")
 
 
-# ----------------------------------------------------------------------------------------- machine
-def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    versions = {}
-    for pkg in ("numpy", "av", "pyarrow", "pillow", "vizdoom", "ale-py", "gymnasium", "gymnasium-robotics",
-                "mujoco", "h5py", "google-crc32c"):  # fmt: skip
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            versions[pkg] = None
-    mem_gb = None
-    try:
-        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        pass
-    return {
-        "hostname": platform.node(),
-        "platform": platform.platform(),
-        "python": sys.version.split()[0],
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gb": mem_gb,
-        "mujoco_gl": os.environ.get("MUJOCO_GL"),
-        "load_average_1_5_15": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "packages": versions,
-    }
+PACKAGES = ("numpy", "av", "pyarrow", "pillow", "vizdoom", "ale-py", "gymnasium", "gymnasium-robotics",
+            "mujoco", "h5py", "google-crc32c")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- cases
@@ -163,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", default="", help="comma-separated case names")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ingest.json"))
     args = p.parse_args(argv)
+    args.out = str(Path(args.out).resolve())  # the cases run in a temporary working directory
     logging.basicConfig(level=logging.WARNING)
     only = {s for s in args.only.split(",") if s}
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -206,41 +176,48 @@ def main(argv: list[str] | None = None) -> int:
                   f"{row['produce_episodes_per_s']:7.2f} ep/s   end-to-end {row['end_to_end_frames_per_s']:8.1f} fr/s "
                   f"{row['end_to_end_episodes_per_s']:7.2f} ep/s", flush=True)  # fmt: skip
     print()
-    print(format_table(rows))
-    result = {
-        "benchmark": "ingest",
-        "load_average_at_start": load_at_start,
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
-        "settings": {
-            "output_size": [64, 64],
-            "codec": "h264 crf 8 (default)",
-            "quick": args.quick,
-            "processes": 1,
-        },
-        "results": rows,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {out}")
+    print_table(table_rows(rows), TABLE_COLUMNS, TABLE_HEADERS, floatfmt=None)
+    record = new_record(
+        "ingest",
+        machine=machine_info(PACKAGES, mujoco_gl=os.environ.get("MUJOCO_GL")),
+        load_average_at_start=load_at_start,
+        settings={"output_size": [64, 64], "codec": "h264 crf 8 (default)", "quick": args.quick,
+                  "processes": 1},
+        results=rows,
+    )
+    record["headline"] = headline(record)
+    append_record(args.out, record)
+    print(f"\nappended to {args.out}")
     return 0
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| case | kind | episodes | frames | produce ep/s | produce frames/s | produce frames/CPU-s "
-            "| end-to-end ep/s | end-to-end frames/s | end-to-end frames/CPU-s |")  # fmt: skip
-    lines = [head, "|" + "---|" * 10]
-    for r in rows:
-        if "skipped" in r:
-            lines.append(f"| {r['name']} | {r.get('kind', '')} | skipped: {r['skipped']} | | | | | | | |")
-            continue
-        lines.append(
-            f"| {r['name']} | {r['kind']} | {r['episodes']} | {r['frames']} | {r['produce_episodes_per_s']} | "
-            f"{r['produce_frames_per_s']} | {r['produce_frames_per_cpu_s']} | {r['end_to_end_episodes_per_s']} | "
-            f"{r['end_to_end_frames_per_s']} | {r['end_to_end_frames_per_cpu_s']} |"
-        )
-    return "\n".join(lines)
+TABLE_COLUMNS = ("name", "kind", "episodes", "frames", "produce_episodes_per_s", "produce_frames_per_s",
+                 "produce_frames_per_cpu_s", "end_to_end_episodes_per_s", "end_to_end_frames_per_s",
+                 "end_to_end_frames_per_cpu_s")  # fmt: skip
+TABLE_HEADERS = ("case", "kind", "episodes", "frames", "produce ep/s", "produce frames/s",
+                 "produce frames/CPU-s", "end-to-end ep/s", "end-to-end frames/s",
+                 "end-to-end frames/CPU-s")  # fmt: skip
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for the table: a skipped case says why in its episodes column and leaves the rest empty."""
+    return [{"name": r["name"], "kind": r.get("kind", ""), "episodes": f"skipped: {r['skipped']}",
+             **dict.fromkeys(TABLE_COLUMNS[3:], "")} if "skipped" in r else r for r in rows]  # fmt: skip
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The figures bench/README.md quotes, per case: produce and end-to-end frames/s and frames/CPU-s (the
+    CPU-time rates are the stable ones on a shared machine), and which cases were skipped."""
+    done = [r for r in record["results"] if "skipped" not in r]
+    keys = ("produce_frames_per_s", "produce_frames_per_cpu_s", "end_to_end_frames_per_s",
+            "end_to_end_frames_per_cpu_s")  # fmt: skip
+    out: dict[str, Any] = {k: {r["name"]: r[k] for r in done} for k in keys}
+    out["skipped"] = [r["name"] for r in record["results"] if "skipped" in r]
+    out["quick"] = record["settings"]["quick"]
+    start, end = record["load_average_at_start"], record["machine"]["load_average"]  # end: when recorded
+    out["load_average_1min_start_end"] = [round(start[0], 2) if start else None, end[0] if end else None]
+    out["machine"] = machine_summary(record["machine"], f"{record['machine']['memory_gb']} GB")
+    return out
 
 
 if __name__ == "__main__":

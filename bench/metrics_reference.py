@@ -12,9 +12,6 @@ with itself; FVD of a fixed set with our I3D vs with the JAX I3D; and the CPU co
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -25,17 +22,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._record import append_record, machine_summary, new_record
+
 RESULTS = ROOT / "bench" / "results" / "metrics_reference.json"
-
-
-def _machine() -> dict[str, Any]:
-    return {
-        "host": platform.node(),
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def fixed_clip_sets(n: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -101,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             timings[f"{name}_per_clip_ms_cpu"] = 1000.0 * best / len(clips)
 
     record = {
-        "bench": "metrics_reference",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": _machine(),
+        **new_record("metrics_reference"),
         "threads": args.threads,
         "max_rel_err_definition": "max over samples of ||ours - original||_inf / ||original||_inf "
         "(LPIPS: |ours - original| / |original| per pair)",
@@ -122,17 +110,13 @@ def main(argv: list[str] | None = None) -> int:
         "fvd_identical": fvd_identical,
         "fvd_per_clip_ms_cpu": timings["fvd_per_clip_ms_cpu"],
         "fid_per_clip_ms_cpu": timings["fid_per_clip_ms_cpu"],
-        "machine": f"{record['machine']['cpu']} × {record['machine']['cores']} cores, {args.threads} threads",
+        "machine": machine_summary(record["machine"], f"{args.threads} threads"),
     }
     print(f"{'figure':32s} value")
     for key in (*errs, "fvd_fixed_set_ours", "fvd_fixed_set_jax", "fvd_identical", *timings):
         print(f"{key:32s} {record[key]:.4g}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(out.read_text()) if out.exists() else []
-    history.append(record)
-    out.write_text(json.dumps(history, indent=1) + "\n")
-    print(f"\nappended to {out}")
+    append_record(args.out, record)
+    print(f"\nappended to {args.out}")
     return 0
 
 

@@ -17,23 +17,26 @@ jobs' load; with one thread CPU time is what an idle core's wall clock would sho
 
     .venv/bin/python bench/rollout.py [--size 64] [--steps 10] [--frames 2] [--batches 1,4] [--threads 1]
 
-Prints a table and writes bench/results/rollout.json with the machine it ran on.
+Prints a table and appends one record per run to bench/results/rollout.json (``bench/_record.py``):
+settings, rows, the machine and a ``headline`` (per batch: measured and projected 50-step speed-ups,
+full and streaming CPU ms per frame, max |full − streaming|).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._record import append_record, machine_info, machine_summary, new_record
 from v2w_core.diffusion.rollout import RolloutConfig, rollout
 from v2w_core.models.causalize import causalize
 from v2w_core.models.presets import tiny_unet3d
@@ -42,16 +45,6 @@ from v2w_core.models.world_model import WorldModel
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
 ACTION_DIM = 4
 PROJECTED_STEPS = 50
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def build_model(seed: int) -> WorldModel:
@@ -176,14 +169,15 @@ def main() -> None:
             f"{c['encode_history']:.0f} ms, step_newest {c['step_newest']:.0f} ms (CPU time)"
         )
 
-    record = {
-        "benchmark": "rollout",
-        "model": {
-            "preset": "tiny_unet3d",
-            "parameters": model.num_parameters(),
-            "frame": [3, args.size, args.size],
-        },
-        "settings": {
+    record = new_record(
+        "rollout",
+        machine=machine_info(
+            ("diffusers",), torch_threads=torch.get_num_threads(),
+            loadavg_1m_before_after=[round(load_before, 2), round(os.getloadavg()[0], 2)],
+        ),
+        model={"preset": "tiny_unet3d", "parameters": model.num_parameters(),
+               "frame": [3, args.size, args.size]},
+        settings={
             "window": args.context + 1,
             "context_frames": args.context,
             "generated_frames": args.frames,
@@ -194,20 +188,38 @@ def main() -> None:
             "eta": 1.0,
             "primary_time": "process CPU time (shared box); wall time alongside",
         },
-        "results": rows,
-        "machine": {
-            "cpu": cpu_name(),
-            "cores": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "diffusers": diffusers.__version__,
-            "python": platform.python_version(),
-            "loadavg_1m_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
-        },
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        results=rows,
+    )  # fmt: skip
+    record["headline"] = headline(record)
+    append_record(args.out, record)
+    print(f"appended to {args.out}")
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The figures bench/README.md quotes, per batch B: full and streaming CPU ms per frame and their ratio
+    at the measured steps (and the wall ratio), the same projected to 50 steps, max |full − streaming|."""
+    rows = {str(r["batch"]): r for r in record["results"]}
+    m = record["machine"]
+
+    def per_batch(fn: Callable[[dict[str, Any]], float], digits: int) -> dict[str, float]:
+        return {b: round(fn(r), digits) for b, r in rows.items()}
+
+    return {
+        "ddim_steps_measured": record["settings"]["ddim_steps_measured"],
+        "full_cpu_ms_per_frame": per_batch(lambda r: r["full_cpu_ms_per_frame"], 0),
+        "streaming_cpu_ms_per_frame": per_batch(lambda r: r["streaming_cpu_ms_per_frame"], 0),
+        "speedup_cpu": per_batch(lambda r: r["speedup_cpu"], 1),
+        "speedup_wall": per_batch(lambda r: r["speedup_wall"], 1),
+        f"projected_{PROJECTED_STEPS}_steps_full_ms_per_frame": per_batch(
+            lambda r: r["projected_50_steps_cpu"]["full_ms_per_frame"], 0),
+        f"projected_{PROJECTED_STEPS}_steps_streaming_ms_per_frame": per_batch(
+            lambda r: r["projected_50_steps_cpu"]["streaming_ms_per_frame"], 0),
+        f"projected_{PROJECTED_STEPS}_steps_speedup": per_batch(
+            lambda r: r["projected_50_steps_cpu"]["speedup"], 1),
+        "max_abs_diff_full_vs_streaming": max(r["max_abs_diff_full_vs_streaming"] for r in rows.values()),
+        "machine": machine_summary(
+            m, f"{m['torch_threads']} torch thread(s)", "load {}→{}".format(*m["loadavg_1m_before_after"])),
+    }  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,7 +20,11 @@ einops, safetensors, pydantic and pyyaml are needed.
     python bench/rollout_gpu.py --preset tiny        # CPU smoke test of every code path
     python bench/rollout_gpu.py --families unet3d --batches 1,8 --modes full,stream,graph
 
-Prints a table and writes bench/results/rollout_gpu.json (device, torch version).
+Prints a table and appends one record per run to bench/results/rollout_gpu.json (``bench/_record.py``;
+the run's record is rewritten in place after every row, so a run stopped at a time limit keeps what it
+measured): settings, families, the machine (device, torch/CUDA/diffusers) and a ``headline`` (per family:
+s/frame per path, the fastest, the highest effective TFLOP/s and the largest peak memory of the batched
+rows, bf16-vs-fp32 agreement).
 """
 
 from __future__ import annotations
@@ -28,10 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
-import json
 import logging
-import os
-import platform
 import sys
 import time
 import types
@@ -74,9 +75,9 @@ def _import_models_without_io() -> None:
 sys.path.insert(0, str(ROOT))
 _import_models_without_io()
 
-import diffusers
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench._record import append_record, machine_info, machine_summary, new_record
 from v2w_core.diffusion.fast_rollout import FastPathConfig, FastStreamer
 from v2w_core.diffusion.rollout import RolloutConfig, rollout
 from v2w_core.models.causalize import causalize
@@ -398,6 +399,8 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     t_start = time.perf_counter()
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    head = new_record("rollout_gpu", machine=machine_info(("diffusers",), device=device_name))
 
     families: list[dict[str, Any]] = []
     for fam in [f for f in args.families.split(",") if f]:
@@ -412,19 +415,26 @@ def main() -> None:
             fam_args.modes = [m for m in args.svd_modes.split(",") if m]
         # families holds the finished ones until bench_family returns: a partial row joins them
         families.append(bench_family(
-            fam, fam_args, device, on_row=lambda part: write_record(args, device, [*families, part], t_start)
+            fam, fam_args, device,
+            on_row=lambda part: write_record(args, device, [*families, part], t_start, head),
         ))
         reset_peak(device)
-        write_record(args, device, families, t_start)  # after each family: a killed run keeps its rows
-    print_tables(write_record(args, device, families, t_start))
-    print(f"wrote {args.out} in {time.perf_counter() - t_start:.0f} s")
+        write_record(args, device, families, t_start, head)  # after each family: a killed run keeps its rows
+    print_tables(write_record(args, device, families, t_start, head))
+    print(f"appended to {args.out} in {time.perf_counter() - t_start:.0f} s")
 
 
 def write_record(
-    args: argparse.Namespace, device: torch.device, families: list[dict[str, Any]], t_start: float
+    args: argparse.Namespace,
+    device: torch.device,
+    families: list[dict[str, Any]],
+    t_start: float,
+    head: dict[str, Any],
 ) -> dict[str, Any]:
+    """This run's record (``head``: bench, time, run id, machine), replacing the one written after the
+    previous row (same run id)."""
     record = {
-        "benchmark": "rollout_gpu",
+        **head,
         "settings": {
             "preset": args.preset,
             "window": args.context + 1,
@@ -437,23 +447,47 @@ def write_record(
             "few_query_kernel": args.few_query_kernel,
             "encode_batch_chunk": args.encode_chunk,
             "channels_last": args.channels_last,
+            "argv": sys.argv[1:],
             "total_seconds": time.perf_counter() - t_start,
         },
         "families": families,
-        "machine": {
-            "device": torch.cuda.get_device_name(device)
-            if device.type == "cuda"
-            else platform.processor() or "cpu",
-            "torch": torch.__version__,
-            "cuda": torch.version.cuda,
-            "diffusers": diffusers.__version__,
-            "python": platform.python_version(),
-            "host_cores": os.cpu_count(),
-        },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    record["headline"] = headline(record)
+    append_record(args.out, record)
     return record
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """Per family: seconds per frame of one rollout on each path and the fastest; over the batched rows the
+    highest effective TFLOP/s and frames/s (with path and batch) and the largest peak memory; the bf16 fast
+    path's relative L2 against fp32 eager. Rows that failed are left out."""
+    out: dict[str, Any] = {"device": record["machine"]["device"], "steps": record["settings"]["steps"]}
+    for fam in record["families"]:
+        single = {m: r for m, r in fam.get("single_rollout", {}).items() if "seconds_per_frame" in r}
+        batched = [(k.removeprefix("batched_"), r) for k, v in fam.items() if k.startswith("batched_")
+                   for r in v if "effective_tflops" in r]  # fmt: skip
+        best = min(single.items(), key=lambda kv: kv[1]["seconds_per_frame"], default=None)
+        top = max(batched, key=lambda mr: mr[1]["effective_tflops"], default=None)
+        fastest = max(batched, key=lambda mr: mr[1]["frames_per_second"], default=None)
+        peaks = [(m, r) for m, r in batched if r.get("peak_gib") is not None]
+        peak = max(peaks, key=lambda mr: mr[1]["peak_gib"], default=None)
+        agree = fam.get("agreement_bf16_graph_vs_fp32_eager", {})
+        out[fam["family"]] = {
+            "seconds_per_frame": {m: round(r["seconds_per_frame"], 3) for m, r in single.items()},
+            "ms_per_step": {m: round(r["ms_per_step"], 1) for m, r in single.items()},
+            "compile_seconds": single.get("compile", {}).get("compile_seconds"),
+            "fastest_path": best[0] if best else None,
+            "fastest_seconds_per_frame": round(best[1]["seconds_per_frame"], 3) if best else None,
+            "max_effective_tflops": round(top[1]["effective_tflops"], 1) if top else None,
+            "max_effective_tflops_at": f"{top[0]} batch {top[1]['batch']}" if top else None,
+            "max_frames_per_second": round(fastest[1]["frames_per_second"], 2) if fastest else None,
+            "max_frames_per_second_at": f"{fastest[0]} batch {fastest[1]['batch']}" if fastest else None,
+            "max_peak_gib": round(peak[1]["peak_gib"], 1) if peak else None,
+            "max_peak_gib_at": f"{peak[0]} batch {peak[1]['batch']}" if peak else None,
+            "agreement_rel_l2": agree.get("rel_l2"),
+        }
+    out["machine"] = machine_summary(record["machine"], f"torch {record['machine']['torch']}")
+    return out
 
 
 if __name__ == "__main__":

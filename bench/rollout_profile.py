@@ -14,13 +14,15 @@ cached 15-frame history, bf16. Two parts:
     python bench/rollout_profile.py                  # ~8 min on one H100/H200 (three cold compiles)
     python bench/rollout_profile.py --preset tiny    # CPU smoke test (no kernel table)
 
-Prints tables and writes bench/results/rollout_profile.json.
+Prints tables and appends one record per run to bench/results/rollout_profile.json (``bench/_record.py``;
+rewritten in place after every row): variants, batched rows, the machine and a ``headline`` (ms per step,
+s per frame, TFLOP/s and compile seconds per variant, the fastest, kernel time of the profiled variants,
+encode_history ms, batched TFLOP/s).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import re
 import sys
@@ -37,6 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import rollout_gpu as rg
 
+from bench._record import append_record, machine_info, machine_summary, new_record, rounded
 from v2w_core.diffusion.fast_rollout import FastPathConfig, FastStreamer, set_conv_memory_format
 
 RESULTS = ROOT / "bench" / "results" / "rollout_profile.json"
@@ -215,16 +218,17 @@ def main() -> None:
     flops_args = argparse.Namespace(context=args.context)
     step_flops = rg.count_flops(model, flops_args, device)["step_newest"]  # guided, batch 1
 
-    record: dict[str, Any] = {"benchmark": "rollout_profile", "family": "unet3d", "preset": args.preset,
-                              "parameters": model.num_parameters(), "step_flops_batch1": step_flops,
-                              "variants": {}, "batched": []}
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    record = new_record("rollout_profile", machine=machine_info(device=device_name), family="unet3d",
+                        preset=args.preset, argv=sys.argv[1:], parameters=model.num_parameters(),
+                        step_flops_batch1=step_flops, steps=args.steps, variants={}, batched=[])
     record["encode_history_ms"] = time_encode(model, args, device)
     logger.info("encode_history (batch 1, %d frames, eager bf16): %.1f ms", args.context,
                 record["encode_history_ms"])
     for name in [v for v in args.variants.split(",") if v]:
         record["variants"][name] = rg.guarded(name, lambda name=name: run_variant(model, name, args, device))
         logger.info("%s: %s", name, {k: v for k, v in record["variants"][name].items() if k != "kernels"})
-        write(record, args, device, t_start)  # a run stopped at its time limit keeps the rows so far
+        write(record, args, t_start)  # a run stopped at its time limit keeps the rows so far
     for b in [int(b) for b in args.batches.split(",") if b]:
         row = rg.guarded(f"batch {b}", lambda b=b: run_variant(model, args.batch_variant, args, device, b))
         if "ms_per_step" in row:
@@ -232,16 +236,43 @@ def main() -> None:
             row["ms_per_rollout_step"] = row["ms_per_step"] / b
         record["batched"].append({"batch": b, "variant": args.batch_variant, **row})
         logger.info("batch %d: %s", b, row)
-        write(record, args, device, t_start)
+        write(record, args, t_start)
+    write(record, args, t_start)  # total_seconds; a run without rows still leaves its record
     print_tables(record, args.steps)
+    print(f"appended to {args.out}")
 
 
-def write(record: dict[str, Any], args, device: torch.device, t_start: float) -> None:
-    record["machine"] = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                         "torch": torch.__version__, "cuda": torch.version.cuda}
+def write(record: dict[str, Any], args, t_start: float) -> None:
+    """This run's record, replacing the one written after the previous row (same run id)."""
     record["total_seconds"] = time.perf_counter() - t_start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    record["headline"] = headline(record)
+    append_record(args.out, record)
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The figures bench/README.md quotes: per variant ms per step, seconds per frame at ``steps`` steps,
+    TFLOP/s and compile seconds; the fastest variant; kernel ms and kernels per step of the profiled
+    variants; eager encode_history ms; batched TFLOP/s per batch. Failed rows are left out."""
+    ok = {n: r for n, r in record["variants"].items() if "ms_per_step" in r}
+    flops, steps = record["step_flops_batch1"], record["steps"]
+    best = min(ok.items(), key=lambda kv: kv[1]["ms_per_step"], default=None)
+    return {
+        "step_tflop": round(flops / 1e12, 3),
+        "ms_per_step": {n: round(r["ms_per_step"], 2) for n, r in ok.items()},
+        f"s_per_frame_at_{steps}_steps": {n: round(r["ms_per_step"] * steps / 1000, 3)
+                                          for n, r in ok.items()},
+        "tflops": {n: round(flops / (r["ms_per_step"] / 1000) / 1e12, 1) for n, r in ok.items()},
+        "compile_seconds": {n: round(r["compile_seconds"]) for n, r in ok.items() if "compile_seconds" in r},
+        "fastest_variant": best[0] if best else None,
+        "fastest_ms_per_step": round(best[1]["ms_per_step"], 2) if best else None,
+        "kernel_ms_per_step": {n: round(r["kernels"]["kernel_ms_per_step"], 2) for n, r in ok.items()
+                               if r.get("kernels")},
+        "kernels_per_step": {n: r["kernels"]["kernels_per_step"] for n, r in ok.items() if r.get("kernels")},
+        "encode_history_ms": rounded(record.get("encode_history_ms"), 1),
+        "batched_tflops": {str(r["batch"]): round(r["effective_tflops"], 1) for r in record["batched"]
+                           if "effective_tflops" in r},
+        "machine": machine_summary(record["machine"], f"torch {record['machine']['torch']}"),
+    }  # fmt: skip
 
 
 def print_tables(record: dict[str, Any], steps: int) -> None:

@@ -10,8 +10,9 @@ plain forward + backward of the same batch, so MFU compares every variant agains
     python bench/train_step.py --preset paper --nproc 2   # data-parallel scaling: each variant in a torchrun group
 
 Only torch, diffusers and deepspeed (plus this repo's model code) are imported: no Ray, no MLflow, so it
-runs on a bare GPU box. Results: a table on stdout and ``bench/results/train_step.json`` (with the
-machine), appended to if the file holds runs of other presets/world sizes.
+runs on a bare GPU box. Results: a table on stdout and one record per run appended to
+``bench/results/train_step.json`` (``bench/_record.py``): settings, rows, the machine and a ``headline``
+(per variant: step ms, ratio to plain torch, samples/s, peak GiB, MFU).
 
 Variants (``--variants``):
   torch        plain PyTorch: bf16 autocast, fp32 weights, fused AdamW (DDP when world > 1)
@@ -23,11 +24,9 @@ Variants (``--variants``):
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import logging
 import os
-import platform
 import resource
 import socket
 import statistics
@@ -39,6 +38,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from bench._record import append_record, machine_info, machine_summary, new_record
 
 logger = logging.getLogger("bench.train_step")
 
@@ -282,27 +283,6 @@ def _profile(step: Any, device: Any, name: str) -> None:
         )
 
 
-def _machine(device: Any) -> dict[str, Any]:
-    import torch
-
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-    }
-    for pkg in ("diffusers", "deepspeed"):
-        try:
-            info[pkg] = __import__(pkg).__version__
-        except ImportError:
-            info[pkg] = None
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
 def _child(args: argparse.Namespace) -> int:
     """Run one variant in this process (or this torchrun rank) and write its row as JSON (rank 0)."""
     import torch
@@ -336,7 +316,8 @@ def _child(args: argparse.Namespace) -> int:
     except torch.OutOfMemoryError:
         row = {"variant": args.variants, "error": "out of memory"}
     row.update(
-        flops_per_micro_batch=flops, peak_flops_per_device=peak, world_size=world, machine=_machine(device)
+        flops_per_micro_batch=flops, peak_flops_per_device=peak, world_size=world,
+        machine=machine_info(("diffusers", "deepspeed")),
     )
     if rank == 0:
         Path(args.child_out).write_text(json.dumps(row))
@@ -438,36 +419,51 @@ def main(argv: list[str] | None = None) -> int:
         m = f"{100 * r['mfu']:.1f}" if r.get("mfu") is not None else "-"
         print(f"{r['variant']:<14}{1000 * r['step_time_s']:>10.1f}{rel:>10.2f}{r['samples_per_s']:>11.2f}"
               f"{r['peak_mem_gib']:>10.2f}{m:>8}")  # fmt: skip
-    record = {
-        "preset": args.preset,
-        "device": args.device,
-        "world_size": world,
-        "batch_per_device": preset["batch"],
-        "frames": preset["frames"],
-        "frame_shape": [preset["channels"], *preset["hw"]],
-        "precision": preset["precision"],
-        "grad_ckpt": args.grad_ckpt,
-        "compile": args.compile,
-        "ds_set": args.ds_set,
-        "flops_per_micro_batch": flops,
-        "machine": ok[0]["machine"] if ok else None,
-        "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "results": [{k: v for k, v in r.items() if k != "machine"} for r in rows],
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    runs = json.loads(out.read_text()).get("runs", []) if out.exists() else []
-    key = (args.preset, args.device, world, args.grad_ckpt, args.compile, preset["batch"], args.ds_set)
-
-    def key_of(r: dict[str, Any]) -> tuple[Any, ...]:
-        return (r["preset"], r["device"], r["world_size"], r.get("grad_ckpt"), r.get("compile"),
-                r.get("batch_per_device"), r.get("ds_set", []))  # fmt: skip
-
-    runs = [r for r in runs if key_of(r) != key]
-    runs.append(record)
-    out.write_text(json.dumps({"benchmark": "train_step", "runs": runs}, indent=1) + "\n")
-    print(f"wrote {out}")
+    record = new_record(
+        "train_step",
+        # the machine as a rank saw it (its GPU); this process's when every variant failed
+        machine=ok[0]["machine"] if ok else machine_info(("diffusers", "deepspeed")),
+        preset=args.preset,
+        device=args.device,
+        world_size=world,
+        batch_per_device=preset["batch"],
+        frames=preset["frames"],
+        frame_shape=[preset["channels"], *preset["hw"]],
+        precision=preset["precision"],
+        grad_ckpt=args.grad_ckpt,
+        compile=args.compile,
+        ds_set=args.ds_set,
+        flops_per_micro_batch=flops,
+        results=[{k: v for k, v in r.items() if k != "machine"} for r in rows],
+    )
+    record["headline"] = headline(record)
+    append_record(args.out, record)
+    print(f"appended to {args.out}")
     return 0 if ok else 1
+
+
+def headline(record: dict[str, Any]) -> dict[str, Any]:
+    """The figures bench/README.md quotes, per variant: step ms, step time relative to plain torch (same
+    world size), samples/s, peak GiB, MFU; failed variants with their error."""
+    ok = {r["variant"]: r for r in record["results"] if "error" not in r}
+    base = ok.get("torch")
+
+    def per(fn: Any) -> dict[str, Any]:
+        return {v: fn(r) for v, r in ok.items()}
+
+    return {
+        "preset": record["preset"],
+        "device": record["device"],
+        "world_size": record["world_size"],
+        "batch_per_device": record["batch_per_device"],
+        "step_ms": per(lambda r: round(1000 * r["step_time_s"], 1)),
+        "vs_torch": per(lambda r: round(r["step_time_s"] / base["step_time_s"], 2)) if base else {},
+        "samples_per_s": per(lambda r: round(r["samples_per_s"], 2)),
+        "peak_mem_gib": per(lambda r: round(r["peak_mem_gib"], 2)),
+        "mfu": per(lambda r: None if r.get("mfu") is None else round(r["mfu"], 3)),
+        "errors": {r["variant"]: r["error"] for r in record["results"] if "error" in r},
+        "machine": machine_summary(record["machine"], load=True),
+    }
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -35,6 +34,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._record import append_record, machine_summary, new_record
+
 RESULTS = ROOT / "bench" / "results" / "world_model_quality.json"
 
 log = logging.getLogger("world_model_quality")
@@ -236,16 +238,6 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ main
-def _machine() -> dict[str, Any]:
-    import torch
-
-    info = {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
-            "cpus": os.cpu_count(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
-
-
 def headline(record: dict[str, Any]) -> dict[str, Any]:
     demo, curve = record.get("demo"), record.get("curve")
     if demo:
@@ -255,12 +247,13 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
                 "untrained_psnr": demo["baseline_metrics"].get("psnr_mean"),
                 "ctrl_psnr_gain_db": m.get("ctrl_psnr_gain_db"), "horizon": demo["horizon"],
                 "demo_minutes": round(demo["pipeline_minutes"] + record.get("install_minutes", 0.0), 2),
-                "decision": demo["register"].get("decision"), "machine": record["machine"]}
+                "decision": demo["register"].get("decision"), "machine": machine_summary(record["machine"])}
     last = curve["variants"]["config"]["curve"][-1]
     return {"psnr": last["psnr"], "ssim": last["ssim"], "copy_last_psnr": curve["copy_last"]["psnr"],
             "copy_last_ssim": curve["copy_last"]["ssim"], "untrained_psnr": curve["untrained"]["psnr"],
             "ctrl_psnr_gain_db": last.get("ctrl_psnr_gain_db"), "horizon": record["horizon"],
-            "demo_minutes": None, "source": "curve (one process)", "machine": record["machine"]}
+            "demo_minutes": None, "source": "curve (one process)",
+            "machine": machine_summary(record["machine"])}
 
 
 def print_table(record: dict[str, Any]) -> None:
@@ -300,21 +293,16 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.config import PipelineConfig
 
     cfg = PipelineConfig.from_yaml(args.config, args.set)
-    record: dict[str, Any] = {"bench": "world_model_quality", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "machine": _machine(), "config": args.config, "overrides": args.set,
-                              "horizon": cfg.evaluate.protocol.horizon, "install_minutes": args.install_minutes}
+    record = new_record("world_model_quality", config=args.config, overrides=args.set,
+                        horizon=cfg.evaluate.protocol.horizon, install_minutes=args.install_minutes)
     if args.demo:
         record["demo"] = run_demo(args)
     if args.curve:
         record["curve"] = run_curve(args)
     record["headline"] = headline(record)
     print_table(record)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(out.read_text()) if out.exists() else []
-    history.append(record)
-    out.write_text(json.dumps(history, indent=1, default=float) + "\n")
-    print(f"\nappended to {out}")
+    append_record(args.out, record)
+    print(f"\nappended to {args.out}")
     return 0
 
 

@@ -41,7 +41,8 @@ def few_query_attention(
     Shapes: ``q``, ``k_new``, ``v_new`` (N, heads, n, d) with one slot per guidance branch; ``k_hist``,
     ``v_hist`` (N, heads, F_h, d), shared by the n branches. Streaming replay asks this for each of
     B·H·W sequences with n = 2 and F_h ≈ 15. Fused attention kernels tile the query axis by 64–128 rows,
-    so they compute mostly padding (13.9 of a 33.8 ms step on an H100, bench/results/rollout_profile_before_attention_fix.json).
+    so they compute mostly padding (13.9 of a 33.8 ms step on an H100,
+    bench/results/historical/rollout_profile_before_attention_fix.json).
     Here the history is read once for all branches and never copied (no (F_h + n)-slot K/V buffer; at
     batch 64 that buffer alone was 8 GiB); the own-key score is an elementwise product; softmax in fp32.
     ``kernel`` (the model's ``StreamState.few_query_kernel``) picks how the history is contracted: two
