@@ -1,36 +1,24 @@
 """Tiny real diffusers world models for the model tests (no mocks).
 
-Parameters are perturbed away from their initialisation: diffusers zero-initialises the last conv of
-every ``TemporalConvLayer`` and we zero-initialise the action head, and a zero layer hides exactly the
-cross-frame leaks and conditioning paths these tests look for.
+:func:`~v2w_core.models.testing.tiny_world_model` perturbs the parameters away from their initialisation:
+diffusers zero-initialises the last conv of every ``TemporalConvLayer`` and we zero-initialise the action
+head, and a zero layer hides exactly the cross-frame leaks and conditioning paths these tests look for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 import torch
 
-from v2w_core.models.presets import tiny_svd, tiny_unet3d
-from v2w_core.models.world_model import WorldModel, WorldModelConfig
+from v2w_core.models.testing import TINY_ACTION_SPACE, TINY_PRESETS, tiny_world_model
+from v2w_core.models.world_model import WorldModel
 
-ACTION = {"type": "continuous", "dim": 4}
-FAMILIES: dict[str, Callable[..., WorldModelConfig]] = {"unet3d": tiny_unet3d, "svd": tiny_svd}
-
-
-def perturb_(model: torch.nn.Module, seed: int = 0, std: float = 0.05) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * std)
-    return model
+ACTION = TINY_ACTION_SPACE
+FAMILIES = TINY_PRESETS
 
 
 def make_model(family: str, seed: int = 0, action_space: dict | None = ACTION) -> WorldModel:
-    torch.manual_seed(seed)
-    model = WorldModel(FAMILIES[family](action_space))
-    return perturb_(model, seed).eval()
+    return tiny_world_model(family, seed, action_space=action_space)  # type: ignore[arg-type]
 
 
 def clip(batch: int = 1, frames: int = 5, size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:

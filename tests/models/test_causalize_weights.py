@@ -6,13 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from v2w_core.models.causalize import (
-    CausalTemporalConv,
-    FrameGroupNorm,
-    extrapolation_coefficients,
-    transfer_temporal_weight,
-)
+from v2w_core.config import CAUSAL_MODES
+from v2w_core.models.causal_layers import CausalTemporalConv, FrameGroupNorm
 from v2w_core.models.streaming import StreamState
+from v2w_core.models.weight_transfer import extrapolation_coefficients, transfer_temporal_weight
 
 
 def _kernel(*taps: float) -> torch.Tensor:
@@ -100,7 +97,7 @@ def test_extrapolative_exact_on_linear_input(k: int, p: int) -> None:
     assert not torch.allclose(masked[:, :, length - 1 : frames - m], full[:, :, length - 1 : frames - m])
 
 
-@pytest.mark.parametrize("mode", ["shift", "masked", "extrapolative"])
+@pytest.mark.parametrize("mode", CAUSAL_MODES)
 def test_causal_conv_ignores_future(mode: str) -> None:
     torch.manual_seed(0)
     conv = nn.Conv3d(3, 3, (3, 1, 1), padding=(1, 0, 0))
@@ -126,3 +123,22 @@ def test_frame_group_norm_is_per_frame() -> None:
     torch.testing.assert_close(fgn(x), per_frame)
     assert not torch.allclose(gn(x), per_frame)  # diffusers' 5-D GroupNorm mixes frames
     torch.testing.assert_close(fgn(x[:, :, 0]), gn(x[:, :, 0]))  # 4-D input: unchanged
+
+
+def test_the_former_homes_of_the_causal_core_still_export_it() -> None:
+    """causalize.py held the weight transfer, the layers and the attention kernels before they were split
+    out; code importing them from there keeps working."""
+    import importlib
+
+    from v2w_core.models import attention_kernels, causal_layers, weight_transfer
+
+    causalize = importlib.import_module("v2w_core.models.causalize")  # the package exports the function
+
+    assert causalize.transfer_temporal_weight is weight_transfer.transfer_temporal_weight
+    assert causalize.extrapolation_coefficients is weight_transfer.extrapolation_coefficients
+    assert causalize.CAUSAL_MODES == weight_transfer.CAUSAL_MODES == ("shift", "masked", "extrapolative")
+    assert causalize.check_mode is weight_transfer.check_causal_mode
+    assert causalize.CausalTemporalConv is causal_layers.CausalTemporalConv
+    assert causalize.CausalTemporalAttnProcessor is causal_layers.CausalTemporalAttnProcessor
+    assert causalize._few_query_attention is attention_kernels.few_query_attention
+    assert causalize.RowChunkedAttnProcessor is attention_kernels.RowChunkedAttnProcessor

@@ -7,6 +7,7 @@ import torch
 from diffusers.models.resnet import TemporalConvLayer
 
 from tests.models.conftest import clip, make_model
+from v2w_core.config import CAUSAL_MODES
 from v2w_core.models.causalize import (
     CausalTemporalAttnProcessor,
     CausalTemporalConv,
@@ -36,7 +37,7 @@ def test_bidirectional_model_is_not_causal(family: str) -> None:
     assert not torch.allclose(a[:, : CUT + 1], b[:, : CUT + 1], atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["shift", "masked", "extrapolative"])
+@pytest.mark.parametrize("mode", CAUSAL_MODES)
 @torch.no_grad()
 def test_causal_model_ignores_the_future(family: str, mode: str) -> None:
     model = causalize(make_model(family), mode)
