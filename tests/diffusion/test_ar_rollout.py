@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from diffusion_tiny import ACTION_DIM, SIZE, make_causal_model
 
 from v2w_core.config import ConfigError
 from v2w_core.diffusion.rollout import RolloutConfig, rollout
-from v2w_core.models.causalize import causalize
-from v2w_core.models.presets import tiny_svd
+from v2w_core.models.causal_layers import CausalTemporalConv
+from v2w_core.models.testing import tiny_world_model
 from v2w_core.models.world_model import WorldModel
 
 # Streaming and full differ only by float reassociation (attention over cached K/V vs. the whole
@@ -54,12 +55,13 @@ def test_streaming_equals_full_at_window_16(causal_model: WorldModel) -> None:
 
 def test_streaming_equals_full_svd_family_discrete_actions() -> None:
     """The other diffusers family (frame-position embeddings, spatio-temporal blocks) and id actions."""
-    torch.manual_seed(0)
-    model = WorldModel(tiny_svd(action_space={"type": "discrete", "dim": 5}))
-    causalize(model, "extrapolative")
-    with torch.no_grad():
-        for p in model.action_encoder.mlp[-1].parameters():
-            p.normal_(0, 0.5)
+    model = tiny_world_model(
+        "svd",
+        action_space={"type": "discrete", "dim": 5},
+        causal_mode="extrapolative",
+        action_head_std=0.5,
+        sample_size=(SIZE, SIZE),
+    )
     g = torch.Generator().manual_seed(0)
     context = torch.randn(1, K, 3, SIZE, SIZE, generator=g)
     actions = torch.randint(0, 5, (1, K + 1), generator=g)
@@ -67,6 +69,41 @@ def test_streaming_equals_full_svd_family_discrete_actions() -> None:
     stream = _run(model, context, actions, n=2, mode="streaming", window=4, num_inference_steps=2)
     assert torch.isfinite(full).all()
     torch.testing.assert_close(stream, full, **TOL)
+
+
+def _replay_without_history(self: CausalTemporalConv, x: torch.Tensor) -> torch.Tensor:
+    """A broken streaming conv: the newest frame sees no past frames (the cache lost its history)."""
+    return F.conv3d(x, self.weight[:, :, -1:], self.bias)
+
+
+def test_streaming_equals_full_sees_the_temporal_conv_cache(
+    causal_model: WorldModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The streaming == full tests catch a conv cache that drops its history, on this (perturbed) model.
+
+    On the diffusers initialisation the same bug is invisible: the last conv of every UNet3D
+    ``TemporalConvLayer`` starts at zero, so the layer is the identity whatever its causal convs and
+    their cache do. Rollout tests on such a model (this file's, before v2w_core.models.testing) pass
+    with the bug."""
+    context, actions = _inputs(b=1)
+    zero_init = tiny_world_model(
+        action_space={"type": "continuous", "dim": ACTION_DIM},
+        causal_mode="extrapolative",
+        weight_std=0.0,  # diffusers' own initialisation: zero conv4
+        action_head_std=0.5,
+        sample_size=(SIZE, SIZE),
+    )
+    full = _run(causal_model, context, actions, n=2, mode="full", window=4)
+    full_zero_init = _run(zero_init, context, actions, n=2, mode="full", window=4)
+    torch.testing.assert_close(
+        _run(causal_model, context, actions, n=2, mode="streaming", window=4), full, **TOL
+    )
+
+    monkeypatch.setattr(CausalTemporalConv, "_replay", _replay_without_history)
+    broken = _run(causal_model, context, actions, n=2, mode="streaming", window=4)
+    assert (broken - full).abs().max() > 100 * TOL["atol"], "a conv cache without history went unnoticed"
+    broken_zero_init = _run(zero_init, context, actions, n=2, mode="streaming", window=4)
+    torch.testing.assert_close(broken_zero_init, full_zero_init, **TOL)  # the zero-conv4 model cannot tell
 
 
 def test_deterministic_under_seed_and_seed_matters(causal_model: WorldModel) -> None:

@@ -9,12 +9,11 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusion_tiny import ACTION_DIM, SIZE, tiny_config
+from diffusion_tiny import ACTION_DIM, SIZE, make_causal_model, make_model
 
 from v2w_core.diffusion.losses import bidirectional_pretrain_loss, diffusion_forcing_loss
 from v2w_core.diffusion.schedule import NoiseSchedule
 from v2w_core.models.actions import align_actions, sample_action_keep_mask
-from v2w_core.models.causalize import causalize
 from v2w_core.models.world_model import WorldModel
 
 
@@ -98,8 +97,7 @@ def test_forcing_loss_is_seeded(causal_model: WorldModel, schedule: NoiseSchedul
 
 
 def test_pretrain_loss_one_timestep_per_clip_no_actions(schedule: NoiseSchedule) -> None:
-    torch.manual_seed(0)
-    base = WorldModel(tiny_config(action_dim=None)).eval()  # the bidirectional base has no actions
+    base = make_model(action_dim=None)  # the bidirectional base has no actions
     x0, _ = _clip(b=3, f=5)
     rec = Recorder(base)
     try:
@@ -139,10 +137,7 @@ def test_overfit_one_clip_with_diffusion_forcing(schedule: NoiseSchedule) -> Non
     is fixed and the test measures optimisation through the whole causal model, not sampling variance.
     Measured: ~45 steps at lr 3e-3 (about 1 s/step on 2 busy shared cores).
     """
-    torch.manual_seed(0)
-    model = WorldModel(tiny_config())
-    causalize(model, "extrapolative")
-    model.train()
+    model = make_causal_model().train()
     frames = 8
     xs = torch.linspace(-1, 1, SIZE)
     x0 = torch.stack(
