@@ -102,9 +102,11 @@ def _score(model: Any, chunks: list[Any], protocol: Any, device: str) -> dict[st
                            "copy_last_psnr": m["copy_last_psnr_mean"], "copy_last_ssim": m["copy_last_ssim_mean"],
                            "saturated_frac": m["gen_saturated_frac"],
                            "psnr_per_step": [round(v, 3) for v in report.drift["psnr"]]}
-    for key in ("ctrl_psnr_gain_db", "ctrl_rollout_diff"):
+    for key in ("ctrl_psnr_gain_db", "ctrl_rollout_diff", "fvd", "copy_last_fvd", "fid", "copy_last_fid"):
         if key in m:
             out[key] = m[key]
+    if "lpips_mean" in m:
+        out["lpips"], out["copy_last_lpips"] = m["lpips_mean"], m["copy_last_lpips_mean"]
     return out
 
 
@@ -246,13 +248,18 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
                 "copy_last_psnr": m.get("copy_last_psnr_mean"), "copy_last_ssim": m.get("copy_last_ssim_mean"),
                 "untrained_psnr": demo["baseline_metrics"].get("psnr_mean"),
                 "ctrl_psnr_gain_db": m.get("ctrl_psnr_gain_db"), "horizon": demo["horizon"],
+                "fvd": m.get("fvd"), "copy_last_fvd": m.get("copy_last_fvd"),
+                "untrained_fvd": demo["baseline_metrics"].get("fvd"),
+                "fid": m.get("fid"), "copy_last_fid": m.get("copy_last_fid"),
+                "lpips": m.get("lpips_mean"), "copy_last_lpips": m.get("copy_last_lpips_mean"),
                 "demo_minutes": round(demo["pipeline_minutes"] + record.get("install_minutes", 0.0), 2),
                 "decision": demo["register"].get("decision"), "machine": machine_summary(record["machine"])}
     last = curve["variants"]["config"]["curve"][-1]
     return {"psnr": last["psnr"], "ssim": last["ssim"], "copy_last_psnr": curve["copy_last"]["psnr"],
             "copy_last_ssim": curve["copy_last"]["ssim"], "untrained_psnr": curve["untrained"]["psnr"],
             "ctrl_psnr_gain_db": last.get("ctrl_psnr_gain_db"), "horizon": record["horizon"],
-            "demo_minutes": None, "source": "curve (one process)",
+            "fvd": last.get("fvd"), "copy_last_fvd": last.get("copy_last_fvd"), "fid": last.get("fid"),
+            "lpips": last.get("lpips"), "demo_minutes": None, "source": "curve (one process)",
             "machine": machine_summary(record["machine"])}
 
 
