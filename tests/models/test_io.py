@@ -13,6 +13,7 @@ from tests.models.conftest import clip, make_model
 from v2w_core.models.causalize import CausalTemporalConv, causalize
 from v2w_core.models.io import load_base, load_world_model, save_world_model
 from v2w_core.models.presets import tiny_svd, tiny_unet3d
+from v2w_core.models.testing import perturb_
 
 
 def _assert_same(a: torch.nn.Module, b: torch.nn.Module) -> None:
@@ -48,7 +49,7 @@ def test_round_trip_is_bit_exact(tmp_path: Path, family: str, mode: str | None) 
 )
 def test_plain_diffusers_checkpoint_loads_as_base(tmp_path: Path, cls: type, preset) -> None:
     torch.manual_seed(0)
-    unet = cls(**{**preset().base, "sample_size": 24})
+    unet = perturb_(cls(**{**preset().base, "sample_size": 24}))  # zero conv4s would hide temporal convs
     unet.save_pretrained(tmp_path / "unet")  # safetensors by default
     assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").exists()
     model = load_base(str(tmp_path / "unet"), data_channels=48, action_space={"type": "discrete", "dim": 3})
@@ -60,6 +61,7 @@ def test_plain_diffusers_checkpoint_loads_as_base(tmp_path: Path, cls: type, pre
     t = torch.full((1, 4), 321)
     with torch.no_grad():
         ours = model.eval()(x, t)
+        unet.eval()  # UNet3D's temporal convs have dropout 0.1 (invisible while conv4 was zero)
         if cls is UNet3DConditionModel:
             ref = unet(x.transpose(1, 2), 321, encoder_hidden_states=model._context(1)).sample.transpose(1, 2)
         else:
