@@ -42,7 +42,8 @@ def test_evaluate_logs_metrics_drift_png_and_videos(
     storage.write_bytes(fvd_uri, Path(save_conv_net(tmp_path / "fvd.safetensors", 3)).read_bytes())
     cfg = eval_config(
         num_actors=2,
-        metric_weights={"fid": save_conv_net(tmp_path / "fid.safetensors", 2), "fvd": fvd_uri},
+        # LPIPS off: an unavailable metric is logged as a tag with its reason, never as a number
+        metric_weights={"fid": save_conv_net(tmp_path / "fid.safetensors", 2), "fvd": fvd_uri, "lpips": None},
     )
     result = evaluate(
         f"runs:/{train_run}/model", manifest, cfg, tracking_uri=tracking_uri,
