@@ -140,3 +140,16 @@ def test_ingest_input_missing(tmp_path: Path, s3_stack: StackInfo) -> None:
     local = str(tmp_path / "nothing-here")
     proc, _ = _run(["--source", "lerobot", "--input", local, "--out", str(tmp_path / "out")], script=cli)
     _assert_one_line_error(proc, local, "no such file")
+
+
+@pytest.mark.slow
+def test_wrong_credentials_are_one_line(authenticating_s3: tuple[str, str, str]) -> None:
+    """Keys the server rejects (not just missing ones): one line naming the setting, no traceback."""
+    endpoint, key_id, _ = authenticating_s3
+    env = {"V2W_S3_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": "wrong-secret",
+           "V2W_S3_MAX_ATTEMPTS": "2", "V2W_CREDENTIALS_FILE": "<unset>"}  # fmt: skip
+    proc, seconds = _run(["--set", "run.root=s3://authb/x", *LOCAL], env=env)
+    err = _assert_one_line_error(proc, "run.root=s3://authb/x")
+    assert "credentials" in err.lower() or "access key" in err.lower() or "signature" in err.lower(), err
+    assert "wrong-secret" not in err  # the secret itself is never printed
+    assert seconds < 30
