@@ -11,53 +11,27 @@ from safetensors.torch import save_file
 from v2w_core.data.episode import ActionSpace, Episode
 from v2w_core.data.shards import ShardWriterConfig, write_episodes
 from v2w_core.eval.config import EvalConfig
-from v2w_core.models.causalize import causalize
 from v2w_core.models.io import save_world_model
-from v2w_core.models.world_model import WorldModel, WorldModelConfig
+from v2w_core.models.testing import tiny_world_model
+from v2w_core.models.world_model import WorldModel
 
 SIZE = 32
 ACTION_DIM = 2
 
 
-def tiny_config() -> WorldModelConfig:
-    """A ~0.45 M-parameter UNet3D on 32×32 frames (2×2 patches → 16×16 inside)."""
-    base = {
-        "sample_size": SIZE // 2,
-        "in_channels": 12,
-        "out_channels": 12,
-        "down_block_types": ["DownBlock3D", "CrossAttnDownBlock3D"],
-        "up_block_types": ["CrossAttnUpBlock3D", "UpBlock3D"],
-        "block_out_channels": [16, 32],
-        "layers_per_block": 1,
-        "norm_num_groups": 8,
-        "cross_attention_dim": 16,
-        "attention_head_dim": 4,
-    }
-    return WorldModelConfig(
-        family="unet3d",
-        base=base,
-        data_channels=3,
-        patch_size=2,
-        sample_size=(SIZE, SIZE),
-        action_space={"type": "continuous", "dim": ACTION_DIM},
-    )
-
-
 def make_model(seed: int = 0, action_strength: float = 0.5) -> WorldModel:
-    """Causal tiny model. The action head is zero-initialised; ``action_strength`` > 0 gives it random
-    weights so actions steer the rollouts, 0 keeps it a model that ignores its actions."""
-    torch.manual_seed(seed)
-    model = WorldModel(tiny_config())
-    causalize(model, "extrapolative")
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in model.unet.parameters():  # diffusers zero-inits some temporal convs; make them matter
-            p.add_(torch.randn(p.shape, generator=g) * 0.02)
-        if action_strength > 0:
-            last = model.action_encoder.mlp[-1]
-            last.weight.copy_(torch.randn(last.weight.shape, generator=g) * action_strength)
-            last.bias.copy_(torch.randn(last.bias.shape, generator=g) * action_strength)
-    return model.eval()
+    """Causal tiny model (the perturbed tiny preset, :func:`~v2w_core.models.testing.tiny_world_model`).
+    ``action_strength`` > 0 gives the action head random weights of that scale so actions steer the
+    rollouts; 0 zeroes it, a model that ignores its actions."""
+    return tiny_world_model(
+        "unet3d",
+        seed,
+        action_space={"type": "continuous", "dim": ACTION_DIM},
+        causal_mode="extrapolative",
+        weight_std=0.02,
+        action_head_std=action_strength,
+        sample_size=(SIZE, SIZE),
+    )
 
 
 def save_model(path: Path | str, seed: int = 0, action_strength: float = 0.5) -> str:
