@@ -42,7 +42,11 @@ def test_side_by_side_labels_caption_each_column() -> None:
     strip = out[0, :LABEL_HEIGHT]
     left, right = strip[:, : 16 * 4], strip[:, (16 + 2) * 4 :]
     assert (left < 128).any() and (right < 128).any()  # dark text over each column
-    assert (strip == out[-1, :LABEL_HEIGHT]).all()  # the same captions on every frame
+    # each frame's caption says where it is: t=<i>, "ctx k/K" for context, "gen +n/N" (red) for generated
+    strips = out[:, :LABEL_HEIGHT]
+    assert not (strips[0] == strips[1]).all() and not (strips[1] == strips[2]).all()
+    red = (strips[..., 0].astype(int) - strips[..., 2].astype(int)) > 100
+    assert not red[:2].any() and red[2:].any(axis=(1, 2)).all()  # red captions on generated frames only
 
 
 def test_gif_and_mp4_round_trip(tmp_path: Path) -> None:

@@ -76,7 +76,7 @@ UNTRAINED = "untrained_"
 #: copy-last values are the model's, same chunks).
 _NOT_COPIED = ("eval_seconds", "rollout_seconds_per_chunk")
 #: Captions of the logged side-by-side videos' two columns.
-VIDEO_LABELS = ("truth", "context | model")
+VIDEO_LABELS = ("truth", "model")  # + per frame: "ctx k/K" (given) or "gen +n/N" (generated)
 
 
 @dataclass
@@ -309,7 +309,7 @@ def evaluate(
     """Evaluate the world model at ``model_uri`` on ``manifest``'s eval split; log an MLflow run.
 
     ``model_uri``: local dir, ``s3://`` dir, ``runs:/<id>/model`` or ``models:/<name>@<alias>`` (see
-    :func:`v2w_core.tracking.load_model_from_uri`). Rollouts run in Ray actors (a local Ray is started
+    :func:`v2w_core.tracking.load_model`). Rollouts run in Ray actors (a local Ray is started
     when none is initialised). ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``; with neither, nothing
     is logged and ``run_id`` is None (artifacts then stay in a temp dir, listed in ``artifacts``).
 

@@ -36,8 +36,10 @@ def side_by_side(
 ) -> np.ndarray:
     """(T, H, W, 3) uint8 pairs → (T, s·H, 2·s·W + s·gap, 3): ground truth left, context + generated right.
 
-    ``labels`` (one per column, e.g. ``("truth", "context | model")``) adds a white strip with the captions
-    above the frames (:data:`LABEL_HEIGHT` pixels), so a viewer of the GIF knows which side is which.
+    ``labels`` (one per column, e.g. ``("truth", "model")``) adds a white strip with the captions
+    above the frames (:data:`LABEL_HEIGHT` pixels), so a viewer of the GIF knows which side is which, with
+    the frame's place in the clip: ``t=<i>`` on the truth side, ``ctx k/K`` or ``gen +n/N`` (red, the
+    generated frames also carry a red border) on the model's.
     """
     gt, gen = to_uint8(truth), to_uint8(generated)
     right = np.concatenate([gt[:context_frames], gen], axis=0)
@@ -55,23 +57,35 @@ def side_by_side(
         return out
     if len(labels) != 2:
         raise ValueError(f"side_by_side: one label per column (2), got {len(labels)}")
-    strip = _label_strip(out.shape[2], [(0, labels[0]), ((w + gap) * scale, labels[1])])
-    return np.concatenate([np.broadcast_to(strip, (t, *strip.shape)), out], axis=1)
+    n = t - context_frames
+    strips = []
+    for i in range(t):
+        where = f"ctx {i + 1}/{context_frames}" if i < context_frames else f"gen +{i - context_frames + 1}/{n}"
+        strips.append(
+            _label_strip(
+                out.shape[2],
+                [(0, f"{labels[0]}  t={i}"), ((w + gap) * scale, f"{labels[1]}  {where}")],
+                red=i >= context_frames,
+            )
+        )
+    return np.concatenate([np.stack(strips), out], axis=1)
 
 
 #: Height in pixels of the caption strip :func:`side_by_side` adds with ``labels``.
 LABEL_HEIGHT = 14
 
 
-def _label_strip(width: int, captions: Sequence[tuple[int, str]]) -> np.ndarray:
-    """A white (LABEL_HEIGHT, width, 3) uint8 strip with each caption drawn at its x offset."""
+def _label_strip(width: int, captions: Sequence[tuple[int, str]], *, red: bool = False) -> np.ndarray:
+    """A white (LABEL_HEIGHT, width, 3) uint8 strip with each caption drawn at its x offset (the last one
+    in red when ``red``: the generated frames' caption)."""
     from PIL import Image, ImageDraw, ImageFont
 
     image = Image.new("RGB", (width, LABEL_HEIGHT), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    for x, text in captions:
-        draw.text((x + 2, 1), text, fill=(0, 0, 0), font=font)
+    for j, (x, text) in enumerate(captions):
+        colour = (200, 30, 30) if red and j == len(captions) - 1 else (0, 0, 0)
+        draw.text((x + 2, 1), text, fill=colour, font=font)
     return np.asarray(image)
 
 
