@@ -167,7 +167,7 @@ def rollout_chunk(
         context = codec.encode(context)
     context = context[None].to(device)
     acts = chunk.actions if actions is None else actions
-    act_t = torch.from_numpy(np.asarray(acts))[None].to(device) if model.action_encoder is not None else None
+    act_t = torch.from_numpy(np.array(acts))[None].to(device) if model.action_encoder is not None else None
     gen = torch.Generator(device="cpu").manual_seed(chunk_seed(config.seed, chunk.chunk_id))
     out = rollout(model, context, act_t, config.horizon, config.rollout, generator=gen)[0].float()
     if codec is not None:
@@ -204,12 +204,12 @@ class RolloutWorker:
     """Holds one loaded world model; Ray runs it as an actor (``ray.remote(RolloutWorker)``)."""
 
     def __init__(self, model_uri: str, config_json: dict[str, Any], tracking_uri: str | None = None) -> None:
-        from v2w_core.tracking import load_model_from_uri
+        from v2w_core.tracking import load_model
 
         self.config = EvalConfig.from_dict(config_json, source="eval config")
         torch.set_num_threads(self.config.torch_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model_from_uri(model_uri, tracking_uri=tracking_uri, device=self.device)
+        self.model = load_model(model_uri, tracking_uri=tracking_uri, device=self.device)
         self.model.eval()
         self.codec = None
         if self.config.vae_uri:
