@@ -134,7 +134,7 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
     from v2w_core.eval.config import EvalConfig
     from v2w_core.eval.rollouts import chunks_from_episodes
     from v2w_core.models.causalize import causalize
-    from v2w_core.models.io import load_world_model
+    from v2w_core.tracking import load_model
     from v2w_core.train.config import TrainConfig
     from v2w_core.train.local import ClipArrays, train_local
 
@@ -154,7 +154,7 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
     space = {"type": episodes[0].action_space.type, "dim": episodes[0].action_space.dim}
 
     def fresh_causal() -> Any:
-        model = load_world_model(base_uri)
+        model = load_model(base_uri)
         causalize(model, cfg.causalize.causal_mode, cfg.causalize.extrapolation_window)
         model.set_action_space(space)
         return model

@@ -177,50 +177,40 @@ def _check_topological(stages: Sequence[Stage]) -> None:
 
 # --- MLflow: one nested run per stage ------------------------------------------------------------------
 
-def _client(tracking: Mapping[str, Any]):
-    from mlflow.tracking import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking["tracking_uri"])
-
-
 def _start_tracking(tracking: Mapping[str, Any] | None, stage: Stage, fp: str) -> str | None:
     if not tracking:
         return None
-    client = _client(tracking)
-    run = client.create_run(tracking["experiment_id"], run_name=stage.name,
-                            tags={"mlflow.parentRunId": tracking["parent_run_id"], "v2w.stage": stage.name,
-                                  "v2w.fingerprint": fp})
-    from mlflow.entities import Param
+    from v2w_core.tracking import start_stage_run
 
-    params = [Param(k, str(v)[:500]) for k, v in list(_flatten(stage.config).items())[:100]]
-    client.log_batch(run.info.run_id, params=params)
-    return run.info.run_id
+    return start_stage_run(tracking["tracking_uri"], tracking["experiment_id"],
+                           parent_run_id=tracking["parent_run_id"], stage=stage.name, fingerprint=fp,
+                           params=_flatten(stage.config))
 
 
 def _finish_tracking(tracking: Mapping[str, Any] | None, run_id: str | None, outputs: Mapping[str, Any],
                      seconds: float) -> None:
     if not tracking or run_id is None:
         return
-    client = _client(tracking)
-    client.log_metric(run_id, "stage_seconds", seconds)
-    for key, value in _flatten(outputs).items():
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            client.log_metric(run_id, key, float(value))
-        else:
-            client.set_tag(run_id, f"output.{key}", str(value)[:5000])
-    client.set_terminated(run_id, "FINISHED")
+    from v2w_core.tracking import finish_stage_run
+
+    finish_stage_run(tracking["tracking_uri"], run_id, _flatten(outputs), seconds)
 
 
 def _end_tracking(tracking: Mapping[str, Any] | None, run_id: str | None, status: str) -> None:
     if tracking and run_id:
-        _client(tracking).set_terminated(run_id, status)
+        from v2w_core.tracking import terminate_run
+
+        terminate_run(tracking["tracking_uri"], run_id, status)
 
 
 def _track(tracking: Mapping[str, Any] | None, stage: Stage, fp: str, outputs: Mapping[str, Any], *,
            skipped: bool, seconds: float) -> str | None:
     run_id = _start_tracking(tracking, stage, fp)
     if run_id:
-        _client(tracking).set_tag(run_id, "v2w.skipped", str(skipped).lower())
+        from v2w_core.tracking import set_run_tag
+
+        assert tracking is not None
+        set_run_tag(tracking["tracking_uri"], run_id, "v2w.skipped", str(skipped).lower())
     _finish_tracking(tracking, run_id, outputs, seconds)
     return run_id
 

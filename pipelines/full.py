@@ -82,20 +82,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def start_tracking(cfg: PipelineConfig) -> tuple[dict[str, Any] | None, Any]:
-    """Create the parent MLflow run; stages nest their own runs under it."""
+def start_tracking(cfg: PipelineConfig) -> dict[str, Any] | None:
+    """Create the parent MLflow run; stages nest their own runs under it (None: tracking is off)."""
     if not cfg.run.tracking:
-        return None, None
-    from mlflow.tracking import MlflowClient
-
-    from v2w_core.train import mlflow_logging
+        return None
+    from v2w_core import tracking
 
     uri = os.environ["MLFLOW_TRACKING_URI"]  # checked by the preflight
-    client = MlflowClient(tracking_uri=uri)
-    exp_id = mlflow_logging.ensure_experiment(client, cfg.run.experiment)
-    run = client.create_run(exp_id, run_name=f"pipeline:{cfg.run.name}", tags={"v2w.pipeline": cfg.run.name})
+    exp_id, run_id = tracking.start_pipeline_run(uri, cfg.run.experiment, run_name=f"pipeline:{cfg.run.name}",
+                                                 tags={"v2w.pipeline": cfg.run.name})
     return {"tracking_uri": uri, "experiment_id": exp_id, "experiment_name": cfg.run.experiment,
-            "parent_run_id": run.info.run_id}, client
+            "parent_run_id": run_id}
 
 
 #: What stage tasks need to reach storage and tracking: locations and switches, never a secret. Whatever
@@ -180,15 +177,17 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 2
     configure_progress()
-    tracking, client = start_tracking(cfg)
+    tracking = start_tracking(cfg)
     status = "FAILED"
     try:
         results = build_and_run(stages, cfg.run.root, force=force, tracking=tracking,
                                 fail_after=args.fail_after)
         status = "FINISHED"
     finally:
-        if client is not None:
-            client.set_terminated(tracking["parent_run_id"], status)
+        if tracking is not None:
+            from v2w_core.tracking import terminate_run
+
+            terminate_run(tracking["tracking_uri"], tracking["parent_run_id"], status)
     print(f"pipeline {cfg.run.name!r} finished ({cfg.run.root}):\n{summarize(results)}")
     clips = results["clips"].outputs
     print(f"round trip: {clips['episodes_read']}/{clips['episodes_expected']} episodes read, "

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.config import PipelineConfig
 from pipelines.full import connect_ray, start_tracking, use_stack_env
-from pipelines.stages import freeze_eval_split, manifest_action_space, tag_data_lineage
+from pipelines.stages import freeze_eval_split, manifest_action_space
 from v2w_core import storage
 from v2w_core.data.manifest import Manifest
 
@@ -45,18 +45,21 @@ def main(argv: list[str] | None = None) -> int:
     use_stack_env(local_stack=args.local_stack)
     cfg = PipelineConfig.from_yaml(args.config, args.overrides)
 
-    from mlflow.tracking import MlflowClient
-
     from v2w_core.eval import EvalConfig, evaluate
-    from v2w_core.tracking import register_and_promote
+    from v2w_core.tracking import (
+        champion_version,
+        model_versions,
+        register_and_promote,
+        tag_data_lineage,
+        terminate_run,
+    )
     from v2w_core.train.api import train
     from v2w_core.train.config import TrainConfig
 
-    tracking, _ = start_tracking(cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": True})}))
+    tracking = start_tracking(cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": True})}))
     uri, name = tracking["tracking_uri"], cfg.registry.model_name
-    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        champion = client.get_model_version_by_alias(name, "champion")
+        champion = champion_version(name, tracking_uri=uri)
     except Exception as err:  # noqa: BLE001 - MLflow raises its own RestException subclasses
         raise SystemExit(
             f"no champion for {name!r} in the registry ({type(err).__name__}): run pipelines/full.py first; "
@@ -67,12 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     manifest_uri, cutoff = tags["v2w.data_manifest"], datetime.fromisoformat(tags["v2w.data_cutoff"])
     manifest = Manifest.read(manifest_uri)
     new = manifest.select(since=cutoff + timedelta(microseconds=1))
-    last_version, last_cutoff = latest_attempt(client, name, manifest_uri, cutoff)
+    last_version, last_cutoff = latest_attempt(model_versions(name, tracking_uri=uri), manifest_uri, cutoff)
     if len(manifest.select(since=last_cutoff + timedelta(microseconds=1))) == 0:
         # Nothing new since the champion, or since the last challenger that already tried these episodes.
         print(f"retrain: no episodes added to {manifest_uri} since {last_cutoff.isoformat()} (data of "
               f"{name} v{last_version}); champion v{champion.version} stays")
-        client.set_terminated(tracking["parent_run_id"], "FINISHED")
+        terminate_run(uri, tracking["parent_run_id"], "FINISHED")
         return 0
     log.info("%d new episodes since %s; warm-starting from %s v%s", len(new), cutoff, name, champion.version)
 
@@ -100,16 +103,16 @@ def main(argv: list[str] | None = None) -> int:
                                  tracking_uri=uri, run_id=ev.run_id, experiment=cfg.run.experiment)
     tag_data_lineage(uri, name, promo.version, model_uri=result.model_uri, manifest_uri=manifest_uri,
                      eval_manifest_uri=eval_manifest_uri)
-    client.set_terminated(tracking["parent_run_id"], "FINISHED")
+    terminate_run(uri, tracking["parent_run_id"], "FINISHED")
     print(f"retrain: {len(new)} new episodes; {name} v{promo.version} -> {promo.decision} ({promo.reason})")
     return 0
 
 
-def latest_attempt(client, name: str, manifest_uri: str, champion_cutoff: datetime) -> tuple[str, datetime]:
+def latest_attempt(versions, manifest_uri: str, champion_cutoff: datetime) -> tuple[str, datetime]:
     """(version, data cutoff) of the newest version trained on ``manifest_uri``: a challenger that lost
     already saw the episodes up to its cutoff, so only episodes after it justify another run."""
     best: tuple[str, datetime] = ("?", champion_cutoff)
-    for v in client.search_model_versions(f"name='{name}'"):
+    for v in versions:
         tags = v.tags or {}
         if tags.get("v2w.data_manifest") == manifest_uri and tags.get("v2w.data_cutoff"):
             cut = datetime.fromisoformat(tags["v2w.data_cutoff"])

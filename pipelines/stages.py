@@ -161,11 +161,11 @@ def base_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str
     """
     cfg = ctx.config
     if cfg.get("pretrained_uri"):
-        from v2w_core.train.model_store import base_kind, load_model
+        from v2w_core.tracking import load_model, model_kind
 
         uri = cfg["pretrained_uri"]
         model = load_model(uri)
-        return {"model": uri, "kind": base_kind(uri), "parameters": int(model.num_parameters()),
+        return {"model": uri, "kind": model_kind(uri), "parameters": int(model.num_parameters()),
                 "pretrained_here": False}
     from v2w_core.train.api import train
 
@@ -183,7 +183,7 @@ def causalize_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dic
 
     from v2w_core.models.causalize import causalize
     from v2w_core.models.io import save_world_model
-    from v2w_core.train.model_store import load_model
+    from v2w_core.tracking import load_model
 
     cfg = ctx.config
     model = load_model(inputs["base"].outputs["model"])
@@ -274,7 +274,7 @@ def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
     """Register the model; alias ``champion`` moves only if it beats the copy-last-frame baseline and the
     champion on the same eval split. A degenerate model or one that does not beat copy-last is registered
     but rejected (tag ``v2w.rejected``, no alias): it is never champion."""
-    from v2w_core.tracking import REJECTED, register_and_promote
+    from v2w_core.tracking import REJECTED, register_and_promote, tag_data_lineage
 
     ev = inputs["evaluate"].outputs
     tracking = ctx.extra.get("tracking") or {}
@@ -313,19 +313,3 @@ def freeze_eval_split(manifest_uri: str, split: str = "eval") -> str:
     if not storage.exists(uri):
         held_out.write(uri)
     return uri
-
-
-def tag_data_lineage(tracking_uri: str, name: str, version: str, *, model_uri: str, manifest_uri: str,
-                     eval_manifest_uri: str) -> None:
-    """Record on the model version what it was trained on, so retraining can find "episodes added since",
-    and the frozen held-out split it was evaluated on, so retraining compares like for like."""
-    from mlflow.tracking import MlflowClient
-
-    from v2w_core.data.manifest import Manifest
-
-    created = Manifest.read(manifest_uri).table.column("created_at").to_pylist()
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    client.set_model_version_tag(name, version, "v2w.data_manifest", manifest_uri)
-    client.set_model_version_tag(name, version, "v2w.data_cutoff", max(created).isoformat())
-    client.set_model_version_tag(name, version, "v2w.model_uri", model_uri)
-    client.set_model_version_tag(name, version, "v2w.eval_manifest", eval_manifest_uri)

@@ -52,7 +52,7 @@ def test_copy_last_gate_and_degenerate_outputs_on_the_registry(mlflow_stack: Any
     """A version that does not beat copy-last-frame (or whose outputs are degenerate) is never champion,
     not even the first one; it is tagged rejected with the reason and both numbers."""
     uri = mlflow_stack.env()["MLFLOW_TRACKING_URI"]
-    client = tracking._client(uri)
+    client = tracking.client(uri)
     name = f"wm-gate-{uuid.uuid4().hex[:8]}"
     model_dir = save_model(tmp_path / "model")
     healthy = {"gen_nonfinite_frac": 0.0, "gen_saturated_frac": 0.01}
@@ -137,7 +137,7 @@ def test_promotion_policy_and_pyfunc_from_alias(mlflow_stack: Any, tmp_path: Pat
     other_split = register({"psnr_mean": 40.0}, split_id="split-b")
     assert other_split.decision == "challenger" and "not comparable" in other_split.reason
 
-    client = tracking._client(uri)
+    client = tracking.client(uri)
     assert client.get_model_version_by_alias(name, "champion").version == better.version
     assert client.get_model_version_by_alias(name, "challenger").version == other_split.version
     assert client.get_model_version(name, worse.version).tags["v2w.promotion"].startswith("challenger:")
@@ -160,7 +160,7 @@ def test_promotion_policy_and_pyfunc_from_alias(mlflow_stack: Any, tmp_path: Pat
     again = pyfunc.predict(inputs, params={"num_frames": 2, "seed": 3})
     np.testing.assert_array_equal(out, again)
     # ... and as the world model itself (what evaluate's actors load), with the same weights.
-    wm = tracking.load_model_from_uri(f"models:/{name}@champion", tracking_uri=uri)
+    wm = tracking.load_model(f"models:/{name}@champion", tracking_uri=uri)
     ref = make_model()
     for (k, a), (_, b) in zip(wm.state_dict().items(), ref.state_dict().items(), strict=True):
         assert torch.equal(a, b), k

@@ -17,7 +17,6 @@ import pytest
 
 from v2w_core import tracking
 from v2w_core.diffusion.rollout import RolloutConfig
-from v2w_core.train import mlflow_logging
 
 sys.path.insert(0, str(Path(__file__).parent / "eval"))
 from eval_helpers import ACTION_DIM, SIZE, save_model
@@ -29,10 +28,10 @@ def test_version_description_metric_tags_and_signature(mlflow_stack: Any, tmp_pa
     import mlflow.models
 
     uri = mlflow_stack.mlflow_uri
-    client = tracking._client(uri)
+    client = tracking.client(uri)
     experiment, name = f"v2w-meta-{uuid.uuid4().hex[:8]}", f"wm-meta-{uuid.uuid4().hex[:8]}"
     model_dir = save_model(tmp_path / "model")
-    exp_id = mlflow_logging.ensure_experiment(client, experiment)
+    exp_id = tracking.ensure_experiment(client, experiment)
     pipeline = client.create_run(exp_id, run_name="pipeline:meta").info.run_id
 
     def stage(stage_name: str, **tags: str) -> str:
@@ -41,7 +40,7 @@ def test_version_description_metric_tags_and_signature(mlflow_stack: Any, tmp_pa
 
     stage("base", **{"output.model": "asset://tiny_unet3d_vizdoom"})
     train_stage = stage("train")
-    mlflow_logging.start_run(uri, experiment, run_name="train", parent_run_id=train_stage, params={
+    tracking.start_run(uri, experiment, run_name="train", parent_run_id=train_stage, params={
         "output_uri": str(model_dir), "model.base_uri": "s3://v2w/p/causalize/abc/model", "max_steps": "300",
         "mode": "finetune"})  # fmt: skip
     eval_run = stage("evaluate")
@@ -55,7 +54,7 @@ def test_version_description_metric_tags_and_signature(mlflow_stack: Any, tmp_pa
     mv = client.get_model_version(name, version)
 
     text = mv.description
-    params = tracking._parameter_count(Path(model_dir))
+    params = tracking.registry._parameter_count(Path(model_dir))
     assert params and f"{params / 1e6:.2f} M parameters" in text
     for part in ("unet3d video diffusion model", "causal mode extrapolative",
                  f"continuous actions (dim {ACTION_DIM})", f"{SIZE}×{SIZE}×3 frames",

@@ -43,7 +43,7 @@ def test_vae_pipeline_trains_and_evaluates_in_latent_space(ray_cluster, mlflow_s
     names = [s.name for s in stages]
     upstream = {s.name: s.upstream for s in stages}
     assert names.index("encode") < names.index("base") and "encode" in upstream["train"]
-    tracking, _ = start_tracking(cfg)
+    tracking = start_tracking(cfg)
     res = build_and_run(stages, cfg.run.root, tracking=tracking)
 
     enc = res["encode"].outputs

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from v2w_core.train import mlflow_logging
-from v2w_core.train.mlflow_logging import (
+from v2w_core import tracking
+from v2w_core.tracking import (
     DROPPED_BATCHES_METRIC,
     DROPPED_VALUES_METRIC,
     EXPERIMENT_KIND,
@@ -37,9 +37,9 @@ def test_lost_metric_batches_are_counted_and_logged_at_the_end(
     uri = mlflow_stack.mlflow_uri
     client = MlflowClient(tracking_uri=uri)
     experiment = f"v2w-logger-{uuid.uuid4().hex[:8]}"
-    run_id = mlflow_logging.start_run(uri, experiment, run_name="outage")
-    clean_id = mlflow_logging.start_run(uri, experiment, run_name="no-loss")
-    caplog.set_level(logging.WARNING, logger="v2w_core.train.mlflow_logging")
+    run_id = tracking.start_run(uri, experiment, run_name="outage")
+    clean_id = tracking.start_run(uri, experiment, run_name="no-loss")
+    caplog.set_level(logging.WARNING, logger="v2w_core.tracking.buffer")
 
     tracker = BufferedMlflowLogger(uri, run_id, max_buffer=20, retry_interval_s=0.2, max_retry_interval_s=1.0)
     tracker.log_metrics({"loss": 1.0}, step=0)
@@ -82,14 +82,14 @@ def test_experiments_are_created_as_model_training_experiments(mlflow_stack: Any
 
     client = MlflowClient(tracking_uri=mlflow_stack.mlflow_uri)
     name = f"v2w-kind-{uuid.uuid4().hex[:8]}"
-    mlflow_logging.start_run(mlflow_stack.mlflow_uri, name, run_name="r")  # creates the experiment
+    tracking.start_run(mlflow_stack.mlflow_uri, name, run_name="r")  # creates the experiment
     assert client.get_experiment_by_name(name).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     assert EXPERIMENT_KIND == "custom_model_development"  # the value MLflow 3's UI knows
     # one created before the tag existed gets it; one whose kind someone chose keeps it
     old = f"{name}-old"
     old_id = client.create_experiment(old)
-    assert mlflow_logging.ensure_experiment(client, old) == old_id
+    assert tracking.ensure_experiment(client, old) == old_id
     assert client.get_experiment(old_id).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     genai_id = client.create_experiment(f"{name}-genai", tags={EXPERIMENT_KIND_TAG: "genai_development"})
-    mlflow_logging.ensure_experiment(client, f"{name}-genai")
+    tracking.ensure_experiment(client, f"{name}-genai")
     assert client.get_experiment(genai_id).tags[EXPERIMENT_KIND_TAG] == "genai_development"

@@ -26,8 +26,8 @@ from tests.train.helpers import (
     train_cfg,
 )
 from v2w_core.config import ConfigError
+from v2w_core.tracking import load_model
 from v2w_core.train import checkpoint as ck
-from v2w_core.train.model_store import load_model
 
 pytestmark = pytest.mark.slow
 

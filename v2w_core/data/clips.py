@@ -110,6 +110,15 @@ def normalize_frames(frames: Any) -> Any:
     return frames.astype(np.float32) / np.float32(127.5) - np.float32(1.0)
 
 
+def to_uint8(frames: np.ndarray) -> np.ndarray:
+    """(T, C, H, W) float in [-1, 1] or (T, H, W, 3) uint8 → (T, H, W, 3) uint8 (the inverse of
+    :func:`normalize_frames`, channels last)."""
+    if frames.dtype == np.uint8:
+        return frames
+    x = np.clip((np.asarray(frames, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+
+
 def collate_clips(batch: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """``collate_fn`` for ``iter_torch_batches``: tensors for frames/actions/start, ``episode_id`` kept as a
     list of str (Ray's default collate cannot make a tensor of strings)."""
@@ -477,4 +486,5 @@ __all__ = [
     "configure_progress",
     "count_clips",
     "normalize_frames",
+    "to_uint8",
 ]

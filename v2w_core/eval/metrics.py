@@ -16,7 +16,8 @@ Conventions (those of the video-prediction literature the paper follows, DESIGN 
     features): ``‖μ₁−μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2})`` in float64. The trace term
     uses the symmetric form, whose square root exists for any PSD pair, so no complex residue appears
     (scipy's ``sqrtm(Σ₁Σ₂)`` of the non-symmetric product needs an ε-ridge when Σ is singular).
-  * degenerate outputs (:func:`output_health`, :func:`degenerate_reason`): the fraction of non-finite
+  * degenerate outputs (:func:`output_health`, :func:`degenerate_reason`, defined in
+    :mod:`v2w_core.output_health` and re-exported here): the fraction of non-finite
     generated values and of values at (or beyond) the range limits. Rollouts reach the metrics already
     clamped to [-1, 1], so a value exactly at ±1 is one the clamp cut (or uint8 0/255); outputs with any
     non-finite value or more than :data:`DEGENERATE_SATURATED_FRAC` saturated are degenerate.
@@ -26,11 +27,12 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from v2w_core.output_health import DEGENERATE_SATURATED_FRAC, degenerate_reason, output_health
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +41,6 @@ SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
-#: Outputs with more than this fraction of values at the range limits are degenerate (saturated noise).
-DEGENERATE_SATURATED_FRAC = 0.5
 
 
 def to_unit(frames: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -115,42 +115,6 @@ def ssim(
     num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
     den = (mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2)
     return (num / den).mean(dim=(-3, -2, -1)).float().reshape(lead)
-
-
-# --------------------------------------------------------------------------------- degenerate outputs
-def output_health(frames: np.ndarray | torch.Tensor) -> dict[str, float]:
-    """``gen_nonfinite_frac`` and ``gen_saturated_frac`` of generated frames, over every value.
-
-    Float frames are in model space ([-1, 1]): a value is saturated when ``|x| >= 1`` (at the limit, where
-    the rollout's clamp puts everything it cut, or beyond it for unclamped outputs); uint8 frames: 0 or
-    255. Non-finite values count as non-finite only (±inf is not also counted as saturated).
-    """
-    t = torch.as_tensor(frames)
-    n = max(1, t.numel())
-    if t.dtype == torch.uint8:
-        return {"gen_nonfinite_frac": 0.0, "gen_saturated_frac": float(((t == 0) | (t == 255)).sum()) / n}
-    t = t.double()
-    finite = torch.isfinite(t)
-    saturated = finite & (t.abs() >= 1.0)
-    return {
-        "gen_nonfinite_frac": float((~finite).sum()) / n,
-        "gen_saturated_frac": float(saturated.sum()) / n,
-    }
-
-
-def degenerate_reason(metrics: Mapping[str, float]) -> str | None:
-    """Why the outputs whose :func:`output_health` is in ``metrics`` are degenerate, or None if they are not
-    (or were not measured)."""
-    nonfinite = metrics.get("gen_nonfinite_frac")
-    saturated = metrics.get("gen_saturated_frac")
-    reasons = []
-    if nonfinite is not None and (not math.isfinite(nonfinite) or nonfinite > 0):
-        reasons.append(f"{nonfinite:.2%} of generated values are non-finite")
-    if saturated is not None and (not math.isfinite(saturated) or saturated > DEGENERATE_SATURATED_FRAC):
-        reasons.append(
-            f"{saturated:.2%} of generated values sit at the range limits (> {DEGENERATE_SATURATED_FRAC:.0%})"
-        )
-    return "; ".join(reasons) or None
 
 
 # ----------------------------------------------------------------------------------- Fréchet distance

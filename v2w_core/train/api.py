@@ -90,10 +90,10 @@ def preflight(cfg: TrainConfig) -> None:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model: {err}") from None
     elif cfg.model.base_uri:
-        from v2w_core.train.model_store import base_kind
+        from v2w_core.tracking import model_kind
 
         try:
-            base_kind(cfg.model.base_uri)
+            model_kind(cfg.model.base_uri)
         except (storage.StorageError, FileNotFoundError, ValueError) as err:
             raise ConfigError(f"model.base_uri {cfg.model.base_uri!r}: {err}") from None
 
@@ -133,8 +133,7 @@ def train(cfg: TrainConfig, *, dataset: Any = None) -> TrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from v2w_core import storage
-    from v2w_core.train import mlflow_logging
+    from v2w_core import storage, tracking
     from v2w_core.train.loop import train_loop_per_worker
 
     if not ray.is_initialized():
@@ -155,12 +154,12 @@ def train(cfg: TrainConfig, *, dataset: Any = None) -> TrainResult:
             "v2w.experiment": cfg.experiment,
             **cfg.tracking.tags,
         }
-        run_id = mlflow_logging.start_run(
+        run_id = tracking.start_run(
             tracking_uri,
             cfg.tracking.experiment,
             run_name=cfg.tracking.run_name or cfg.experiment,
             parent_run_id=cfg.tracking.parent_run_id,
-            params=mlflow_logging.flatten_params(cfg.model_dump(mode="json")),
+            params=tracking.flatten_params(cfg.model_dump(mode="json")),
             tags=tags,
         )
         logger.info("MLflow run %s at %s", run_id, tracking_uri)
@@ -200,10 +199,10 @@ def train(cfg: TrainConfig, *, dataset: Any = None) -> TrainResult:
         result = trainer.fit()
     except BaseException:
         if run_id:
-            mlflow_logging.end_run(tracking_uri, run_id, "FAILED")
+            tracking.end_run(tracking_uri, run_id, "FAILED")
         raise
     if run_id:
-        mlflow_logging.end_run(tracking_uri, run_id, "FINISHED")
+        tracking.end_run(tracking_uri, run_id, "FINISHED")
 
     metrics = dict(result.metrics or {})
     checkpoint_uri = _uri_of(result.checkpoint.path, cfg.storage_path) if result.checkpoint else None

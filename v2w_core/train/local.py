@@ -123,9 +123,9 @@ def _save_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, ema: A
 def _load_state(path: Path, model: Any, optimizer: torch.optim.Optimizer, ema: Any) -> tuple[int, list[float]]:
     from safetensors.torch import load_file
 
-    from v2w_core.models.io import load_world_model
+    from v2w_core.tracking import load_model
 
-    saved = load_world_model(str(path / "model"))
+    saved = load_model(str(path / "model"))
     model.load_state_dict(saved.state_dict())
     tensors = load_file(str(path / "optim.safetensors"))
     device = next(model.parameters()).device

@@ -41,7 +41,7 @@ from v2w_core.train.deepspeed_config import (
     param_groups,
     setup_cpu_environment,
 )
-from v2w_core.train.model_store import load_model, save_model
+from v2w_core.train.model_store import save_model
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,8 @@ def build_model(cfg: TrainConfig) -> Any:
     if cfg.mode == "pretrain":
         model = WorldModel(model_config(cfg))
     else:
+        from v2w_core.tracking import load_model
+
         assert m.base_uri is not None
         model = load_model(m.base_uri)
         if not model.is_causal:
@@ -391,7 +393,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     tracker = None
     if rank == 0 and loop_config.get("mlflow_run_id"):
-        from v2w_core.train.mlflow_logging import BufferedMlflowLogger, environment_info
+        from v2w_core.tracking import BufferedMlflowLogger, environment_info
 
         tracker = BufferedMlflowLogger(loop_config["tracking_uri"], loop_config["mlflow_run_id"])
         tracker.log_params({**environment_info(), "env.world_size": str(world)} if fresh_start else {})
@@ -575,8 +577,7 @@ def _finish(
     """Export the final weights (and EMA weights) to storage and MLflow; returns metrics about it."""
     import pyarrow.fs as pafs
 
-    from v2w_core import storage
-    from v2w_core.train import mlflow_logging
+    from v2w_core import storage, tracking
 
     out = Path(tempfile.mkdtemp(prefix="v2w-export-"))
     exported = export_model(engine, rank, out / "model")
@@ -597,7 +598,7 @@ def _finish(
         logger.info("exported model to %s", cfg.model_export_uri)
         if tracker is not None:
             tracker.close(timeout_s=cfg.tracking.flush_timeout_s)
-            ok = mlflow_logging.log_artifacts(
+            ok = tracking.log_artifacts(
                 loop_config["tracking_uri"], loop_config["mlflow_run_id"], str(out / "model"), "model"
             )
             artifact_ok = 1.0 if ok else 0.0

@@ -1,18 +1,14 @@
-"""The one place where training touches the models' save/load functions (:mod:`v2w_core.models.io`).
+"""Where training saves its exports: :func:`save_model` (a world-model directory, local or ``s3://``).
 
-Fine-tuning accepts either kind of base directory (local or ``s3://``): a saved world model (e.g. the
-export of a pretraining run, ``_class_name`` "WorldModel") or a plain diffusers UNet directory
-(``UNet3DConditionModel`` / ``UNetSpatioTemporalConditionModel``, e.g. a downloaded ``.../unet``), which
-is wrapped as a bidirectional world model. Exports are always world-model directories.
+Loading goes through the one loader, :func:`v2w_core.tracking.load_model` (a saved world model or a plain
+diffusers UNet directory, local, ``s3://``, ``asset://`` or MLflow). ``load_model`` and ``base_kind`` are
+re-exported here for the callers that still import them from this module (tests/models/test_assets.py).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
-
-from v2w_core import assets
 
 
 def save_model(model: Any, dest: str | Path) -> str:
@@ -23,28 +19,13 @@ def save_model(model: Any, dest: str | Path) -> str:
     return str(dest)
 
 
-def base_kind(uri: str) -> str:
-    """``"world_model"`` or ``"diffusers_unet"``; raises FileNotFoundError / ValueError otherwise."""
-    from v2w_core import storage
-    from v2w_core.models import io as model_io
-    from v2w_core.models.world_model import FAMILY_OF_CLASS
+def __getattr__(name: str) -> Any:
+    """``load_model`` / ``base_kind``: imported on first use (the tracking package imports MLflow)."""
+    if name not in ("load_model", "base_kind"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from v2w_core.tracking import models
 
-    uri = assets.resolve(uri)
-    raw = json.loads(storage.read_bytes(storage.join(uri, model_io.CONFIG_NAME)))
-    name = raw.get("_class_name")
-    if name == model_io.CLASS_NAME:
-        return "world_model"
-    if name in FAMILY_OF_CLASS:
-        return "diffusers_unet"
-    raise ValueError(f"{uri}: config.json _class_name {name!r} is neither a WorldModel nor a supported UNet")
+    return models.load_model if name == "load_model" else models.model_kind
 
 
-def load_model(uri: str) -> Any:
-    """Load a base for fine-tuning: a world-model directory or a diffusers UNet directory, local,
-    ``s3://`` or a packaged ``asset://<name>`` (:mod:`v2w_core.assets`)."""
-    from v2w_core.models import io as model_io
-
-    uri = assets.resolve(uri)
-    if base_kind(uri) == "world_model":
-        return model_io.load_world_model(uri)
-    return model_io.load_base(uri)
+__all__ = ["save_model"]  # and, lazily, load_model and base_kind (module __getattr__)

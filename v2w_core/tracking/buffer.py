@@ -1,4 +1,4 @@
-"""MLflow logging for training that never blocks or kills the training loop.
+"""Buffered MLflow logging for training: it never blocks or kills the training loop.
 
 Why a background thread with a buffer: the loop logs a handful of scalars per step. A synchronous MLflow
 call costs a round trip per step, and when the tracking server is down MLflow's HTTP client retries with
@@ -12,181 +12,34 @@ that never reaches the server (rejected by it, dropped on a full buffer, unsent 
 ``mlflow_dropped_metric_values`` (0 when nothing was lost) and a warning line when any were lost.
 
 Only the rank-0 worker creates one of these. The run itself is created by the driver (see
-:func:`start_run`) so that a restarted worker group keeps logging into the same run.
+:func:`v2w_core.tracking.runs.start_run`) so that a restarted worker group keeps logging into the same run.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import math
 import os
-import platform
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+from v2w_core.tracking.client import client as mlflow_client
+from v2w_core.tracking.runs import MAX_METRICS_PER_BATCH, MAX_PARAM_VALUE, MAX_PARAMS_PER_BATCH
 
 logger = logging.getLogger(__name__)
 
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_PER_BATCH = 100
-MAX_PARAM_VALUE = 6000
-#: MLflow 3's UI picks an experiment's view from this tag: model training (runs, metrics, models) for
-#: ``custom_model_development``; unset, it may open on the GenAI view (traces, evaluations) instead.
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
-EXPERIMENT_KIND = "custom_model_development"
 #: Metrics that :meth:`BufferedMlflowLogger.close` logs: what never reached the tracking server.
 DROPPED_BATCHES_METRIC = "mlflow_dropped_metric_batches"
 DROPPED_VALUES_METRIC = "mlflow_dropped_metric_values"
-_PACKAGES = ("torch", "deepspeed", "ray", "diffusers", "mlflow", "pyarrow", "numpy", "vid2world")
-
-
-def flatten_params(data: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config → ``{"optim.lr": "0.0001", ...}`` (MLflow params are flat strings)."""
-    out: dict[str, str] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            out.update(flatten_params(value, name + "."))
-        else:
-            text = str(value)
-            out[name] = text if len(text) <= MAX_PARAM_VALUE else text[: MAX_PARAM_VALUE - 3] + "..."
-    return out
-
-
-def environment_info() -> dict[str, str]:
-    """Hardware and package versions of this process's machine (logged as params under ``env.``)."""
-    from importlib import metadata
-
-    info = {
-        "env.python": platform.python_version(),
-        "env.platform": platform.platform(),
-        "env.cpu_count": str(os.cpu_count()),
-        "env.hostname_hash": str(abs(hash(platform.node())) % 10**8),
-    }
-    for pkg in _PACKAGES:
-        try:
-            info[f"env.{pkg}"] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            info[f"env.{pkg}"] = "not installed"
-    try:
-        import torch
-
-        info["env.cuda_available"] = str(torch.cuda.is_available())
-        if torch.cuda.is_available():
-            info["env.gpu"] = torch.cuda.get_device_name(0)
-            info["env.gpu_count"] = str(torch.cuda.device_count())
-            info["env.cuda"] = str(torch.version.cuda)
-        info["env.torch_threads"] = str(torch.get_num_threads())
-    except ImportError:
-        pass
-    return info
 
 
 def _no_client_retries(timeout_s: float) -> None:
     """Make MLflow's HTTP client fail fast in this process; our thread does the retrying."""
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(max(1, timeout_s)))
-
-
-def ensure_experiment(client: Any, name: str) -> str:
-    """The id of experiment ``name``, created as a model-training experiment (:data:`EXPERIMENT_KIND`)
-    when missing. One without a kind (created before this tag was set) gets it; another kind is kept."""
-    exp = client.get_experiment_by_name(name)
-    if exp is None:
-        try:
-            return str(client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}))
-        except Exception:  # RESOURCE_ALREADY_EXISTS: another stage or process created it meanwhile
-            exp = client.get_experiment_by_name(name)
-            if exp is None:
-                raise
-    if EXPERIMENT_KIND_TAG not in (exp.tags or {}):
-        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    return str(exp.experiment_id)
-
-
-def start_run(
-    tracking_uri: str,
-    experiment: str,
-    *,
-    run_name: str | None = None,
-    parent_run_id: str | None = None,
-    params: Mapping[str, str] | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> str:
-    """Create an MLflow run (driver side) and log the config params; returns its run id."""
-    from mlflow import MlflowClient
-    from mlflow.entities import Param, RunTag
-
-    client = MlflowClient(tracking_uri=tracking_uri)
-    exp_id = ensure_experiment(client, experiment)
-    all_tags = dict(tags or {})
-    if parent_run_id:
-        all_tags["mlflow.parentRunId"] = parent_run_id
-    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-    items = list((params or {}).items())
-    for i in range(0, len(items), MAX_PARAMS_PER_BATCH):
-        client.log_batch(
-            run.info.run_id, params=[Param(k, v) for k, v in items[i : i + MAX_PARAMS_PER_BATCH]]
-        )
-    client.log_batch(run.info.run_id, tags=[RunTag(k, str(v)) for k, v in all_tags.items()])
-    return run.info.run_id
-
-
-def end_run(tracking_uri: str, run_id: str, status: str = "FINISHED", *, attempts: int = 5) -> bool:
-    """Mark the run finished/failed; tolerant of a tracking outage (returns False and warns)."""
-    from mlflow import MlflowClient
-
-    return _retry(
-        lambda: MlflowClient(tracking_uri=tracking_uri).set_terminated(run_id, status), attempts, "end run"
-    )
-
-
-def log_artifacts(
-    tracking_uri: str, run_id: str, local_dir: str, artifact_path: str, *, attempts: int = 5
-) -> bool:
-    """Upload a directory as run artifacts, retrying; a failure is a warning, not an error."""
-    from mlflow import MlflowClient
-
-    return _retry(
-        lambda: MlflowClient(tracking_uri=tracking_uri).log_artifacts(run_id, local_dir, artifact_path),
-        attempts,
-        f"log artifacts {artifact_path!r}",
-        timeout_s=600.0,  # a paper-size model is GBs through the tracking server's artifact proxy
-    )
-
-
-@contextlib.contextmanager
-def _fail_fast(timeout_s: float = 10.0) -> Iterator[None]:
-    """MLflow's own retries off (and a short timeout) for the duration: our loop retries instead."""
-    names = ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
-    saved = {n: os.environ.get(n) for n in names}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(int(timeout_s))
-    try:
-        yield
-    finally:
-        for n, v in saved.items():
-            if v is None:
-                os.environ.pop(n, None)
-            else:
-                os.environ[n] = v
-
-
-def _retry(fn: Any, attempts: int, what: str, backoff_s: float = 1.0, timeout_s: float = 10.0) -> bool:
-    for i in range(attempts):
-        try:
-            with _fail_fast(timeout_s):
-                fn()
-            return True
-        except Exception as err:  # noqa: BLE001 - tracking must never kill training
-            if i == attempts - 1:
-                logger.warning("MLflow: could not %s after %d attempts: %s", what, attempts, err)
-                return False
-            time.sleep(backoff_s * 2**i)
-    return False
 
 
 def _retryable(err: Exception) -> bool:
@@ -213,11 +66,9 @@ class BufferedMlflowLogger:
         retry_interval_s: float = 1.0,
         max_retry_interval_s: float = 15.0,
     ) -> None:
-        from mlflow import MlflowClient
-
         _no_client_retries(request_timeout_s)
         self.run_id = run_id
-        self._client = MlflowClient(tracking_uri=tracking_uri)
+        self._client = mlflow_client(tracking_uri)
         self._metrics: collections.deque[Any] = collections.deque()
         self._params: collections.deque[Any] = collections.deque()
         self._tags: collections.deque[Any] = collections.deque()
@@ -405,3 +256,6 @@ class BufferedMlflowLogger:
                     time.monotonic() - self._outage_since,
                 )
                 self._outage_since = None
+
+
+__all__ = ["DROPPED_BATCHES_METRIC", "DROPPED_VALUES_METRIC", "BufferedMlflowLogger"]

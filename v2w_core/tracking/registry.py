@@ -1,15 +1,9 @@
-"""MLflow helpers: resolve model URIs, log eval runs, register world models, promote the champion.
-
-Model URIs understood everywhere in eval/registry code (:func:`load_model_from_uri`):
-  * a local directory or ``s3://`` prefix holding a saved world model (``config.json`` + safetensors);
-  * ``runs:/<run_id>/<path>`` — e.g. ``runs:/<train run>/model``, where training logs its export;
-  * ``models:/<name>/<version>`` or ``models:/<name>@<alias>`` — a registered version (the pyfunc logged by
-    :func:`register_world_model`, whose ``artifacts/world_model`` is the same safetensors directory).
+"""The model registry: register a world model as a pyfunc version, promote the champion, tag lineage.
 
 Registry policy (:func:`promote_if_better`): every registered version carries its eval metrics, the eval
 split fingerprint and the primary metric as version tags. Two gates come first, whatever the champion:
 
-  * **degenerate outputs** (non-finite values or > 50 % saturated, :func:`v2w_core.eval.metrics.
+  * **degenerate outputs** (non-finite values or > 50 % saturated, :func:`v2w_core.output_health.
     degenerate_reason` on its ``gen_*`` metrics) → rejected;
   * **the copy-last-frame baseline** (:func:`copy_last_gate`): the version's primary metric must strictly
     beat ``copy_last_<primary>``, the same metric of the copy-the-last-context-frame predictor on the same
@@ -25,10 +19,9 @@ fallback ``psnr_mean`` (higher is better). A tie, a different split, or a missin
 champion: nothing is overwritten silently, and every decision is written to the version's
 ``v2w.promotion`` tag.
 
-The registered flavor is a pyfunc (:class:`WorldModelPyfunc`): its weights travel as the safetensors
-directory in the model's artifacts; the pickled python_model object holds no weights, only the class
-reference. Every version carries a description (the model, what it was fine-tuned from, its eval metrics
-beside the baselines', :func:`describe_version`) and the pyfunc a signature (:func:`pyfunc_signature`).
+The registered flavor is a pyfunc (:mod:`v2w_core.tracking.pyfunc`). Every version carries a description
+(the model, what it was fine-tuned from, its eval metrics beside the baselines', :func:`describe_version`)
+and the pyfunc a signature (:func:`~v2w_core.tracking.pyfunc.pyfunc_signature`).
 """
 
 from __future__ import annotations
@@ -36,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import tempfile
 import warnings
@@ -44,6 +36,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from v2w_core.tracking.client import client as mlflow_client
+from v2w_core.tracking.client import tracking_uri_or_env
+from v2w_core.tracking.models import find_world_model_dir, local_copy
+from v2w_core.tracking.pyfunc import (
+    PYFUNC_ARTIFACT_PATH,
+    ROLLOUT_CONFIG_ARTIFACT,
+    WORLD_MODEL_ARTIFACT,
+    WorldModelPyfunc,
+    pyfunc_signature,
+)
+from v2w_core.tracking.runs import TAG_SPLIT, start_run
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +66,6 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     "psnr_mean": True,
     "ssim_mean": True,
 }
-PYFUNC_ARTIFACT_PATH = "world_model_pyfunc"
-WORLD_MODEL_ARTIFACT = "world_model"
-ROLLOUT_CONFIG_ARTIFACT = "rollout_config"
-TAG_SPLIT = "v2w.eval_split"
 TAG_METRIC_PREFIX = "v2w.metric."
 TAG_PRIMARY = "v2w.primary_metric"
 TAG_PROMOTION = "v2w.promotion"
@@ -73,194 +73,6 @@ TAG_REJECTED = "v2w.rejected"
 TAG_DEGENERATE = "v2w.degenerate"
 
 
-def _client(tracking_uri: str | None = None) -> Any:
-    from mlflow import MlflowClient
-
-    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return MlflowClient(tracking_uri=uri, registry_uri=uri)
-
-
-def is_mlflow_uri(uri: str) -> bool:
-    return uri.startswith(("runs:/", "models:/", "mlflow-artifacts:/"))
-
-
-# ------------------------------------------------------------------------------------- model loading
-def find_world_model_dir(root: str | Path) -> Path:
-    """The directory under ``root`` whose config.json is a saved WorldModel (root itself first)."""
-    from v2w_core.models.io import CLASS_NAME, CONFIG_NAME
-
-    root = Path(root)
-    candidates = [root / CONFIG_NAME, *sorted(root.rglob(CONFIG_NAME))]
-    for cfg in candidates:
-        try:
-            if cfg.is_file() and json.loads(cfg.read_text()).get("_class_name") == CLASS_NAME:
-                return cfg.parent
-        except (OSError, json.JSONDecodeError):
-            continue
-    raise FileNotFoundError(f"no saved WorldModel (config.json with _class_name {CLASS_NAME!r}) under {root}")
-
-
-def resolve_model_dir(uri: str, *, tracking_uri: str | None = None, dst: str | Path | None = None) -> str:
-    """A directory that :func:`v2w_core.models.load_world_model` can read: MLflow URIs are downloaded
-    (to ``dst`` or a temp dir) and searched for the world-model directory; others are returned as is."""
-    if not is_mlflow_uri(uri):
-        return uri
-    import mlflow.artifacts
-
-    dst = Path(dst) if dst is not None else Path(tempfile.mkdtemp(prefix="v2w-model-"))
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri, registry_uri=tracking_uri
-    )
-    return str(find_world_model_dir(local))
-
-
-def load_model_from_uri(uri: str, *, tracking_uri: str | None = None, device: Any = None) -> Any:
-    """Load a world model from any URI of the module docstring (once per actor / process)."""
-    from v2w_core.models.io import load_world_model
-
-    return load_world_model(resolve_model_dir(uri, tracking_uri=tracking_uri), device=device)
-
-
-def _local_copy(uri: str, dst: Path) -> Path:
-    """Copy a world-model directory (local, s3:// or MLflow URI) to ``dst`` (for logging as artifacts)."""
-    from v2w_core import storage
-
-    if is_mlflow_uri(uri):
-        shutil.copytree(resolve_model_dir(uri), dst)
-        return dst
-    if not storage.is_s3(uri):
-        shutil.copytree(find_world_model_dir(uri), dst)
-        return dst
-    dst.mkdir(parents=True)
-    base = uri.rstrip("/") + "/"
-    for f in storage.list_files(base):
-        rel = f[len(base) :]
-        if "/" not in rel:  # the model directory is flat
-            (dst / rel).write_bytes(storage.read_bytes(f))
-    return dst
-
-
-# ------------------------------------------------------------------------------------------- eval runs
-def log_eval_run(
-    tracking_uri: str,
-    experiment: str,
-    *,
-    model_uri: str,
-    metrics: Mapping[str, float],
-    unavailable: Mapping[str, str],
-    drift: Mapping[str, list[float]],
-    split_id: str,
-    params: Mapping[str, str] | None = None,
-    artifact_dir: str | Path | None = None,
-    parent_run_id: str | None = None,
-    run_name: str | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> str:
-    """Create a finished eval run: metrics, drift curves (metric history, step = horizon step), tags with
-    the reasons of unavailable metrics and the split fingerprint, and ``artifact_dir`` as artifacts."""
-    from mlflow.entities import Metric, RunTag
-
-    from v2w_core.train import mlflow_logging
-
-    all_tags = {
-        "v2w.stage": "evaluate",
-        "v2w.model_uri": model_uri,
-        TAG_SPLIT: split_id,
-        **{f"v2w.unavailable.{k}": f"unavailable: {v}"[:5000] for k, v in unavailable.items()},
-        **dict(tags or {}),
-    }
-    run_id = mlflow_logging.start_run(
-        tracking_uri, experiment, run_name=run_name or "evaluate", parent_run_id=parent_run_id,
-        params=dict(params or {}), tags=all_tags,
-    )  # fmt: skip
-    client = _client(tracking_uri)
-    status = "FAILED"
-    try:
-        entries = [Metric(k, float(v), 0, 0) for k, v in metrics.items() if math.isfinite(float(v))]
-        for name, ys in drift.items():
-            entries += [Metric(f"drift_{name}", float(y), 0, j + 1) for j, y in enumerate(ys)]
-        for i in range(0, len(entries), 1000):
-            client.log_batch(run_id, metrics=entries[i : i + 1000])
-        client.log_batch(run_id, tags=[RunTag("v2w.metrics_json", json.dumps(dict(metrics))[:5000])])
-        if artifact_dir is not None:
-            client.log_artifacts(run_id, str(artifact_dir))
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status)
-    logger.info("eval run %s logged (%d metrics, %d unavailable)", run_id, len(metrics), len(unavailable))
-    return run_id
-
-
-# ------------------------------------------------------------------------------------------- the pyfunc
-try:  # the class must exist at import time for MLflow to unpickle it; mlflow is a core dependency
-    from mlflow.pyfunc import PythonModel as _PythonModel
-except ImportError:  # pragma: no cover
-    _PythonModel = object  # type: ignore[assignment,misc]
-
-
-class WorldModelPyfunc(_PythonModel):  # type: ignore[misc,valid-type]
-    """Loads the safetensors world model from the registered model's artifacts and rolls it out.
-
-    ``predict`` input: a dict with ``context`` (uint8 (B, K, H, W, 3)) and ``actions`` (recorded,
-    (B, ≥K+N−1, ...)); params ``num_frames`` and ``seed`` (ints). Output: uint8 frames (B, N, H, W, 3).
-    Sampler settings are the rollout config stored at registration. The registered signature
-    (:func:`pyfunc_signature`) checks exactly this; the class itself also takes unbatched arrays and
-    ``num_frames`` / ``seed`` inside the dict (versions registered before the signature existed).
-    """
-
-    # MLflow 3 turns a predict type hint into input-schema validation that only understands list[...]
-    # inputs; ours is one dict of arrays, validated in predict itself.
-    _skip_type_hint_validation = True
-
-    def load_context(self, context: Any) -> None:
-        from v2w_core.diffusion.rollout import RolloutConfig
-        from v2w_core.models.io import load_world_model
-
-        self.model = load_world_model(
-            str(find_world_model_dir(context.artifacts[WORLD_MODEL_ARTIFACT]))
-        ).eval()
-        raw = json.loads(Path(context.artifacts[ROLLOUT_CONFIG_ARTIFACT]).read_text())
-        self.rollout_config = RolloutConfig.from_dict(raw, source="registered rollout_config.json")
-
-    def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-        """``num_frames`` and ``seed`` come from ``params`` (the signature's) or, unchecked, from the dict."""
-        import numpy as np
-        import torch
-
-        from v2w_core.data.clips import normalize_frames
-        from v2w_core.diffusion.rollout import rollout
-        from v2w_core.eval.videos import to_uint8
-
-        if not isinstance(model_input, Mapping) or "context" not in model_input:
-            raise ValueError(
-                "predict expects a dict with 'context', 'actions', 'num_frames' and optional 'seed'"
-            )
-        frames = np.asarray(model_input["context"], dtype=np.uint8)
-        actions = model_input.get("actions")
-        batched = frames.ndim == 5
-        if not batched:
-            frames = frames[None]
-            actions = None if actions is None else np.asarray(actions)[None]
-
-        def setting(key: str, default: int) -> int:
-            value = model_input[key] if key in model_input else (params or {}).get(key, default)
-            return int(np.asarray(value).reshape(-1)[0])
-
-        num_frames, seed = setting("num_frames", 1), setting("seed", 0)
-        ctx = normalize_frames(torch.from_numpy(frames).permute(0, 1, 4, 2, 3)).float()
-        act = (
-            None
-            if actions is None or self.model.action_encoder is None
-            else torch.from_numpy(np.asarray(actions))
-        )
-        gen = torch.Generator().manual_seed(seed)
-        out = rollout(self.model, ctx, act, num_frames, self.rollout_config, generator=gen)
-        result = np.stack([to_uint8(o.numpy()) for o in out])
-        return result if batched else result[0]
-
-
-# ------------------------------------------------------------------------------------------- registry
 @dataclass(frozen=True)
 class PromotionResult:
     """What :func:`promote_if_better` did. ``decision`` is ``"champion"``, ``"challenger"`` or
@@ -299,20 +111,19 @@ def register_world_model(
     import mlflow.pyfunc
 
     from v2w_core.diffusion.rollout import RolloutConfig
-    from v2w_core.train import mlflow_logging
 
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    tracking_uri = tracking_uri_or_env(tracking_uri)
     if not tracking_uri:
         raise ValueError("register_world_model needs a tracking_uri (or MLFLOW_TRACKING_URI)")
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     own_run = run_id is None
     if own_run:
-        run_id = mlflow_logging.start_run(
+        run_id = start_run(
             tracking_uri, experiment, run_name=f"register:{name}", tags={"v2w.stage": "register"}
         )
     work = Path(tempfile.mkdtemp(prefix="v2w-register-"))
     try:
-        wm_dir = _local_copy(model_uri, work / "world_model")
+        wm_dir = local_copy(model_uri, work / "world_model")
         rc = rollout_config if rollout_config is not None else RolloutConfig()
         rc_path = work / "rollout_config.json"
         rc_path.write_text(json.dumps(rc.model_dump(mode="json"), indent=2))
@@ -356,31 +167,6 @@ def register_world_model(
         shutil.rmtree(work, ignore_errors=True)
     logger.info("registered %s version %s (run %s)", name, mv.version, run_id)
     return str(mv.version)
-
-
-def pyfunc_signature(wm_config: Mapping[str, Any]) -> Any:
-    """The pyfunc's signature, from the saved model's config: ``context`` uint8 (B, K, H, W, C) and, with
-    an action space, ``actions`` (B, T, dim) float32 or (B, T) int64 ids in; uint8 (B, N, H, W, C) out;
-    params ``num_frames`` and ``seed``. None when the config lacks the frame size."""
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
-
-    size, channels = wm_config.get("sample_size"), wm_config.get("data_channels")
-    if size is None or channels is None:
-        return None
-    h, w = (size, size) if isinstance(size, int) else size
-    frames = (-1, -1, int(h), int(w), int(channels))
-    inputs = [TensorSpec(np.dtype(np.uint8), frames, "context")]
-    space = wm_config.get("action_space")
-    if space and space["type"] == "discrete":
-        inputs.append(TensorSpec(np.dtype(np.int64), (-1, -1), "actions"))
-    elif space:
-        inputs.append(TensorSpec(np.dtype(np.float32), (-1, -1, int(space["dim"])), "actions"))
-    return ModelSignature(
-        inputs=Schema(inputs), outputs=Schema([TensorSpec(np.dtype(np.uint8), frames, "frames")]),
-        params=ParamSchema([ParamSpec("num_frames", "long", 1), ParamSpec("seed", "long", 0)]),
-    )  # fmt: skip
 
 
 def _parameter_count(model_dir: Path) -> int | None:
@@ -554,9 +340,9 @@ def promote_if_better(name: str, version: str | int, *, tracking_uri: str | None
     """Reject ``version`` if it fails a gate (degenerate outputs, or not beating the copy-last-frame
     baseline); else give it alias ``champion`` if it beats the current champion on the same split, else
     ``challenger``. See the module docstring for the policy. Reads metrics and split from version tags."""
-    from v2w_core.eval.metrics import degenerate_reason
+    from v2w_core.output_health import degenerate_reason
 
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     version = str(version)
     mv = client.get_model_version(name, version)
     new_metrics, new_split = version_metrics(mv.tags), mv.tags.get(TAG_SPLIT)
@@ -652,6 +438,31 @@ def register_and_promote(
     return promote_if_better(name, version, tracking_uri=tracking_uri)
 
 
+def tag_data_lineage(
+    tracking_uri: str, name: str, version: str, *, model_uri: str, manifest_uri: str, eval_manifest_uri: str
+) -> None:
+    """Record on the model version what it was trained on, so retraining can find "episodes added since",
+    and the frozen held-out split it was evaluated on, so retraining compares like for like."""
+    from v2w_core.data.manifest import Manifest
+
+    created = Manifest.read(manifest_uri).table.column("created_at").to_pylist()
+    client = mlflow_client(tracking_uri)
+    client.set_model_version_tag(name, version, "v2w.data_manifest", manifest_uri)
+    client.set_model_version_tag(name, version, "v2w.data_cutoff", max(created).isoformat())
+    client.set_model_version_tag(name, version, "v2w.model_uri", model_uri)
+    client.set_model_version_tag(name, version, "v2w.eval_manifest", eval_manifest_uri)
+
+
+def champion_version(name: str, *, tracking_uri: str | None = None) -> Any:
+    """The registered version holding alias ``champion`` (MLflow's ModelVersion); raises when there is none."""
+    return mlflow_client(tracking_uri).get_model_version_by_alias(name, CHAMPION)
+
+
+def model_versions(name: str, *, tracking_uri: str | None = None) -> list[Any]:
+    """Every registered version of ``name`` (MLflow's ModelVersion objects, with their tags)."""
+    return list(mlflow_client(tracking_uri).search_model_versions(f"name='{name}'"))
+
+
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
@@ -660,20 +471,22 @@ __all__ = [
     "HIGHER_IS_BETTER",
     "PRIMARY_METRIC",
     "REJECTED",
+    "TAG_DEGENERATE",
+    "TAG_METRIC_PREFIX",
+    "TAG_PRIMARY",
+    "TAG_PROMOTION",
+    "TAG_REJECTED",
     "GateResult",
     "PromotionResult",
-    "WorldModelPyfunc",
+    "champion_version",
     "choose_primary",
     "copy_last_gate",
     "describe_version",
-    "find_world_model_dir",
     "is_better",
-    "load_model_from_uri",
-    "log_eval_run",
+    "model_versions",
     "promote_if_better",
-    "pyfunc_signature",
     "register_and_promote",
     "register_world_model",
-    "resolve_model_dir",
+    "tag_data_lineage",
     "version_metrics",
 ]
