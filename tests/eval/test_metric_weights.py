@@ -120,3 +120,31 @@ def test_features_of_the_same_input_are_computed_once(tmp_path: Path) -> None:
     assert len(calls) == 1 and torch.equal(first, again)
     fe.video_features(net, clips + 0.01)  # different input: computed
     assert len(calls) == 2
+
+
+def test_prefetch_computes_the_reference_features_so_metrics_only_add_the_generated(tmp_path: Path) -> None:
+    """evaluate() prefetches ground-truth and copy-last features while the actors roll out; compute_metrics
+    then reuses them (same numbers as without the prefetch) and computes only the generated frames'."""
+    import numpy as np
+    from eval_helpers import save_conv_net
+
+    from v2w_core.eval.config import EvalConfig
+    from v2w_core.eval.evaluate import compute_metrics, prefetch_reference_features
+    from v2w_core.eval.rollouts import EvalChunk, RolloutResult
+
+    g = np.random.default_rng(0)
+    chunks = [EvalChunk(f"e{i}@0", f"e{i}", 0, g.integers(0, 255, (5, 32, 32, 3), dtype=np.uint8),
+                        np.zeros((4, 2), np.float32)) for i in range(3)]  # fmt: skip
+    results = [RolloutResult(c.chunk_id, c.episode_id, g.uniform(-1, 1, (3, 3, 32, 32)).astype(np.float32), None)
+               for c in chunks]  # fmt: skip
+    weights = {"fid": save_conv_net(tmp_path / "f.safetensors", 2), "fvd": save_conv_net(tmp_path / "v.safetensors", 3),
+               "lpips": None}  # fmt: skip
+    cfg = EvalConfig.from_dict({"context_frames": 2, "horizon": 3, "controllability": False, "metric_weights": weights})
+    fe._FEATURE_CACHE.clear()
+    cold = compute_metrics(chunks, results, cfg).metrics
+    fe._FEATURE_CACHE.clear()
+    prefetch_reference_features(chunks, cfg)
+    assert len(fe._FEATURE_CACHE) == 4  # FID and FVD features of ground truth and copy-last
+    warm = compute_metrics(chunks, results, cfg).metrics
+    assert len(fe._FEATURE_CACHE) == 6  # + the generated frames' FID and FVD features, nothing else
+    assert warm == cold

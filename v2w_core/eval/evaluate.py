@@ -34,8 +34,9 @@ import logging
 import math
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -147,6 +148,55 @@ def fvd_clip_problem(net: fe.MetricNet, config: EvalConfig) -> str | None:
     return None
 
 
+def _copy_last_futures(chunks: list[EvalChunk], k: int, gt: torch.Tensor) -> torch.Tensor:
+    """The copy-last-frame baseline's futures: context frame K−1 of each chunk, repeated over the horizon."""
+    return _copy_last(chunks, k).expand_as(gt).contiguous()
+
+
+def _fvd_clips(net: fe.MetricNet, chunks: list[EvalChunk], k: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Futures → the clips FVD compares: the last FVD_FRAMES frames of context + future (README "Metrics"),
+    so the real and the generated clip share their context frames and differ only where the model
+    predicted. Plumbing (non-I3D) networks take the futures as they are."""
+    context = _context(chunks, k)
+
+    def clip(future: torch.Tensor) -> torch.Tensor:
+        if net.arch != I3D_ARCH:
+            return future
+        return torch.cat([context, future], dim=1)[:, -FVD_FRAMES:]
+
+    return clip
+
+
+def prefetch_reference_features(chunks: list[EvalChunk], config: EvalConfig) -> None:
+    """Compute the FID/FVD features of the ground-truth and copy-last futures — which need no rollout — into
+    :mod:`.features`' memo, so :func:`compute_metrics` only computes the generated frames' features.
+
+    :func:`evaluate` runs this in a thread while the rollout actors work: on a small machine the metric
+    networks (Inception at 299 px, I3D at 224 px) cost as much as the rollouts, and this way two thirds
+    of their work overlaps them. Any failure is left to :func:`compute_metrics` to report.
+    """
+    k = config.context_frames
+    gt = torch.stack([to_unit(_tensor(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
+    copy = _copy_last_futures(chunks, k, gt)
+    b, n = gt.shape[:2]
+    fid_net = fe.load_metric_net(config.metric_weights.fid, "frame")
+    if isinstance(fid_net, fe.MetricNet) and b * n >= 2:
+        for x in (gt, copy):
+            fe.frame_features(fid_net, x.flatten(0, 1))
+    fvd_net = fe.load_metric_net(config.metric_weights.fvd, "video")
+    if isinstance(fvd_net, fe.MetricNet) and b >= 2 and fvd_clip_problem(fvd_net, config) is None:
+        clip = _fvd_clips(fvd_net, chunks, k)
+        for x in (gt, copy):
+            fe.video_features(fvd_net, clip(x))
+
+
+def _prefetch_quietly(chunks: list[EvalChunk], config: EvalConfig) -> None:
+    try:
+        prefetch_reference_features(chunks, config)
+    except Exception:  # compute_metrics recomputes and reports whatever went wrong
+        logger.debug("eval: feature prefetch failed", exc_info=True)
+
+
 @contextmanager
 def _torch_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -175,8 +225,7 @@ def _compute_metrics(
     report.metrics.update(output_health(np.stack([r.generated for r in results])))
     report.degenerate = degenerate_reason(report.metrics)
     gt, gen = _futures(chunks, results, k)
-    # The copy-last-frame baseline: context frame K−1 of each chunk, repeated over the horizon.
-    copy = _copy_last(chunks, k).expand_as(gt).contiguous()
+    copy = _copy_last_futures(chunks, k, gt)
     predictions = {"": gen, COPY_LAST: copy}
     per_chunk: list[dict[str, Any]] = [{"chunk_id": c.chunk_id} for c in chunks]
     for prefix, pred in predictions.items():
@@ -221,15 +270,7 @@ def _compute_metrics(
     elif (short := fvd_clip_problem(fvd_net, config)) is not None:
         report.unavailable["fvd"] = short
     else:
-        # FVD clips: the last FVD_FRAMES frames of context + future (README "Metrics"), so the real and the
-        # generated clip share their context frames and differ only where the model predicted.
-        context = _context(chunks, k)
-
-        def clip(future: torch.Tensor) -> torch.Tensor:
-            if fvd_net.arch != I3D_ARCH:  # plumbing nets take the futures as they are
-                return future
-            return torch.cat([context, future], dim=1)[:, -FVD_FRAMES:]
-
+        clip = _fvd_clips(fvd_net, chunks, k)
         vb = fe.video_features(fvd_net, clip(gt))
         for prefix, pred in predictions.items():
             report.metrics[f"{prefix}fvd"] = frechet_distance_from_features(
@@ -332,7 +373,11 @@ def evaluate(
             f"{split_id}: baselines must use the same split and protocol"
         )
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    # The reference sets' metric features need no rollout: computed here while the actors roll out.
+    prefetch = threading.Thread(target=_prefetch_quietly, args=(chunks, config), daemon=True)
+    prefetch.start()
     results = run_parallel_rollouts(model_uri, chunks, config, tracking_uri=tracking_uri)
+    prefetch.join()
     report = compute_metrics(chunks, results, config)
     extra_tags = {"v2w.degenerate": "true" if report.degenerate else "false"}
     if report.degenerate:
