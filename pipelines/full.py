@@ -58,7 +58,9 @@ def build_stages(cfg: PipelineConfig) -> list[Stage]:
               num_cpus=cfg.train.num_cpus),
         Stage("evaluate", evaluate_stage, {**d["evaluate"], **({"vae_uri": cfg.latents.vae_uri} if enc else {})},
               ("ingest", "causalize", "train"), num_cpus=cfg.evaluate.num_cpus),
-        Stage("register", register_stage, d["registry"], ("ingest", "evaluate"), num_cpus=0.1),
+        # The registered model samples with the rollout settings it was evaluated with (its pyfunc's config).
+        Stage("register", register_stage, {**d["registry"], "rollout": d["evaluate"]["protocol"]["rollout"]},
+              ("ingest", "evaluate"), num_cpus=0.1),
     ]
 
 

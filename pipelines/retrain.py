@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
                   parent_run_id=tracking["parent_run_id"], experiment=cfg.run.experiment,
                   run_name="eval:retrained")
     promo = register_and_promote(result.model_uri, name, metrics=ev.metrics, split_id=ev.split_id,
-                                 tracking_uri=uri, run_id=ev.run_id, experiment=cfg.run.experiment)
+                                 tracking_uri=uri, run_id=ev.run_id, experiment=cfg.run.experiment,
+                                 rollout_config=protocol.rollout)
     tag_data_lineage(uri, name, promo.version, model_uri=result.model_uri, manifest_uri=manifest_uri,
                      eval_manifest_uri=eval_manifest_uri)
     terminate_run(uri, tracking["parent_run_id"], "FINISHED")

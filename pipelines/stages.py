@@ -274,15 +274,20 @@ def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
     """Register the model; alias ``champion`` moves only if it beats the copy-last-frame baseline and the
     champion on the same eval split. A degenerate model or one that does not beat copy-last is registered
     but rejected (tag ``v2w.rejected``, no alias): it is never champion."""
+    from v2w_core.diffusion.rollout import RolloutConfig
     from v2w_core.tracking import REJECTED, register_and_promote, tag_data_lineage
 
     ev = inputs["evaluate"].outputs
+    # The sampler settings the evaluate stage rolled the model out with (evaluate.protocol.rollout): the
+    # registered pyfunc must sample the way its metrics were measured, not with RolloutConfig's defaults.
+    rollout = RolloutConfig.from_dict(ctx.config["rollout"], source="evaluate.protocol.rollout")
     tracking = ctx.extra.get("tracking") or {}
     if not tracking:
         raise RuntimeError("the register stage needs MLflow: set run.tracking=true and MLFLOW_TRACKING_URI")
     promo = register_and_promote(ev["model"], ctx.config["model_name"], metrics=ev["metrics"],
                                  split_id=ev["split_id"], tracking_uri=tracking["tracking_uri"],
-                                 run_id=ev["eval_run_id"], experiment=tracking["experiment_name"])
+                                 run_id=ev["eval_run_id"], experiment=tracking["experiment_name"],
+                                 rollout_config=rollout)
     tag_data_lineage(tracking["tracking_uri"], promo.name, promo.version, model_uri=ev["model"],
                      manifest_uri=inputs["ingest"].outputs["manifest"],
                      # records written before the eval split was frozen lack it: freeze it now
