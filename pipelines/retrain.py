@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipelines.common import connect_ray, start_tracking, use_stack_env
 from pipelines.config import PipelineConfig
-from pipelines.full import connect_ray, start_tracking, use_stack_env
 from pipelines.stages import freeze_eval_split, manifest_action_space
 from v2w_core import storage
 from v2w_core.data.manifest import Manifest

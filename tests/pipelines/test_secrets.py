@@ -27,7 +27,7 @@ import pytest
 
 from infra import stack as stack_mod
 from infra.stack import StackConfig, free_port
-from pipelines import full
+from pipelines import common
 from v2w_core.train import api
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,12 +50,12 @@ def test_worker_env_never_holds_secrets(monkeypatch: pytest.MonkeyPatch) -> None
         monkeypatch.setenv(name, f"{planted}-{name}")
     monkeypatch.setenv("V2W_CREDENTIALS_FILE", "/stack/credentials")
     monkeypatch.setenv("V2W_S3_ENDPOINT", "http://127.0.0.1:1")
-    env = full.worker_env()
+    env = common.worker_env()
     assert not SECRET_NAMES & set(env), env.keys()
     assert planted not in json.dumps(env)
     assert env["V2W_CREDENTIALS_FILE"] == "/stack/credentials"
     assert env["V2W_S3_ENDPOINT"] == "http://127.0.0.1:1"
-    assert not SECRET_NAMES & set(full.WORKER_ENV_VARS)
+    assert not SECRET_NAMES & set(common.WORKER_ENV_VARS)
     assert not SECRET_NAMES & set(api._FORWARDED_ENV)  # the Ray Train workers' runtime env
     assert "V2W_CREDENTIALS_FILE" in api._FORWARDED_ENV
 
@@ -80,7 +80,7 @@ PROBE = """
 import hashlib, json, os, sys
 sys.path.insert(0, os.getcwd())
 import ray
-from pipelines.full import connect_ray, use_stack_env
+from pipelines.common import connect_ray, use_stack_env
 
 use_stack_env(local_stack=True)
 connect_ray(None)  # exactly as the pipeline joins the cluster
