@@ -15,9 +15,17 @@ from v2w_core.data.clips import PROGRESS_ENV
 #: a Ray runtime env holds is shown in plain text by `ray job list`, the Jobs API and Ray's logs, so the
 #: workers find credentials themselves: the node's own environment or credential chain (instance roles,
 #: a mounted secret), or the file that ``V2W_CREDENTIALS_FILE`` names (the local stack's, mode 0600).
-WORKER_ENV_VARS = ("V2W_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION",
-                   "V2W_BUCKET", "V2W_CREDENTIALS_FILE", "MLFLOW_TRACKING_URI", "MLFLOW_S3_ENDPOINT_URL",
-                   "MLFLOW_DISABLE_TELEMETRY")
+WORKER_ENV_VARS = (
+    "V2W_S3_ENDPOINT",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL",
+    "AWS_DEFAULT_REGION",
+    "V2W_BUCKET",
+    "V2W_CREDENTIALS_FILE",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "MLFLOW_DISABLE_TELEMETRY",
+)
 
 
 def worker_env() -> dict[str, str]:
@@ -49,8 +57,7 @@ def connect_ray(address: str | None) -> None:
     if os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
         ray.init()
     else:
-        ray.init(address=address or os.environ.get("RAY_ADDRESS"),
-                 runtime_env={"env_vars": worker_env()})
+        ray.init(address=address or os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": worker_env()})
 
 
 def start_tracking(cfg: PipelineConfig) -> dict[str, Any] | None:
@@ -60,10 +67,15 @@ def start_tracking(cfg: PipelineConfig) -> dict[str, Any] | None:
     from v2w_core import tracking
 
     uri = os.environ["MLFLOW_TRACKING_URI"]  # checked by the preflight
-    exp_id, run_id = tracking.start_pipeline_run(uri, cfg.run.experiment, run_name=f"pipeline:{cfg.run.name}",
-                                                 tags={"v2w.pipeline": cfg.run.name})
-    return {"tracking_uri": uri, "experiment_id": exp_id, "experiment_name": cfg.run.experiment,
-            "parent_run_id": run_id}
+    exp_id, run_id = tracking.start_pipeline_run(
+        uri, cfg.run.experiment, run_name=f"pipeline:{cfg.run.name}", tags={"v2w.pipeline": cfg.run.name}
+    )
+    return {
+        "tracking_uri": uri,
+        "experiment_id": exp_id,
+        "experiment_name": cfg.run.experiment,
+        "parent_run_id": run_id,
+    }
 
 
 __all__ = ["WORKER_ENV_VARS", "connect_ray", "start_tracking", "use_stack_env", "worker_env"]
