@@ -14,15 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from v2w_core.data.clips import to_uint8
+
 logger = logging.getLogger(__name__)
-
-
-def to_uint8(frames: np.ndarray) -> np.ndarray:
-    """(T, C, H, W) float in [-1, 1] or (T, H, W, 3) uint8 → (T, H, W, 3) uint8."""
-    if frames.dtype == np.uint8:
-        return frames
-    x = np.clip((np.asarray(frames, np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 def side_by_side(
