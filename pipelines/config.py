@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, model_validator
 
-from v2w_core.config import StrictConfig
+from v2w_core.config import CausalMode, StrictConfig
 from v2w_core.data.clips import ClipConfig
 from v2w_core.data.shards import ShardWriterConfig
 from v2w_core.eval.config import EvalConfig
@@ -60,7 +60,7 @@ class BaseConfig(StrictConfig):
 
 
 class CausalizeConfig(StrictConfig):
-    causal_mode: Literal["shift", "masked", "extrapolative"] = "extrapolative"
+    causal_mode: CausalMode = "extrapolative"
     extrapolation_window: int = Field(default=2, ge=1)
 
 
