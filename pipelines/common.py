@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import PipelineConfig
+from v2w_core import storage
 from v2w_core.data.clips import PROGRESS_ENV
 
 #: What stage tasks need to reach storage and tracking: locations and switches, never a secret. Whatever
@@ -16,12 +17,7 @@ from v2w_core.data.clips import PROGRESS_ENV
 #: workers find credentials themselves: the node's own environment or credential chain (instance roles,
 #: a mounted secret), or the file that ``V2W_CREDENTIALS_FILE`` names (the local stack's, mode 0600).
 WORKER_ENV_VARS = (
-    "V2W_S3_ENDPOINT",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL",
-    "AWS_DEFAULT_REGION",
-    "V2W_BUCKET",
-    "V2W_CREDENTIALS_FILE",
+    *storage.STORAGE_LOCATION_ENV_VARS,
     "MLFLOW_TRACKING_URI",
     "MLFLOW_S3_ENDPOINT_URL",
     "MLFLOW_DISABLE_TELEMETRY",

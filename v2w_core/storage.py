@@ -55,6 +55,10 @@ _ENDPOINT_VARS = ("V2W_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 #: variables below are unset. Its path is not a secret, so it may travel where secrets must not: a Ray
 #: runtime env, job metadata. The local stack writes one (``<stack dir>/credentials``).
 CREDENTIALS_FILE_VAR = "V2W_CREDENTIALS_FILE"
+#: What a worker process needs to reach storage, forwarded by the pipeline's and Ray Train's runtime envs:
+#: locations and the credentials file's path, never a secret (a runtime env is shown in plain text by
+#: `ray job list`, the Jobs API and Ray's logs).
+STORAGE_LOCATION_ENV_VARS = (*_ENDPOINT_VARS, "AWS_DEFAULT_REGION", "V2W_BUCKET", CREDENTIALS_FILE_VAR)
 _CREDENTIAL_HINT = (
     "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (the local stack of `v2w-stack start` uses "
     "v2w-local / v2w-local-secret unless configured otherwise), or V2W_CREDENTIALS_FILE, or configure an "
@@ -630,7 +634,9 @@ def list_files(prefix_uri: str | os.PathLike[str]) -> list[str]:
             kwargs["ContinuationToken"] = token
         resp = with_retries(lambda kw=kwargs: client.list_objects_v2(**kw), uri=uri, settings=settings)
         # Keys ending in "/" are directory markers (pyarrow's S3FileSystem and Ray Train write them), not files.
-        out.extend(f"s3://{bucket}/{obj['Key']}" for obj in resp.get("Contents", []) if not obj["Key"].endswith("/"))
+        out.extend(
+            f"s3://{bucket}/{obj['Key']}" for obj in resp.get("Contents", []) if not obj["Key"].endswith("/")
+        )
         if not resp.get("IsTruncated"):
             break
         token = resp["NextContinuationToken"]

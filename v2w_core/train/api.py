@@ -14,24 +14,15 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from v2w_core import storage
 from v2w_core.config import ConfigError
 from v2w_core.train.config import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-# Environment variables forwarded to the workers: locations and switches only, never secrets (a Ray
-# runtime env is shown in plain text by `ray job list`, the Jobs API and Ray's logs). The workers get
-# credentials from their own environment / the cloud credential chain, like every Ray task, or from the
-# file that V2W_CREDENTIALS_FILE names (see v2w_core.storage.s3_settings).
-_FORWARDED_ENV = (
-    "V2W_S3_ENDPOINT",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ENDPOINT_URL",
-    "AWS_DEFAULT_REGION",
-    "V2W_BUCKET",
-    "V2W_CREDENTIALS_FILE",
-    "TORCH_EXTENSIONS_DIR",
-)
+# Environment variables forwarded to the workers: storage locations (never secrets; the workers find
+# credentials themselves, see v2w_core.storage.s3_settings) and the DeepSpeed extension cache.
+_FORWARDED_ENV = (*storage.STORAGE_LOCATION_ENV_VARS, "TORCH_EXTENSIONS_DIR")
 
 
 @dataclass
