@@ -117,25 +117,20 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a))
 
 
+def _frames(chunks: list[EvalChunk], start: int, stop: int | None = None) -> torch.Tensor:
+    """Frames ``start:stop`` of every chunk as (B, T, C, H, W) float in [0, 1]."""
+    return torch.stack([to_unit(_tensor(c.frames[start:stop]).permute(0, 3, 1, 2)) for c in chunks])
+
+
 def _futures(
     chunks: list[EvalChunk], results: list[RolloutResult], k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground-truth and generated futures as (B, N, C, H, W) float in [0, 1]."""
-    gt = torch.stack([to_unit(_tensor(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
+    gt = _frames(chunks, k)
     gen = torch.stack([to_unit(_tensor(r.generated)) for r in results])
     if gt.shape != gen.shape:
         raise ValueError(f"generated futures {tuple(gen.shape)} do not match ground truth {tuple(gt.shape)}")
     return gt, gen
-
-
-def _copy_last(chunks: list[EvalChunk], k: int) -> torch.Tensor:
-    """Frame K−1 of every chunk as (B, 1, C, H, W) float in [0, 1] (the copy-last-frame predictor)."""
-    return torch.stack([to_unit(_tensor(c.frames[k - 1 : k]).permute(0, 3, 1, 2)) for c in chunks])
-
-
-def _context(chunks: list[EvalChunk], k: int) -> torch.Tensor:
-    """The K context frames of every chunk as (B, K, C, H, W) float in [0, 1]."""
-    return torch.stack([to_unit(_tensor(c.frames[:k]).permute(0, 3, 1, 2)) for c in chunks])
 
 
 def fvd_clip_problem(net: fe.MetricNet, config: EvalConfig) -> str | None:
@@ -150,14 +145,14 @@ def fvd_clip_problem(net: fe.MetricNet, config: EvalConfig) -> str | None:
 
 def _copy_last_futures(chunks: list[EvalChunk], k: int, gt: torch.Tensor) -> torch.Tensor:
     """The copy-last-frame baseline's futures: context frame K−1 of each chunk, repeated over the horizon."""
-    return _copy_last(chunks, k).expand_as(gt).contiguous()
+    return _frames(chunks, k - 1, k).expand_as(gt).contiguous()
 
 
 def _fvd_clips(net: fe.MetricNet, chunks: list[EvalChunk], k: int) -> Callable[[torch.Tensor], torch.Tensor]:
     """Futures → the clips FVD compares: the last FVD_FRAMES frames of context + future (README "Metrics"),
     so the real and the generated clip share their context frames and differ only where the model
     predicted. Plumbing (non-I3D) networks take the futures as they are."""
-    context = _context(chunks, k)
+    context = _frames(chunks, 0, k)
 
     def clip(future: torch.Tensor) -> torch.Tensor:
         if net.arch != I3D_ARCH:
@@ -176,7 +171,7 @@ def prefetch_reference_features(chunks: list[EvalChunk], config: EvalConfig) -> 
     of their work overlaps them. Any failure is left to :func:`compute_metrics` to report.
     """
     k = config.context_frames
-    gt = torch.stack([to_unit(_tensor(c.frames[k:]).permute(0, 3, 1, 2)) for c in chunks])
+    gt = _frames(chunks, k)
     copy = _copy_last_futures(chunks, k, gt)
     b, n = gt.shape[:2]
     fid_net = fe.load_metric_net(config.metric_weights.fid, "frame")

@@ -125,17 +125,25 @@ def load_metric_net(
     """Load the metric network at ``uri`` (safetensors) for ``kind``, or say why it is unavailable."""
     if not uri:
         return Unavailable(f"no {kind} network weights configured (safetensors path or s3:// URI)")
+    expected_sha = None
     if uri == "auto":
         from v2w_core.eval import weights
 
         try:
             uri = weights.cached_weights(weights.DEFAULT_ARCH[AUTO_METRIC[kind]])
-        except (FileNotFoundError, ValueError, RuntimeError) as err:
+        except (FileNotFoundError, RuntimeError) as err:
             return Unavailable(str(err))
+        expected_sha = weights.recorded_sha256(uri)
     try:
         data = storage.read_bytes(uri)
     except (FileNotFoundError, storage.StorageError) as err:
         return Unavailable(f"cannot read weights {uri}: {type(err).__name__}: {err}")
+    sha = hashlib.sha256(data).hexdigest()
+    if expected_sha is not None and sha != expected_sha:
+        return Unavailable(
+            f"{uri}: sha256 {sha[:16]}… does not match its .sha256 sidecar ({expected_sha[:16]}…); the file "
+            "is damaged — delete it and rerun: python -m v2w_core.eval.weights convert"
+        )
     try:
         meta = safetensors_metadata(data)
         state = load_safetensors(data)
@@ -150,7 +158,6 @@ def load_metric_net(
         module = _build(arch, state).to(device)
     except (RuntimeError, ValueError, KeyError) as err:
         return Unavailable(f"{uri}: weights do not fit architecture {arch}: {str(err).splitlines()[0]}")
-    sha = hashlib.sha256(data).hexdigest()
     logger.info("loaded %s metric network %s from %s (sha256 %s)", kind, arch, uri, sha[:12])
     return MetricNet(arch=arch, kind=kind, module=module, uri=uri, sha256=sha)
 
@@ -185,7 +192,9 @@ def frame_features(net: MetricNet, frames: torch.Tensor, batch: int = 64) -> tor
     dev = next(net.module.parameters()).device
 
     def compute() -> torch.Tensor:
-        return torch.cat([net.module(frames[i : i + batch].to(dev)).cpu() for i in range(0, len(frames), batch)])
+        return torch.cat(
+            [net.module(frames[i : i + batch].to(dev)).cpu() for i in range(0, len(frames), batch)]
+        )
 
     return _cached(net, "frame", frames, compute)
 

@@ -109,10 +109,8 @@ def convert_one(spec: NetSpec, out: str | Path) -> str:
 def _cache_ok(spec: NetSpec) -> bool:
     """The cache already holds this network, matching its sha256 sidecar."""
     path = weights_dir() / spec.filename
-    side = path.with_name(path.name + ".sha256")
-    if not (path.exists() and side.exists()):
-        return False
-    return hashlib.sha256(path.read_bytes()).hexdigest() == side.read_text().strip()
+    want = recorded_sha256(path)
+    return want is not None and path.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == want
 
 
 def convert(
@@ -140,10 +138,9 @@ def convert(
 def cached_weights(arch: str, *, convert_if_missing: bool = True) -> str:
     """Path of the cached ``<arch>.safetensors``; converted now when missing and the package files are on
     this machine (installed, or archives already downloaded). Raises :class:`FileNotFoundError` with the
-    fix when neither, :class:`ValueError` when the cached file does not match its sha256 sidecar."""
+    fix when neither. The caller checks the bytes it reads against :func:`recorded_sha256`."""
     spec = NETS[arch]
     path = weights_dir() / spec.filename
-    side = path.with_name(path.name + ".sha256")
     if not path.exists() and convert_if_missing:
         try:
             spec_files_present = _sources_present(spec)
@@ -157,15 +154,13 @@ def cached_weights(arch: str, *, convert_if_missing: bool = True) -> str:
             f"{path} does not exist; run: python -m v2w_core.eval.weights convert "
             "(or set evaluate.protocol.metric_weights to a safetensors path)"
         )
-    if side.exists():
-        want = side.read_text().strip()
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
-        if got != want:
-            raise ValueError(
-                f"{path}: sha256 {got[:16]}… does not match {side.name} ({want[:16]}…); the file is damaged — "
-                "delete it and rerun: python -m v2w_core.eval.weights convert"
-            )
     return str(path)
+
+
+def recorded_sha256(path: str | Path) -> str | None:
+    """The sha256 written beside a converted file when it was made (its ``.sha256`` sidecar), if any."""
+    side = Path(f"{path}.sha256")
+    return side.read_text().strip() if side.exists() else None
 
 
 #: The package file each network converts from (to check presence without downloading).
