@@ -129,7 +129,7 @@ def test_prefetch_computes_the_reference_features_so_metrics_only_add_the_genera
     from eval_helpers import save_conv_net
 
     from v2w_core.eval.config import EvalConfig
-    from v2w_core.eval.evaluate import compute_metrics, prefetch_reference_features
+    from v2w_core.eval.evaluate import compute_metrics, load_metric_nets, prefetch_reference_features
     from v2w_core.eval.rollouts import EvalChunk, RolloutResult
 
     g = np.random.default_rng(0)
@@ -139,12 +139,15 @@ def test_prefetch_computes_the_reference_features_so_metrics_only_add_the_genera
                for c in chunks]  # fmt: skip
     weights = {"fid": save_conv_net(tmp_path / "f.safetensors", 2), "fvd": save_conv_net(tmp_path / "v.safetensors", 3),
                "lpips": None}  # fmt: skip
-    cfg = EvalConfig.from_dict({"context_frames": 2, "horizon": 3, "controllability": False, "metric_weights": weights})
+    cfg = EvalConfig.from_dict(
+        {"context_frames": 2, "horizon": 3, "controllability": False, "metric_weights": weights}
+    )
     fe._FEATURE_CACHE.clear()
     cold = compute_metrics(chunks, results, cfg).metrics
     fe._FEATURE_CACHE.clear()
-    prefetch_reference_features(chunks, cfg)
+    nets = load_metric_nets(cfg)  # loaded once, shared by the prefetch and the metrics
+    prefetch_reference_features(chunks, cfg, nets)
     assert len(fe._FEATURE_CACHE) == 4  # FID and FVD features of ground truth and copy-last
-    warm = compute_metrics(chunks, results, cfg).metrics
+    warm = compute_metrics(chunks, results, cfg, nets).metrics
     assert len(fe._FEATURE_CACHE) == 6  # + the generated frames' FID and FVD features, nothing else
     assert warm == cold

@@ -36,7 +36,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,7 +162,19 @@ def _fvd_clips(net: fe.MetricNet, chunks: list[EvalChunk], k: int) -> Callable[[
     return clip
 
 
-def prefetch_reference_features(chunks: list[EvalChunk], config: EvalConfig) -> None:
+def load_metric_nets(config: EvalConfig) -> dict[str, fe.MetricNet | fe.Unavailable]:
+    """The protocol's LPIPS, FID and FVD networks (or why each is unavailable), loaded once per evaluation."""
+    w = config.metric_weights
+    return {
+        "lpips": fe.load_metric_net(w.lpips, "lpips"),
+        "fid": fe.load_metric_net(w.fid, "frame"),
+        "fvd": fe.load_metric_net(w.fvd, "video"),
+    }
+
+
+def prefetch_reference_features(
+    chunks: list[EvalChunk], config: EvalConfig, nets: Mapping[str, fe.MetricNet | fe.Unavailable]
+) -> None:
     """Compute the FID/FVD features of the ground-truth and copy-last futures — which need no rollout — into
     :mod:`.features`' memo, so :func:`compute_metrics` only computes the generated frames' features.
 
@@ -174,20 +186,22 @@ def prefetch_reference_features(chunks: list[EvalChunk], config: EvalConfig) -> 
     gt = _frames(chunks, k)
     copy = _copy_last_futures(chunks, k, gt)
     b, n = gt.shape[:2]
-    fid_net = fe.load_metric_net(config.metric_weights.fid, "frame")
+    fid_net = nets["fid"]
     if isinstance(fid_net, fe.MetricNet) and b * n >= 2:
         for x in (gt, copy):
             fe.frame_features(fid_net, x.flatten(0, 1))
-    fvd_net = fe.load_metric_net(config.metric_weights.fvd, "video")
+    fvd_net = nets["fvd"]
     if isinstance(fvd_net, fe.MetricNet) and b >= 2 and fvd_clip_problem(fvd_net, config) is None:
         clip = _fvd_clips(fvd_net, chunks, k)
         for x in (gt, copy):
             fe.video_features(fvd_net, clip(x))
 
 
-def _prefetch_quietly(chunks: list[EvalChunk], config: EvalConfig) -> None:
+def _prefetch_quietly(
+    chunks: list[EvalChunk], config: EvalConfig, nets: Mapping[str, fe.MetricNet | fe.Unavailable]
+) -> None:
     try:
-        prefetch_reference_features(chunks, config)
+        prefetch_reference_features(chunks, config, nets)
     except Exception:  # compute_metrics recomputes and reports whatever went wrong
         logger.debug("eval: feature prefetch failed", exc_info=True)
 
@@ -203,15 +217,22 @@ def _torch_threads(n: int) -> Iterator[None]:
 
 
 def compute_metrics(
-    chunks: list[EvalChunk], results: list[RolloutResult], config: EvalConfig
+    chunks: list[EvalChunk],
+    results: list[RolloutResult],
+    config: EvalConfig,
+    nets: Mapping[str, fe.MetricNet | fe.Unavailable] | None = None,
 ) -> MetricsReport:
-    """All metrics of rollouts against their chunks (same order); see the module docstring for keys."""
+    """All metrics of rollouts against their chunks (same order); see the module docstring for keys.
+    ``nets``: the metric networks already loaded (:func:`load_metric_nets`), else loaded here."""
     with _torch_threads(config.metric_threads or os.cpu_count() or 1):
-        return _compute_metrics(chunks, results, config)
+        return _compute_metrics(chunks, results, config, nets or load_metric_nets(config))
 
 
 def _compute_metrics(
-    chunks: list[EvalChunk], results: list[RolloutResult], config: EvalConfig
+    chunks: list[EvalChunk],
+    results: list[RolloutResult],
+    config: EvalConfig,
+    nets: Mapping[str, fe.MetricNet | fe.Unavailable],
 ) -> MetricsReport:
     if [c.chunk_id for c in chunks] != [r.chunk_id for r in results]:
         raise ValueError("results must be in the same order as chunks")
@@ -233,7 +254,7 @@ def _compute_metrics(
             row.update({f"{prefix}psnr": float(p[i].mean()), f"{prefix}ssim": float(s[i].mean())})
 
     b, n = gt.shape[:2]
-    lpips_net = fe.load_metric_net(config.metric_weights.lpips, "lpips")
+    lpips_net = nets["lpips"]
     if isinstance(lpips_net, fe.Unavailable):
         report.unavailable["lpips_mean"] = lpips_net.reason
     else:
@@ -245,7 +266,7 @@ def _compute_metrics(
                 row[f"{prefix}lpips"] = float(d[i].mean())
         report.weights["lpips"] = f"{lpips_net.uri} (sha256 {lpips_net.sha256[:16]})"
 
-    fid_net = fe.load_metric_net(config.metric_weights.fid, "frame")
+    fid_net = nets["fid"]
     if isinstance(fid_net, fe.Unavailable):
         report.unavailable["fid"] = fid_net.reason
     elif b * n < 2:
@@ -257,7 +278,7 @@ def _compute_metrics(
             report.metrics[f"{prefix}fid"] = frechet_distance_from_features(fa, fb)
         report.weights["fid"] = f"{fid_net.uri} (sha256 {fid_net.sha256[:16]})"
 
-    fvd_net = fe.load_metric_net(config.metric_weights.fvd, "video")
+    fvd_net = nets["fvd"]
     if isinstance(fvd_net, fe.Unavailable):
         report.unavailable["fvd"] = fvd_net.reason
     elif b < 2:
@@ -369,11 +390,12 @@ def evaluate(
         )
     tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     # The reference sets' metric features need no rollout: computed here while the actors roll out.
-    prefetch = threading.Thread(target=_prefetch_quietly, args=(chunks, config), daemon=True)
+    nets = load_metric_nets(config)
+    prefetch = threading.Thread(target=_prefetch_quietly, args=(chunks, config, nets), daemon=True)
     prefetch.start()
     results = run_parallel_rollouts(model_uri, chunks, config, tracking_uri=tracking_uri)
     prefetch.join()
-    report = compute_metrics(chunks, results, config)
+    report = compute_metrics(chunks, results, config, nets)
     extra_tags = {"v2w.degenerate": "true" if report.degenerate else "false"}
     if report.degenerate:
         extra_tags["v2w.degenerate_reason"] = report.degenerate
