@@ -42,7 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="output directory (local)")
     p.add_argument("--episodes", type=int, default=3000)
     p.add_argument("--seed", type=int, default=1, help="data seed; the demo records with seed 0")
-    p.add_argument("--steps", type=int, default=12000)
+    p.add_argument("--steps", type=int, default=12000,
+                   help="optimizer steps; 0 = as many as --time-budget-s allows (measured on a short probe), "
+                        "so that the cosine schedule ends when the budget does")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--warmup", type=int, default=500)
@@ -81,6 +83,25 @@ def save_samples(model, path: Path, *, seed: int = 0, rows: int = 4, frames: int
     Image.fromarray(np.ascontiguousarray(img.numpy())).save(path)
 
 
+def steps_for_budget(cfg, clips, device: str, budget_s: float) -> int:
+    """How many optimizer steps fit in ``budget_s`` seconds on this device.
+
+    Lent GPU time comes in fixed slices and the step time of a tiny model depends on the host's launch
+    rate, so a fixed ``--steps`` either cuts the cosine schedule short or leaves time unused. Two short
+    runs (10 and 40 steps) time the steady-state step without the first steps' warm-up.
+    """
+    from v2w_core.train.local import train_local
+
+    seconds = []
+    for n in (10, 40):
+        probe = cfg.model_copy(update={"max_steps": n})
+        seconds.append(train_local(probe, clips, device=device, log_every=0).seconds)
+    per_step = max((seconds[1] - seconds[0]) / 30, 1e-4)
+    steps = int(0.97 * budget_s / per_step)
+    log.info("probe: %.1f ms/step -> %d steps fit in %.0f s", per_step * 1e3, steps, budget_s)
+    return max(steps, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -108,10 +129,15 @@ def main(argv: list[str] | None = None) -> int:
         "optim": {"lr": args.lr, "warmup_steps": args.warmup, "schedule": "cosine", "min_lr_ratio": 0.05,
                   "grad_clip": 1.0},
         "ema": {"enabled": True, "decay": args.ema},
-        "max_steps": args.steps, "micro_batch_per_worker": args.batch,
+        "max_steps": args.steps or 1, "micro_batch_per_worker": args.batch,
         "precision": "bf16" if args.device.startswith("cuda") else "fp32",
     }, source="pretrain_base")
-    run = train_local(cfg, ClipArrays(frames), device=args.device, checkpoint_dir=args.checkpoint,
+    clips = ClipArrays(frames)
+    if args.steps == 0:
+        if args.time_budget_s is None:
+            raise SystemExit("pretrain_base: --steps 0 needs --time-budget-s (the steps are fitted to it)")
+        cfg = cfg.model_copy(update={"max_steps": steps_for_budget(cfg, clips, args.device, args.time_budget_s)})
+    run = train_local(cfg, clips, device=args.device, checkpoint_dir=args.checkpoint,
                       checkpoint_every=1000, log_every=200, time_budget_s=args.time_budget_s)
     model, steps, losses, seconds = run.model, run.step, run.losses, run.seconds
     model = model.float().cpu()
