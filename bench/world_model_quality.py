@@ -164,7 +164,7 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
     copy_last = {"psnr": untrained["copy_last_psnr"], "ssim": untrained["copy_last_ssim"]}  # same chunks
     out: dict[str, Any] = {"copy_last": copy_last, "untrained": untrained, "variants": {}}
     for name, changes in variants:
-        section = json.loads(json.dumps(cfg.train.train))
+        section = cfg.train.train.model_dump(mode="json", exclude_unset=True)  # the recipe as written
         clip_cfg = cfg.clips.model_dump()
         proto = json.loads(protocol.model_dump_json())
         for key, value in changes.items():

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PlainSerializer, model_serializer
 
 from v2w_core.config import CausalMode, StrictConfig
 from v2w_core.data.clips import ClipConfig
 from v2w_core.data.shards import ShardWriterConfig
+from v2w_core.diffusion.rollout import RolloutConfig
 from v2w_core.eval.config import EvalConfig
+from v2w_core.train.config import TrainRecipe
+
+
+def _as_written(recipe: TrainRecipe) -> dict[str, Any]:
+    """A training recipe as the config file wrote it (keys left at their defaults omitted): what its stage's
+    fingerprint, completion record and MLflow params hold, so a default changed in code re-runs nothing."""
+    return recipe.model_dump(mode="json", exclude_unset=True)
+
+
+#: A pipeline section's training recipe: TrainConfig keys without the run's identity and place, which the
+#: stage fills in (:meth:`v2w_core.train.config.TrainConfig.from_recipe`). Validated when the config loads.
+TrainSection = Annotated[TrainRecipe, PlainSerializer(_as_written, return_type=dict)]
 
 
 class RunConfig(StrictConfig):
@@ -54,8 +68,8 @@ class BaseConfig(StrictConfig):
 
     pretrained_uri: str | None = None
     preset: str = "tiny_unet3d"
-    #: TrainConfig keys for the pretraining run (max_steps, optim, scaling, …); validated by TrainConfig.
-    train: dict[str, Any] = Field(default_factory=dict)
+    #: The pretraining run's recipe (max_steps, optim, scaling, …).
+    train: TrainSection = TrainRecipe()
     num_cpus: float = Field(default=0.1, ge=0)
 
 
@@ -65,9 +79,10 @@ class CausalizeConfig(StrictConfig):
 
 
 class FinetuneConfig(StrictConfig):
-    """The train stage: TrainConfig keys for the Vid2World fine-tuning run."""
+    """The train stage: the recipe of the Vid2World fine-tuning run (the stage fills in the causal base, its
+    causal mode and the data set's action space)."""
 
-    train: dict[str, Any] = Field(default_factory=dict)
+    train: TrainSection = TrainRecipe()
     num_cpus: float = Field(default=0.1, ge=0)
 
 
@@ -95,22 +110,82 @@ class PipelineConfig(StrictConfig):
     evaluate: EvaluateConfig = EvaluateConfig()
     registry: RegisterConfig = RegisterConfig()
 
-    @model_validator(mode="after")
-    def _check_train_sections(self) -> PipelineConfig:
-        """Validate the embedded TrainConfig sections now, not an hour into the pipeline."""
-        from v2w_core.train.config import TrainConfig
 
-        for name, section, extra in (("base.train", self.base.train, {"mode": "pretrain"}),
-                                     ("train.train", self.train.train,
-                                      {"mode": "finetune", "model": {"base_uri": "x", "action_space":
-                                                                     {"type": "continuous", "dim": 1}}})):
-            data = {**section, "experiment": "check", "storage_path": "/tmp/check", **extra}
-            if "model" in section:
-                data["model"] = {**extra.get("model", {}), **section["model"]}
-            try:
-                TrainConfig.model_validate(data)
-            except ValidationError as err:
-                first = err.errors()[0]
-                key = ".".join(str(p) for p in first["loc"])
-                raise ValueError(f"{name}.{key}: {first['msg']}") from None
-        return self
+# --- what each stage receives: its section, plus what it reads from others ------------------------------
+# Each is built from the validated sections (no dict round trip) and dumps to the same JSON as the section
+# it extends plus the added keys: that JSON is the stage's fingerprint (pipelines/dag.py).
+
+
+class EncodeStageConfig(LatentsConfig):
+    """The encode stage: ``latents`` + the clips it encodes."""
+
+    clips: ClipConfig
+
+
+class BaseStageConfig(BaseConfig):
+    """The base stage: ``base`` + the clips it pretrains on."""
+
+    clips: ClipConfig
+
+
+class TrainStageConfig(FinetuneConfig):
+    """The train stage: ``train`` + the clips it fine-tunes on."""
+
+    clips: ClipConfig
+
+
+class EvaluateStageConfig(EvaluateConfig):
+    """The evaluate stage: ``evaluate`` + the VAE of a latent-space pipeline (absent from the fingerprint
+    when there is none)."""
+
+    vae_uri: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_vae(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        if data.get("vae_uri") is None:
+            data.pop("vae_uri", None)
+        return data
+
+    @property
+    def eval_protocol(self) -> EvalConfig:
+        """The protocol the models are evaluated under: its ``vae_uri`` is the pipeline's (``latents.vae_uri``;
+        None for a pixel-space pipeline)."""
+        return self.protocol.updated(vae_uri=self.vae_uri)
+
+
+class RegisterStageConfig(RegisterConfig):
+    """The register stage: ``registry`` + the rollout settings the model was evaluated with, which its
+    registered pyfunc samples with."""
+
+    rollout: RolloutConfig
+
+
+@dataclass(frozen=True)
+class StageConfigs:
+    """Every stage's config, derived from one :class:`PipelineConfig` by :func:`stage_configs`."""
+
+    ingest: DataConfig
+    clips: ClipConfig
+    encode: EncodeStageConfig | None
+    base: BaseStageConfig
+    causalize: CausalizeConfig
+    train: TrainStageConfig
+    evaluate: EvaluateStageConfig
+    register: RegisterStageConfig
+
+
+def stage_configs(cfg: PipelineConfig) -> StageConfigs:
+    """Each stage's typed config: its own section plus what it reads from others, so changing one section
+    re-runs that stage and what depends on it, nothing before it."""
+    vae = cfg.latents.vae_uri
+    return StageConfigs(
+        ingest=cfg.data,
+        clips=cfg.clips,
+        encode=EncodeStageConfig(**dict(cfg.latents), clips=cfg.clips) if vae else None,
+        base=BaseStageConfig(**dict(cfg.base), clips=cfg.clips),
+        causalize=cfg.causalize,
+        train=TrainStageConfig(**dict(cfg.train), clips=cfg.clips),
+        evaluate=EvaluateStageConfig(**dict(cfg.evaluate), vae_uri=vae),
+        register=RegisterStageConfig(**dict(cfg.registry), rollout=cfg.evaluate.protocol.rollout),
+    )

@@ -23,9 +23,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 from v2w_core import storage
 
 log = logging.getLogger(__name__)
+
+#: A stage's config: its typed pipeline section (a pydantic model, see ``pipelines/config.py``); plain
+#: mappings are accepted for stages outside the pipeline (tests).
+StageConfig = BaseModel | Mapping[str, Any]
 
 StageFn = Callable[["StageContext", Mapping[str, "StageResult"]], dict[str, Any]]
 
@@ -36,7 +42,7 @@ class Stage:
 
     name: str
     fn: StageFn
-    config: Mapping[str, Any]
+    config: StageConfig
     upstream: tuple[str, ...] = ()
     num_cpus: float = 1.0
     num_gpus: float = 0.0
@@ -59,7 +65,7 @@ class StageContext:
     name: str
     fingerprint: str
     root: str
-    config: Mapping[str, Any]
+    config: Any  # the Stage's config, as given (typed by each stage function)
     mlflow_run_id: str | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     # Set when the stage is forced (``--from``): a forced run must start over, not resume the earlier
@@ -74,9 +80,14 @@ class StageContext:
         return storage.join(*parts, f"attempt-{self.attempt}") if self.attempt else storage.join(*parts)
 
 
-def fingerprint(name: str, config: Mapping[str, Any], upstream: Sequence[str]) -> str:
-    blob = json.dumps({"stage": name, "config": config, "upstream": list(upstream)}, sort_keys=True,
-                      default=str)
+def config_data(config: StageConfig) -> dict[str, Any]:
+    """A stage config as JSON data: what its fingerprint hashes, its record holds and MLflow logs."""
+    return config.model_dump(mode="json") if isinstance(config, BaseModel) else dict(config)
+
+
+def fingerprint(name: str, config: StageConfig, upstream: Sequence[str]) -> str:
+    blob = json.dumps({"stage": name, "config": config_data(config), "upstream": list(upstream)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -119,7 +130,7 @@ def run_stage(stage: Stage, root: str, force: bool, tracking: Mapping[str, Any] 
         raise
     seconds = time.perf_counter() - start
     storage.write_bytes(rec, json.dumps({"stage": stage.name, "fingerprint": fp, "outputs": outputs,
-                                         "config": stage.config, "seconds": seconds},
+                                         "config": config_data(stage.config), "seconds": seconds},
                                         indent=2, sort_keys=True, default=str).encode())
     _finish_tracking(tracking, run_id, outputs, seconds)
     log.info("[%s] done in %.1fs", stage.name, seconds)
@@ -184,7 +195,7 @@ def _start_tracking(tracking: Mapping[str, Any] | None, stage: Stage, fp: str) -
 
     return start_stage_run(tracking["tracking_uri"], tracking["experiment_id"],
                            parent_run_id=tracking["parent_run_id"], stage=stage.name, fingerprint=fp,
-                           params=_flatten(stage.config))
+                           params=_flatten(config_data(stage.config)))
 
 
 def _finish_tracking(tracking: Mapping[str, Any] | None, run_id: str | None, outputs: Mapping[str, Any],

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from a working dir
 
 from pipelines.common import connect_ray, start_tracking, use_stack_env
-from pipelines.config import PipelineConfig
+from pipelines.config import PipelineConfig, stage_configs
 from pipelines.dag import Stage, StageResult, build_and_run, downstream_of
 from pipelines.preflight import PreflightError, preflight
 from pipelines.stages import (
@@ -39,28 +39,25 @@ log = logging.getLogger("pipelines.full")
 
 
 def build_stages(cfg: PipelineConfig) -> list[Stage]:
-    """The DAG. Each stage's config is its own section (plus what it reads from others), so changing
-    one section re-runs that stage and what depends on it, nothing before it."""
-    d = cfg.model_dump(mode="json")
+    """The DAG. Each stage gets its typed config (:func:`pipelines.config.stage_configs`): its own section
+    plus what it reads from others, so changing one section re-runs that stage and what depends on it."""
+    sc = stage_configs(cfg)
     # With a VAE configured, an encode stage turns the clips into latents once; the model stages read those.
     # It waits for the clips stage's round trip: two Ray Data executions at once can starve each other of
     # CPUs on a small cluster (seen on 2 CPUs: both stalled), and a bad data set should fail before encoding.
-    enc: tuple[str, ...] = ("encode",) if cfg.latents.vae_uri else ()
-    encode = [Stage("encode", encode_stage, {**d["latents"], "clips": d["clips"]}, ("ingest", "clips"),
-                    num_cpus=0.1)] if enc else []
+    enc: tuple[str, ...] = ("encode",) if sc.encode is not None else ()
+    encode = [Stage("encode", encode_stage, sc.encode, ("ingest", "clips"), num_cpus=0.1)] if sc.encode else []
     return [
-        Stage("ingest", ingest_stage, d["data"], num_cpus=cfg.data.num_cpus),
-        Stage("clips", clips_stage, d["clips"], ("ingest",), num_cpus=0.25),
+        Stage("ingest", ingest_stage, sc.ingest, num_cpus=cfg.data.num_cpus),
+        Stage("clips", clips_stage, sc.clips, ("ingest",), num_cpus=0.25),
         *encode,
-        Stage("base", base_stage, {**d["base"], "clips": d["clips"]}, ("ingest", *enc), num_cpus=cfg.base.num_cpus),
-        Stage("causalize", causalize_stage, d["causalize"], ("ingest", "base"), num_cpus=0.5),
-        Stage("train", train_stage, {**d["train"], "clips": d["clips"]}, ("ingest", "causalize", *enc),
-              num_cpus=cfg.train.num_cpus),
-        Stage("evaluate", evaluate_stage, {**d["evaluate"], **({"vae_uri": cfg.latents.vae_uri} if enc else {})},
-              ("ingest", "causalize", "train"), num_cpus=cfg.evaluate.num_cpus),
+        Stage("base", base_stage, sc.base, ("ingest", *enc), num_cpus=cfg.base.num_cpus),
+        Stage("causalize", causalize_stage, sc.causalize, ("ingest", "base"), num_cpus=0.5),
+        Stage("train", train_stage, sc.train, ("ingest", "causalize", *enc), num_cpus=cfg.train.num_cpus),
+        Stage("evaluate", evaluate_stage, sc.evaluate, ("ingest", "causalize", "train"),
+              num_cpus=cfg.evaluate.num_cpus),
         # The registered model samples with the rollout settings it was evaluated with (its pyfunc's config).
-        Stage("register", register_stage, {**d["registry"], "rollout": d["evaluate"]["protocol"]["rollout"]},
-              ("ingest", "evaluate"), num_cpus=0.1),
+        Stage("register", register_stage, sc.register, ("ingest", "evaluate"), num_cpus=0.1),
     ]
 
 

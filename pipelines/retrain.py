@@ -9,6 +9,9 @@
 4. Evaluate on the champion's held-out split (the frozen snapshot its version carries, see
    ``freeze_eval_split``) so the comparison is like for like, then register; ``champion`` moves only if
    the new model is better, and the new version carries the same snapshot to the next retraining.
+
+Steps 3-4 are the DAG's train, evaluate and register stages (``pipelines/stages.py``: :func:`finetune`,
+:func:`evaluate_model`, :func:`register`), called with the champion in place of the causalize stage's model.
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipelines.common import connect_ray, start_tracking, use_stack_env
-from pipelines.config import PipelineConfig
-from pipelines.stages import freeze_eval_split, manifest_action_space
+from pipelines.config import PipelineConfig, stage_configs
+from pipelines.stages import evaluate_model, finetune, freeze_eval_split, manifest_action_space, register
 from v2w_core import storage
 from v2w_core.data.manifest import Manifest
 
@@ -45,17 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     use_stack_env(local_stack=args.local_stack)
     cfg = PipelineConfig.from_yaml(args.config, args.overrides)
 
-    from v2w_core.eval import EvalConfig, evaluate
-    from v2w_core.tracking import (
-        champion_version,
-        model_versions,
-        register_and_promote,
-        tag_data_lineage,
-        terminate_run,
-    )
-    from v2w_core.train.api import train
-    from v2w_core.train.config import TrainConfig
+    from v2w_core.tracking import champion_version, model_versions, terminate_run
 
+    sc = stage_configs(cfg)
     tracking = start_tracking(cfg.model_copy(update={"run": cfg.run.model_copy(update={"tracking": True})}))
     uri, name = tracking["tracking_uri"], cfg.registry.model_name
     try:
@@ -82,30 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     connect_ray(args.ray_address)
     stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
     root = storage.join(cfg.run.root, "retrain", stamp)
-    section = dict(cfg.train.train)
-    tcfg = TrainConfig.from_dict({
-        **section, "experiment": f"retrain-{stamp}", "mode": "finetune",
-        "storage_path": storage.join(root, "runs"), "output_uri": storage.join(root, "model"),
-        "model": {**section.get("model", {}), "base_uri": tags["v2w.model_uri"],
-                  "action_space": manifest_action_space(manifest_uri)},
-        "data": {"manifest_uri": manifest_uri, "clips": cfg.clips.model_dump(mode="json")},
-        "tracking": {"tracking_uri": uri, "parent_run_id": tracking["parent_run_id"],
-                     "experiment": cfg.run.experiment},
-    }, source="retrain")
-    result = train(tcfg)
-
-    protocol = EvalConfig.from_dict(cfg.evaluate.protocol.model_dump(mode="json"))
-    eval_manifest_uri = champion_eval_split(tags, manifest, cutoff, protocol.split)
-    ev = evaluate(result.model_uri, eval_manifest_uri, protocol, tracking_uri=uri,
-                  parent_run_id=tracking["parent_run_id"], experiment=cfg.run.experiment,
-                  run_name="eval:retrained")
-    promo = register_and_promote(result.model_uri, name, metrics=ev.metrics, split_id=ev.split_id,
-                                 tracking_uri=uri, run_id=ev.run_id, experiment=cfg.run.experiment,
-                                 rollout_config=protocol.rollout)
-    tag_data_lineage(uri, name, promo.version, model_uri=result.model_uri, manifest_uri=manifest_uri,
-                     eval_manifest_uri=eval_manifest_uri)
-    terminate_run(uri, tracking["parent_run_id"], "FINISHED")
-    print(f"retrain: {len(new)} new episodes; {name} v{promo.version} -> {promo.decision} ({promo.reason})")
+    parent = tracking["parent_run_id"]
+    # The DAG's own train → evaluate → register, with the champion (already causal, with its action
+    # encoder) as the causal base, the champion's frozen held-out split, and no untrained-base baseline.
+    champion_base = {"model": tags["v2w.model_uri"], "causal_mode": cfg.causalize.causal_mode,
+                     "action_space": manifest_action_space(manifest_uri)}
+    trained = finetune(sc.train, experiment=f"retrain-{stamp}", output_dir=root, manifest=manifest_uri,
+                       causal=champion_base, tracking=tracking, parent_run_id=parent)
+    eval_manifest_uri = champion_eval_split(tags, manifest, cutoff, sc.evaluate.protocol.split)
+    evaluation = evaluate_model(sc.evaluate, trained["model"], eval_manifest_uri, tracking=tracking,
+                                parent_run_id=parent, run_name="eval:retrained")
+    promo = register(sc.register, evaluation, manifest_uri, tracking=tracking)
+    terminate_run(uri, parent, "FINISHED")
+    print(f"retrain: {len(new)} new episodes; {name} v{promo['version']} -> {promo['decision']} "
+          f"({promo['reason']})")
     return 0
 
 

@@ -1,17 +1,35 @@
 """The pipeline's stage functions: each takes its context and its upstream results, returns outputs.
 
-Stage functions run inside Ray tasks (see ``pipelines/dag.py``); they write large outputs to object
-storage under ``ctx.output_dir`` and return URIs and small numbers only.
+Stage functions run inside Ray tasks (see ``pipelines/dag.py``); ``ctx.config`` is the stage's typed
+config (``pipelines/config.py``: its section plus what it reads from others). They write large outputs to
+object storage under ``ctx.output_dir`` and return URIs and small numbers only.
+
+The model stages are thin adapters over functions of explicit arguments (:func:`finetune`,
+:func:`evaluate_model`, :func:`register`) that scheduled retraining (``pipelines/retrain.py``) calls too.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipelines.dag import StageContext, StageResult
 from v2w_core import storage
+
+if TYPE_CHECKING:
+    from pipelines.config import (
+        BaseStageConfig,
+        CausalizeConfig,
+        DataConfig,
+        EncodeStageConfig,
+        EvaluateStageConfig,
+        RegisterStageConfig,
+        TrainStageConfig,
+    )
+    from v2w_core.data.clips import ClipConfig
+    from v2w_core.eval import EvalResult
+    from v2w_core.train.config import TrainConfig, TrainRecipe
 
 log = logging.getLogger(__name__)
 
@@ -21,15 +39,13 @@ def ingest_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[s
     a parquet manifest."""
     from v2w_core.data.manifest import MANIFEST_NAME
 
-    cfg = ctx.config
+    cfg: DataConfig = ctx.config
     out = storage.join(ctx.output_dir, "data")
-    if cfg.get("input"):
+    if cfg.input:
         from v2w_core.data.converters import convert
         from v2w_core.data.manifest import Manifest
-        from v2w_core.data.shards import ShardWriterConfig
 
-        convert(cfg["source"], cfg["input"], out, ShardWriterConfig.from_dict(cfg["writer"]),
-                **cfg["source_options"])
+        convert(cfg.source, cfg.input, out, cfg.writer, **cfg.source_options)
         manifest = Manifest.read(storage.join(out, MANIFEST_NAME))
     else:
         manifest = _record(cfg, out)
@@ -44,13 +60,11 @@ def ingest_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[s
     }
 
 
-def _record(cfg: Mapping[str, Any], out: str):
+def _record(cfg: DataConfig, out: str):
     from v2w_core.data.ingest import IngestConfig, ingest
 
-    return ingest(IngestConfig.from_dict({
-        "source": cfg["source"], "episodes": cfg["episodes"], "seed": cfg["seed"], "out": out,
-        "writer": cfg["writer"], "source_options": cfg["source_options"],
-    }))
+    return ingest(IngestConfig(source=cfg.source, episodes=cfg.episodes, seed=cfg.seed, out=out,
+                               writer=cfg.writer, source_options=cfg.source_options))
 
 
 def clips_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
@@ -59,9 +73,9 @@ def clips_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[st
     This is the round trip the training stage relies on: every listed episode is either read (and, in
     lossless mode, its content hash verified against the manifest) or reported bad by shard and key.
     """
-    from v2w_core.data.clips import ClipConfig, build_clip_dataset
+    from v2w_core.data.clips import build_clip_dataset
 
-    config = ClipConfig.from_dict(dict(ctx.config))
+    config: ClipConfig = ctx.config
     clips = build_clip_dataset(inputs["ingest"].outputs["manifest"], config)
     frames = 0
     shape: list[int] = []
@@ -85,16 +99,17 @@ def clips_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[st
 
 def encode_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
     """Encode the training clips with the configured VAE once; write them as parquet latent clips."""
-    from v2w_core.data.clips import ClipConfig, build_clip_dataset
+    from v2w_core.data.clips import build_clip_dataset
     from v2w_core.data.latents import encode_clips, read_latent_clips, write_latent_clips
 
-    cfg = ctx.config
-    clip_cfg = ClipConfig.from_dict({**cfg["clips"], "shuffle": "none"})  # order is the reader's business
+    cfg: EncodeStageConfig = ctx.config
+    assert cfg.vae_uri is not None  # the encode stage exists only with latents.vae_uri set
+    clip_cfg = cfg.clips.updated(shuffle="none")  # order is the reader's business
     clips = build_clip_dataset(inputs["ingest"].outputs["manifest"], clip_cfg)
     out = storage.join(ctx.output_dir, "latents")
-    write_latent_clips(encode_clips(clips.dataset, cfg["vae_uri"], batch_size=cfg["batch_size"],
-                                    actors=cfg["actors"], num_gpus=cfg["gpus_per_actor"],
-                                    num_cpus=cfg["cpus_per_actor"]), out)
+    write_latent_clips(encode_clips(clips.dataset, cfg.vae_uri, batch_size=cfg.batch_size,
+                                    actors=cfg.actors, num_gpus=cfg.gpus_per_actor,
+                                    num_cpus=cfg.cpus_per_actor), out)
     report = clips.report()
     if report.clips == 0:
         raise ValueError(f"encode: no clips were read from {inputs['ingest'].outputs['manifest']} "
@@ -102,17 +117,16 @@ def encode_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[s
     first = read_latent_clips(out).take(1)[0]["frames"]
     log.info("encode: %d clips -> %s, latent clip shape %s", report.clips, out, list(first.shape))
     return {"latents": out, "clips": report.clips, "latent_clip_shape": list(first.shape),
-            "vae_uri": cfg["vae_uri"], "reconciles": report.reconciles}
+            "vae_uri": cfg.vae_uri, "reconciles": report.reconciles}
 
 
-def _latent_dataset(inputs: Mapping[str, StageResult], clips: Mapping[str, Any]) -> Any:
+def _latent_dataset(inputs: Mapping[str, StageResult], clips: ClipConfig) -> Any:
     """The encode stage's latent clips when the pipeline has one, else None (train reads the shards)."""
     if "encode" not in inputs:
         return None
     from v2w_core.data.latents import read_latent_clips
 
-    return read_latent_clips(inputs["encode"].outputs["latents"], shuffle=clips.get("shuffle", "none"),
-                             seed=int(clips.get("seed", 0)))
+    return read_latent_clips(inputs["encode"].outputs["latents"], shuffle=clips.shuffle, seed=clips.seed)
 
 
 # --- model stages ------------------------------------------------------------------------------------
@@ -129,27 +143,23 @@ def manifest_action_space(manifest_uri: str) -> dict[str, Any]:
     return {"type": kind, "dim": dim}
 
 
-def _train_config(ctx: StageContext, section: Mapping[str, Any], *, mode: str, manifest: str,
-                  model: dict[str, Any], clips: Mapping[str, Any], tracking: Mapping[str, Any] | None):
+def train_config(recipe: TrainRecipe, *, experiment: str, mode: str, output_dir: str, manifest: str,
+                 model: Mapping[str, Any], clips: ClipConfig, tracking: Mapping[str, Any] | None,
+                 parent_run_id: str | None) -> TrainConfig:
+    """A stage's training recipe completed for one run: its name, checkpoints under ``output_dir/runs``,
+    the export at ``output_dir/model``, the model keys the pipeline decides (``model``), the data, and
+    MLflow (nested under ``parent_run_id``; off without ``tracking``)."""
     from v2w_core.train.config import TrainConfig
 
-    data = dict(section)
-    data.update({
-        "experiment": f"{ctx.name}-{ctx.fingerprint}",
-        "mode": mode,
-        "storage_path": storage.join(ctx.output_dir, "runs"),
-        "output_uri": storage.join(ctx.output_dir, "model"),
-        "model": {**section.get("model", {}), **model},
-        "data": {**section.get("data", {}), "manifest_uri": manifest, "clips": dict(clips)},
-    })
-    track = dict(section.get("tracking", {}))
-    if tracking:
-        track.update({"tracking_uri": tracking["tracking_uri"], "parent_run_id": ctx.mlflow_run_id,
-                      "experiment": tracking["experiment_name"]})
-    else:
-        track["enabled"] = False
-    data["tracking"] = track
-    return TrainConfig.from_dict(data, source=f"pipeline stage {ctx.name}")
+    track = ({"tracking_uri": tracking["tracking_uri"], "parent_run_id": parent_run_id,
+              "experiment": tracking["experiment_name"]} if tracking else {"enabled": False})  # fmt: skip
+    return TrainConfig.from_recipe(
+        recipe, source=f"pipeline run {experiment}", experiment=experiment, mode=mode,
+        storage_path=storage.join(output_dir, "runs"), output_uri=storage.join(output_dir, "model"),
+        model=recipe.model.updated(**model),
+        data=recipe.data.updated(manifest_uri=manifest, clips=clips.model_dump(mode="json")),
+        tracking=recipe.tracking.updated(**track),
+    )  # fmt: skip
 
 
 def base_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
@@ -159,20 +169,22 @@ def base_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str
     local or s3://) the stage only checks that it loads. Without it the stage pretrains the preset
     bidirectionally on action-free clips, so the Vid2World transfer really happens at small scale.
     """
-    cfg = ctx.config
-    if cfg.get("pretrained_uri"):
-        from v2w_core.tracking import load_model, model_kind
+    cfg: BaseStageConfig = ctx.config
+    if cfg.pretrained_uri:
+        from v2w_core.models.io import model_kind
+        from v2w_core.tracking import load_model
 
-        uri = cfg["pretrained_uri"]
+        uri = cfg.pretrained_uri
         model = load_model(uri)
         return {"model": uri, "kind": model_kind(uri), "parameters": int(model.num_parameters()),
                 "pretrained_here": False}
     from v2w_core.train.api import train
 
-    manifest = inputs["ingest"].outputs["manifest"]
-    tcfg = _train_config(ctx, cfg["train"], mode="pretrain", manifest=manifest,
-                         model={"preset": cfg["preset"]}, clips=cfg["clips"], tracking=ctx.extra.get("tracking"))
-    result = train(tcfg, dataset=_latent_dataset(inputs, cfg["clips"]))
+    tcfg = train_config(cfg.train, experiment=f"{ctx.name}-{ctx.fingerprint}", mode="pretrain",
+                        output_dir=ctx.output_dir, manifest=inputs["ingest"].outputs["manifest"],
+                        model={"preset": cfg.preset}, clips=cfg.clips, tracking=ctx.extra.get("tracking"),
+                        parent_run_id=ctx.mlflow_run_id)
+    result = train(tcfg, dataset=_latent_dataset(inputs, cfg.clips))
     return {"model": result.model_uri, "kind": "world_model", "pretrained_here": True,
             "final_loss": _final(result.metrics, "loss"), "train_run_id": result.run_id}
 
@@ -185,7 +197,7 @@ def causalize_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dic
     from v2w_core.models.io import save_world_model
     from v2w_core.tracking import load_model
 
-    cfg = ctx.config
+    cfg: CausalizeConfig = ctx.config
     model = load_model(inputs["base"].outputs["model"])
     if model.is_causal:
         raise ValueError(f"base {inputs['base'].outputs['model']} is already causal; give a bidirectional base")
@@ -195,31 +207,42 @@ def causalize_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dic
     t = torch.full((1, 8), 500, dtype=torch.long)
     with torch.no_grad():
         before = model(x, t)
-        causalize(model, cfg["causal_mode"], cfg["extrapolation_window"])
+        causalize(model, cfg.causal_mode, cfg.extrapolation_window)
         after = model(x, t)
     space = manifest_action_space(inputs["ingest"].outputs["manifest"])
     model.set_action_space(space)
     out = storage.join(ctx.output_dir, "model")
     save_world_model(model, out)
     rel = float((after - before).norm() / before.norm().clamp_min(1e-12))
-    return {"model": out, "causal_mode": cfg["causal_mode"], "action_space": space,
+    return {"model": out, "causal_mode": cfg.causal_mode, "action_space": space,
             "relative_change_vs_base": rel}
+
+
+def finetune(cfg: TrainStageConfig, *, experiment: str, output_dir: str, manifest: str,
+             causal: Mapping[str, Any], tracking: Mapping[str, Any] | None, parent_run_id: str | None,
+             dataset: Any = None) -> dict[str, Any]:
+    """Vid2World fine-tuning of ``causal`` (the causalize stage's outputs: ``model``, ``causal_mode``,
+    ``action_space``) on ``manifest``'s train split (or ``dataset``): the train stage, and retraining from
+    the champion (``pipelines/retrain.py``). Returns the train stage's outputs."""
+    from v2w_core.train.api import train
+
+    tcfg = train_config(cfg.train, experiment=experiment, mode="finetune", output_dir=output_dir,
+                        manifest=manifest, clips=cfg.clips, tracking=tracking, parent_run_id=parent_run_id,
+                        model={"base_uri": causal["model"], "causal_mode": causal["causal_mode"],
+                               "action_space": causal["action_space"]})
+    result = train(tcfg, dataset=dataset)
+    return {"model": result.model_uri, "checkpoint": result.checkpoint_uri, "train_run_id": result.run_id,
+            "final_loss": _final(result.metrics, "loss"), "start_step": _final(result.metrics, "start_step"),
+            "step": _final(result.metrics, "step")}
 
 
 def train_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
     """Vid2World fine-tuning: diffusion forcing + per-frame action drop on the causal model."""
-    from v2w_core.train.api import train
-
-    cfg = ctx.config
-    causal = inputs["causalize"].outputs
-    tcfg = _train_config(ctx, cfg["train"], mode="finetune", manifest=inputs["ingest"].outputs["manifest"],
-                         model={"base_uri": causal["model"], "causal_mode": causal["causal_mode"],
-                                "action_space": causal["action_space"]},
-                         clips=cfg["clips"], tracking=ctx.extra.get("tracking"))
-    result = train(tcfg, dataset=_latent_dataset(inputs, cfg["clips"]))
-    return {"model": result.model_uri, "checkpoint": result.checkpoint_uri, "train_run_id": result.run_id,
-            "final_loss": _final(result.metrics, "loss"), "start_step": _final(result.metrics, "start_step"),
-            "step": _final(result.metrics, "step")}
+    cfg: TrainStageConfig = ctx.config
+    return finetune(cfg, experiment=f"{ctx.name}-{ctx.fingerprint}", output_dir=ctx.output_dir,
+                    manifest=inputs["ingest"].outputs["manifest"], causal=inputs["causalize"].outputs,
+                    tracking=ctx.extra.get("tracking"), parent_run_id=ctx.mlflow_run_id,
+                    dataset=_latent_dataset(inputs, cfg.clips))
 
 
 def _final(metrics: Mapping[str, Any] | None, key: str) -> float | None:
@@ -229,34 +252,37 @@ def _final(metrics: Mapping[str, Any] | None, key: str) -> float | None:
 
 # --- evaluation and registry ---------------------------------------------------------------------------
 
-def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
-    """Parallel held-out rollouts of the fine-tuned model + metrics, beside its baselines on the same split.
+def evaluate_model(cfg: EvaluateStageConfig, model: str, eval_manifest: str, *,
+                   tracking: Mapping[str, Any] | None, parent_run_id: str | None,
+                   baseline_model: str | None = None, run_name: str = "eval:trained") -> dict[str, Any]:
+    """Evaluate ``model`` on the frozen held-out split ``eval_manifest`` under ``cfg``'s protocol and log
+    the result as an eval run nested under ``parent_run_id`` (with ``tracking``); returns the evaluate
+    stage's outputs. With ``baseline_model`` (the untrained causal base) that model is evaluated first
+    ("eval:baseline") and its metrics and drift curves join the model's as ``untrained_*``."""
+    from v2w_core.eval import evaluate
 
-    The copy-last-frame baseline is part of every evaluation (``copy_last_*``); with ``baseline`` on, the
-    untrained causal base is evaluated first ("eval:baseline") and its metrics and drift curves join the
-    trained model's run ("eval:trained") as ``untrained_*``.
-    """
-    from v2w_core.eval import EvalConfig, evaluate
+    protocol = cfg.eval_protocol
 
-    cfg = ctx.config
-    protocol = EvalConfig.from_dict({**cfg["protocol"], "vae_uri": cfg.get("vae_uri")}, source="evaluate.protocol")
-    manifest = freeze_eval_split(inputs["ingest"].outputs["manifest"], protocol.split)
-    tracking = ctx.extra.get("tracking") or {}
-    common = {"tracking_uri": tracking.get("tracking_uri"), "parent_run_id": ctx.mlflow_run_id,
-              "experiment": tracking.get("experiment_name", "vid2world")}
-    if not tracking:
-        common["tracking_uri"] = None
-    base = None
-    if cfg["baseline"]:
+    def logged(result: EvalResult, name: str, tags: dict[str, str] | None = None,
+               baseline_run_id: str | None = None) -> str | None:
+        if not tracking:
+            return None
+        from v2w_core.tracking import log_evaluation
+
+        return log_evaluation(tracking["tracking_uri"], tracking["experiment_name"], result,
+                              parent_run_id=parent_run_id, run_name=name, tags=tags,
+                              baseline_run_id=baseline_run_id)
+
+    base = base_run_id = None
+    if baseline_model is not None:
         # The untrained action encoder outputs exactly zero: its shuffled-action rollouts would equal the
         # recorded ones, so the baseline skips them (a third of the stage's rollouts on the demo).
-        base_protocol = protocol.model_copy(update={"controllability": False})
-        base = evaluate(inputs["causalize"].outputs["model"], manifest, base_protocol, run_name="eval:baseline",
-                        tags={"v2w.baseline": "untrained-causal-base"}, **common)
-    result = evaluate(inputs["train"].outputs["model"], manifest, protocol, run_name="eval:trained",
-                      baseline=base, **common)
-    out: dict[str, Any] = {"model": result.model_uri, "eval_run_id": result.run_id, "split_id": result.split_id,
-                           "eval_manifest": manifest,
+        base = evaluate(baseline_model, eval_manifest, protocol.updated(controllability=False))
+        base_run_id = logged(base, "eval:baseline", {"v2w.baseline": "untrained-causal-base"})
+    result = evaluate(model, eval_manifest, protocol, baseline=base)
+    run_id = logged(result, run_name, baseline_run_id=base_run_id)
+    out: dict[str, Any] = {"model": result.model_uri, "eval_run_id": run_id, "split_id": result.split_id,
+                           "eval_manifest": eval_manifest,
                            "metrics": result.metrics, "unavailable": result.unavailable,
                            "artifacts": result.artifacts, "degenerate": result.degenerate}
     m = result.metrics
@@ -264,39 +290,59 @@ def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict
         out["psnr_gain_over_copy_last_db"] = m["psnr_mean"] - m["copy_last_psnr_mean"]
     if base is not None:
         out["baseline_metrics"] = base.metrics
-        out["baseline_run_id"] = base.run_id
+        out["baseline_run_id"] = base_run_id
         if "psnr_mean" in m and "psnr_mean" in base.metrics:
             out["psnr_gain_over_baseline_db"] = m["psnr_mean"] - base.metrics["psnr_mean"]
     return out
+
+
+def evaluate_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
+    """Parallel held-out rollouts of the fine-tuned model + metrics, beside its baselines on the same split.
+
+    The copy-last-frame baseline is part of every evaluation (``copy_last_*``); with ``baseline`` on, the
+    untrained causal base is evaluated first ("eval:baseline") and its metrics and drift curves join the
+    trained model's run ("eval:trained") as ``untrained_*``.
+    """
+    cfg: EvaluateStageConfig = ctx.config
+    manifest = freeze_eval_split(inputs["ingest"].outputs["manifest"], cfg.protocol.split)
+    return evaluate_model(cfg, inputs["train"].outputs["model"], manifest, tracking=ctx.extra.get("tracking"),
+                          parent_run_id=ctx.mlflow_run_id,
+                          baseline_model=inputs["causalize"].outputs["model"] if cfg.baseline else None)
+
+
+def register(cfg: RegisterStageConfig, evaluation: Mapping[str, Any], manifest: str, *,
+             tracking: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Register the evaluated model (``evaluation``: the evaluate stage's outputs) trained on ``manifest``,
+    with the rollout settings it was evaluated with, and promote it if it wins; returns the register stage's
+    outputs."""
+    from v2w_core.tracking import REJECTED, register_and_promote, tag_data_lineage
+
+    if not tracking:
+        raise RuntimeError("the register stage needs MLflow: set run.tracking=true and MLFLOW_TRACKING_URI")
+    ev = evaluation
+    # cfg.rollout is the evaluate stage's protocol.rollout: the registered pyfunc must sample the way its
+    # metrics were measured, not with RolloutConfig's defaults.
+    promo = register_and_promote(ev["model"], cfg.model_name, metrics=ev["metrics"],
+                                 split_id=ev["split_id"], tracking_uri=tracking["tracking_uri"],
+                                 run_id=ev["eval_run_id"], experiment=tracking["experiment_name"],
+                                 rollout_config=cfg.rollout)
+    tag_data_lineage(tracking["tracking_uri"], promo.name, promo.version, model_uri=ev["model"],
+                     manifest_uri=manifest,
+                     # records written before the eval split was frozen lack it: freeze it now
+                     eval_manifest_uri=ev.get("eval_manifest") or freeze_eval_split(manifest))
+    if promo.decision == REJECTED:
+        log.warning("register: %s v%s rejected: %s", promo.name, promo.version, promo.reason)
+    return {"name": promo.name, "version": promo.version, "decision": promo.decision,
+            "metric": promo.metric, "value": promo.value, "champion_version": promo.champion_version,
+            "copy_last_value": promo.copy_last_value, "reason": promo.reason}
 
 
 def register_stage(ctx: StageContext, inputs: Mapping[str, StageResult]) -> dict[str, Any]:
     """Register the model; alias ``champion`` moves only if it beats the copy-last-frame baseline and the
     champion on the same eval split. A degenerate model or one that does not beat copy-last is registered
     but rejected (tag ``v2w.rejected``, no alias): it is never champion."""
-    from v2w_core.diffusion.rollout import RolloutConfig
-    from v2w_core.tracking import REJECTED, register_and_promote, tag_data_lineage
-
-    ev = inputs["evaluate"].outputs
-    # The sampler settings the evaluate stage rolled the model out with (evaluate.protocol.rollout): the
-    # registered pyfunc must sample the way its metrics were measured, not with RolloutConfig's defaults.
-    rollout = RolloutConfig.from_dict(ctx.config["rollout"], source="evaluate.protocol.rollout")
-    tracking = ctx.extra.get("tracking") or {}
-    if not tracking:
-        raise RuntimeError("the register stage needs MLflow: set run.tracking=true and MLFLOW_TRACKING_URI")
-    promo = register_and_promote(ev["model"], ctx.config["model_name"], metrics=ev["metrics"],
-                                 split_id=ev["split_id"], tracking_uri=tracking["tracking_uri"],
-                                 run_id=ev["eval_run_id"], experiment=tracking["experiment_name"],
-                                 rollout_config=rollout)
-    tag_data_lineage(tracking["tracking_uri"], promo.name, promo.version, model_uri=ev["model"],
-                     manifest_uri=inputs["ingest"].outputs["manifest"],
-                     # records written before the eval split was frozen lack it: freeze it now
-                     eval_manifest_uri=ev.get("eval_manifest") or freeze_eval_split(inputs["ingest"].outputs["manifest"]))
-    if promo.decision == REJECTED:
-        log.warning("register: %s v%s rejected: %s", promo.name, promo.version, promo.reason)
-    return {"name": promo.name, "version": promo.version, "decision": promo.decision,
-            "metric": promo.metric, "value": promo.value, "champion_version": promo.champion_version,
-            "copy_last_value": promo.copy_last_value, "reason": promo.reason}
+    return register(ctx.config, inputs["evaluate"].outputs, inputs["ingest"].outputs["manifest"],
+                    tracking=ctx.extra.get("tracking"))
 
 
 def freeze_eval_split(manifest_uri: str, split: str = "eval") -> str:

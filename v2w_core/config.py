@@ -37,6 +37,10 @@ class StrictConfig(BaseModel):
         except ValidationError as err:
             raise ConfigError(_describe(err, source)) from None
 
+    def updated(self, **changes: Any) -> Self:
+        """A validated copy with ``changes`` applied (``model_copy(update=...)`` does not validate)."""
+        return type(self).model_validate({**dict(self), **changes})
+
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Self:
         """Load ``path`` and apply ``overrides``; a bad value is reported against the ``--set`` that put

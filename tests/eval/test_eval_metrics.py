@@ -18,16 +18,15 @@ from v2w_core.eval.controllability import controllability
 from v2w_core.eval.evaluate import compute_metrics
 from v2w_core.eval.metrics import (
     PSNR_CAP_DB,
-    degenerate_reason,
     frechet_distance,
     frechet_distance_from_features,
     gaussian_window,
-    output_health,
     psnr,
     ssim,
     to_unit,
 )
 from v2w_core.eval.rollouts import EvalChunk, RolloutResult
+from v2w_core.output_health import degenerate_reason, output_health
 
 
 def _images(n: int = 2, size: int = 48, seed: int = 0) -> torch.Tensor:

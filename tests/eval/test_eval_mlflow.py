@@ -1,9 +1,11 @@
 """End to end on the real stack: a model logged by a (stand-in) training run, evaluated in parallel Ray
-actors, with metrics, drift curve, PNG and videos in an MLflow run nested under a parent run."""
+actors, its result logged (:func:`v2w_core.tracking.log_evaluation`) with metrics, drift curve, PNG and
+videos in an MLflow run nested under a parent run."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import uuid
@@ -14,7 +16,7 @@ import pytest
 from eval_helpers import eval_config, save_conv_net, save_model, save_saturating_model, write_dataset
 from PIL import Image
 
-from v2w_core import storage
+from v2w_core import storage, tracking
 from v2w_core.eval.evaluate import evaluate
 from v2w_core.eval.videos import LABEL_HEIGHT
 
@@ -45,12 +47,14 @@ def test_evaluate_logs_metrics_drift_png_and_videos(
         # LPIPS off: an unavailable metric is logged as a tag with its reason, never as a number
         metric_weights={"fid": save_conv_net(tmp_path / "fid.safetensors", 2), "fvd": fvd_uri, "lpips": None},
     )
+    # a runs:/ URI: the actors load it with the tracking package's loader (eval itself knows no MLflow)
     result = evaluate(
-        f"runs:/{train_run}/model", manifest, cfg, tracking_uri=tracking_uri,
-        experiment="v2w-eval-test", parent_run_id=parent,
+        f"runs:/{train_run}/model", manifest, cfg,
+        load_model=functools.partial(tracking.load_model, tracking_uri=tracking_uri),
     )  # fmt: skip
+    run_id = tracking.log_evaluation(tracking_uri, "v2w-eval-test", result, parent_run_id=parent)
 
-    assert result.num_chunks == 2 and result.run_id
+    assert result.num_chunks == 2 and run_id
     assert {"psnr_mean", "ssim_mean", "fid", "fvd", "ctrl_rollout_diff", "ctrl_psnr_gain_db"} <= set(
         result.metrics
     )
@@ -58,7 +62,7 @@ def test_evaluate_logs_metrics_drift_png_and_videos(
     assert {"copy_last_psnr_mean", "copy_last_ssim_mean", "gen_saturated_frac", "gen_nonfinite_frac"} <= set(
         result.metrics
     )
-    run = client.get_run(result.run_id)
+    run = client.get_run(run_id)
     assert run.data.tags["v2w.degenerate"] == "false" and result.degenerate is None
     assert run.data.metrics["copy_last_psnr_mean"] == pytest.approx(result.metrics["copy_last_psnr_mean"])
     assert run.data.tags["mlflow.parentRunId"] == parent
@@ -67,15 +71,16 @@ def test_evaluate_logs_metrics_drift_png_and_videos(
     assert "lpips_mean" not in run.data.metrics
     for key in ("psnr_mean", "ssim_mean", "fid", "fvd"):
         assert run.data.metrics[key] == pytest.approx(result.metrics[key])
-    history = client.get_metric_history(result.run_id, "drift_psnr")
+    history = client.get_metric_history(run_id, "drift_psnr")
     assert sorted(m.step for m in history) == [1, 2, 3]  # one point per horizon step
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(result.drift["psnr"])
 
-    names = {a.path for a in client.list_artifacts(result.run_id)}
+    names = {a.path for a in client.list_artifacts(run_id)}
     assert {"drift_curve.png", "videos", "metrics.json", "per_chunk.json"} <= names
-    videos = [a.path for a in client.list_artifacts(result.run_id, "videos")]
+    assert {"drift_curve.png", "metrics.json", "per_chunk.json"} <= set(result.artifacts)
+    videos = [a.path for a in client.list_artifacts(run_id, "videos")]
     assert len(videos) == 2 and all(v.endswith(".gif") for v in videos)
-    local = Path(mlflow.artifacts.download_artifacts(run_id=result.run_id, tracking_uri=tracking_uri,
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run_id, tracking_uri=tracking_uri,
                                                      dst_path=str(tmp_path / "dl")))  # fmt: skip
     assert (local / "drift_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     gif = Image.open(local / videos[0])
@@ -94,29 +99,27 @@ def test_untrained_baseline_joins_the_run_and_a_degenerate_model_is_flagged_and_
     rejects it (no champion, even with none yet)."""
     from mlflow import MlflowClient
 
-    from v2w_core import tracking
-
     tracking_uri = mlflow_stack.env()["MLFLOW_TRACKING_URI"]
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     manifest = write_dataset(s3_prefix + "data", n=2, length=5)
     cfg = eval_config(num_actors=2, controllability=False, num_videos=1)
-    common = {"tracking_uri": tracking_uri, "experiment": "v2w-eval-test"}
-    base = evaluate(save_model(tmp_path / "base"), manifest, cfg, run_name="eval:baseline", **common)
+    base = evaluate(save_model(tmp_path / "base"), manifest, cfg)
+    base_run = tracking.log_evaluation(tracking_uri, "v2w-eval-test", base, run_name="eval:baseline")
     assert base.degenerate is None
 
     with caplog.at_level(logging.WARNING, logger="v2w_core.eval.evaluate"):
-        result = evaluate(
-            save_saturating_model(tmp_path / "noise"), manifest, cfg, run_name="eval:trained", baseline=base,
-            **common,
-        )  # fmt: skip
+        result = evaluate(save_saturating_model(tmp_path / "noise"), manifest, cfg, baseline=base)
     assert result.metrics["gen_saturated_frac"] > 0.9 and "range limits" in result.degenerate
     assert any("degenerate outputs" in r.getMessage() for r in caplog.records)
+    run_id = tracking.log_evaluation(
+        tracking_uri, "v2w-eval-test", result, run_name="eval:trained", baseline_run_id=base_run
+    )
 
-    run = client.get_run(result.run_id)
+    run = client.get_run(run_id)
     assert run.data.tags["v2w.degenerate"] == "true"
     assert "range limits" in run.data.tags["v2w.degenerate_reason"]
-    assert run.data.tags["v2w.baseline_run_id"] == base.run_id
-    assert client.get_run(base.run_id).data.tags["v2w.degenerate"] == "false"
+    assert run.data.tags["v2w.baseline_run_id"] == base_run
+    assert client.get_run(base_run).data.tags["v2w.degenerate"] == "false"
     # the untrained base's numbers and curves, beside the copy-last frame's, in the model's own run
     assert run.data.metrics["untrained_psnr_mean"] == pytest.approx(base.metrics["psnr_mean"])
     assert run.data.metrics["untrained_ssim_mean"] == pytest.approx(base.metrics["ssim_mean"])
@@ -127,7 +130,7 @@ def test_untrained_baseline_joins_the_run_and_a_degenerate_model_is_flagged_and_
         ("copy_last_psnr", result.drift["copy_last_psnr"]),
         ("psnr", result.drift["psnr"]),
     ):
-        history = sorted(client.get_metric_history(result.run_id, f"drift_{name}"), key=lambda m: m.step)
+        history = sorted(client.get_metric_history(run_id, f"drift_{name}"), key=lambda m: m.step)
         assert [m.step for m in history] == [1, 2, 3] and [m.value for m in history] == pytest.approx(
             expected
         )
@@ -135,9 +138,7 @@ def test_untrained_baseline_joins_the_run_and_a_degenerate_model_is_flagged_and_
 
     # a baseline from another split is refused before any rollout
     with pytest.raises(ValueError, match="same split"):
-        evaluate(
-            tmp_path / "noise", manifest, cfg, baseline=dataclasses.replace(base, split_id="other"), **common
-        )
+        evaluate(tmp_path / "noise", manifest, cfg, baseline=dataclasses.replace(base, split_id="other"))
 
     # the registry never promotes it, though there is no champion yet
     name = f"wm-degenerate-{uuid.uuid4().hex[:8]}"

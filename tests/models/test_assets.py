@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from v2w_core import assets
+from v2w_core.models.io import model_kind
 from v2w_core.models.presets import input_rank_problem
-from v2w_core.train.model_store import base_kind, load_model
+from v2w_core.tracking import load_model
 
 BASE = "asset://tiny_unet3d_vizdoom"
 
@@ -21,7 +22,7 @@ def test_packaged_base_matches_its_provenance_and_loads_bidirectional() -> None:
     for name, digest in provenance["sha256"].items():
         assert hashlib.sha256((path / name).read_bytes()).hexdigest() == digest
     assert provenance["data"]["seed"] != 0  # the demo records seed 0: its episodes are not in the base's data
-    assert base_kind(BASE) == "world_model"
+    assert model_kind(BASE) == "world_model"
     model = load_model(BASE)
     assert not model.is_causal and model.action_encoder is None
     assert input_rank_problem(model.config) is None

@@ -221,7 +221,7 @@ def _add_episodes(manifest_uri: str, episodes: int, seed: int) -> None:
 def test_retraining_twice_promotes_only_on_improvement(pipeline, ray_head, mlflow_stack):
     from mlflow.tracking import MlflowClient
 
-    from v2w_core.eval.metrics import degenerate_reason
+    from v2w_core.output_health import degenerate_reason
     from v2w_core.tracking import TAG_SPLIT, copy_last_gate, is_better, version_metrics
 
     client = MlflowClient(tracking_uri=mlflow_stack.mlflow_uri, registry_uri=mlflow_stack.mlflow_uri)

@@ -1,14 +1,16 @@
-"""The evaluate stage: held-out rollouts → metrics, drift curves, controllability, videos → an MLflow run.
+"""Evaluation: held-out rollouts → metrics, drift curves, controllability, videos → an :class:`EvalResult`.
 
-:func:`evaluate` is what the pipeline's evaluate stage calls. :func:`compute_metrics` is the pure part
-(no Ray, no MLflow) so it can be tested and reused on rollouts produced elsewhere.
+:func:`evaluate` is what the pipeline's evaluate stage calls; it returns the result and logs nothing to a
+tracking server: the caller does (:func:`v2w_core.tracking.log_evaluation` writes the eval run: metrics,
+drift curves as metric histories, artifacts, the tags below). :func:`compute_metrics` is the pure part (no
+Ray) so it can be tested and reused on rollouts produced elsewhere.
 
 Metric keys (all in the [0, 1] frame convention of :mod:`v2w_core.eval.metrics`):
   ``psnr_mean``, ``ssim_mean``, ``lpips_mean`` — per frame, averaged over every generated frame;
   ``fid`` — Fréchet distance of frame features (generated vs ground-truth future frames);
   ``fvd`` — Fréchet distance of clip features (generated vs ground-truth futures);
-  ``drift_<m>`` — per horizon step j (1…N), averaged over chunks (the drift curve; logged as the MLflow
-  metric history of ``drift_<m>`` with step = j, and as a PNG);
+  ``drift_<m>`` — per horizon step j (1…N), averaged over chunks (the drift curve, ``result.drift[m]``;
+  logged as the MLflow metric history of ``drift_<m>`` with step = j, and drawn in a PNG);
   ``ctrl_*`` — see :mod:`v2w_core.eval.controllability`.
 A metric that cannot be computed is absent from ``metrics`` and present in ``unavailable`` with its reason.
 
@@ -22,9 +24,10 @@ Baselines, on the same chunks and with the same metrics (DESIGN §2.5):
 The registry never makes a version champion unless its primary metric beats ``copy_last_<primary>``
 (:func:`v2w_core.tracking.promote_if_better`).
 
-Degenerate outputs: ``gen_nonfinite_frac`` and ``gen_saturated_frac`` (:func:`~v2w_core.eval.metrics.
-output_health`); when :func:`~v2w_core.eval.metrics.degenerate_reason` finds them degenerate the eval run is
-tagged ``v2w.degenerate=true`` (``v2w.degenerate_reason``), a warning is logged, and the registry rejects it.
+Degenerate outputs: ``gen_nonfinite_frac`` and ``gen_saturated_frac`` (:func:`~v2w_core.output_health.
+output_health`); when :func:`~v2w_core.output_health.degenerate_reason` finds them degenerate,
+``result.degenerate`` says why, a warning is logged, the eval run is tagged ``v2w.degenerate=true``
+(``v2w.degenerate_reason``) and the registry rejects the model.
 """
 
 from __future__ import annotations
@@ -49,24 +52,19 @@ from v2w_core.data.manifest import Manifest
 from v2w_core.eval import features as fe
 from v2w_core.eval.config import EvalConfig
 from v2w_core.eval.controllability import controllability
-from v2w_core.eval.metrics import (
-    degenerate_reason,
-    frechet_distance_from_features,
-    output_health,
-    psnr,
-    ssim,
-    to_unit,
-)
+from v2w_core.eval.metrics import frechet_distance_from_features, psnr, ssim, to_unit
 from v2w_core.eval.nets.i3d import ARCH as I3D_ARCH
 from v2w_core.eval.nets.i3d import FVD_FRAMES
 from v2w_core.eval.rollouts import (
     EvalChunk,
+    ModelLoader,
     RolloutResult,
     load_chunks,
     run_parallel_rollouts,
     split_fingerprint,
 )
 from v2w_core.eval.videos import plot_drift, rollout_strip, side_by_side, write_video
+from v2w_core.output_health import degenerate_reason, output_health
 
 logger = logging.getLogger(__name__)
 
@@ -93,20 +91,26 @@ class MetricsReport:
 
 @dataclass
 class EvalResult:
-    """What the evaluate stage returns (all small): numbers, reasons, where the artifacts went."""
+    """What :func:`evaluate` returns (all small): numbers, reasons, where the artifacts are."""
 
     metrics: dict[str, float]
     unavailable: dict[str, str]
     drift: dict[str, list[float]]
     split_id: str
     num_chunks: int
-    run_id: str | None
     model_uri: str
+    #: The local directory holding the artifacts (drift PNG, videos, rollout strip, metrics/per-chunk JSON).
+    artifact_dir: str
+    #: The artifacts' paths relative to ``artifact_dir`` (as they appear in a logged eval run).
     artifacts: list[str]
     per_chunk: list[dict[str, Any]]
     seconds: float
     #: Why the generated frames are degenerate (see the module docstring), None when they are not.
     degenerate: str | None = None
+    #: The metric networks' weights: metric -> "uri (sha256 …)".
+    weights: dict[str, str] = field(default_factory=dict)
+    #: The protocol (:class:`EvalConfig`) as JSON data: logged as the eval run's ``eval.*`` params.
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -356,27 +360,24 @@ def evaluate(
     manifest: Manifest | str,
     config: EvalConfig | None = None,
     *,
-    tracking_uri: str | None = None,
-    experiment: str = "vid2world",
-    parent_run_id: str | None = None,
-    run_name: str | None = None,
-    tags: dict[str, str] | None = None,
     baseline: EvalResult | None = None,
+    load_model: ModelLoader | None = None,
 ) -> EvalResult:
-    """Evaluate the world model at ``model_uri`` on ``manifest``'s eval split; log an MLflow run.
+    """Evaluate the world model at ``model_uri`` on ``manifest``'s eval split; returns the result, logs nothing
+    to a tracking server (the caller does: :func:`v2w_core.tracking.log_evaluation`).
 
-    ``model_uri``: local dir, ``s3://`` dir, ``runs:/<id>/model`` or ``models:/<name>@<alias>`` (see
-    :func:`v2w_core.tracking.load_model`). Rollouts run in Ray actors (a local Ray is started
-    when none is initialised). ``tracking_uri`` defaults to ``MLFLOW_TRACKING_URI``; with neither, nothing
-    is logged and ``run_id`` is None (artifacts then stay in a temp dir, listed in ``artifacts``).
+    Rollouts run in Ray actors (a local Ray is started when none is initialised); each loads ``model_uri``
+    with ``load_model`` (called as ``load_model(uri, device=...)``; it must pickle, e.g. a module function or
+    a ``functools.partial`` of one). The default reads local, ``s3://`` and ``asset://`` directories
+    (:func:`v2w_core.models.io.load_stored_model`); for ``runs:/`` or ``models:/`` URIs pass
+    :func:`v2w_core.tracking.load_model`. The artifacts (drift PNG, videos, metrics JSON) are written to a
+    fresh temporary directory, ``result.artifact_dir``.
 
     ``baseline``: the untrained causal base's result of this same function on the same split (evaluate it
-    first); its metrics and drift curves join this run's as ``untrained_*`` (tag ``v2w.baseline_run_id``)
-    so the drift plot shows model, copy-last frame and untrained base together. A different split is an
-    error. The copy-last-frame baseline is always computed (:func:`compute_metrics`).
+    first); its metrics and drift curves join this result's as ``untrained_*``, so the drift plot shows
+    model, copy-last frame and untrained base together. A different split is an error. The copy-last-frame
+    baseline is always computed (:func:`compute_metrics`).
     """
-    from v2w_core import tracking
-
     config = config or EvalConfig()
     t0 = time.perf_counter()
     if isinstance(manifest, str):
@@ -388,50 +389,22 @@ def evaluate(
             f"baseline {baseline.model_uri} was evaluated on split {baseline.split_id}, this model on "
             f"{split_id}: baselines must use the same split and protocol"
         )
-    tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     # The reference sets' metric features need no rollout: computed here while the actors roll out.
     nets = load_metric_nets(config)
     prefetch = threading.Thread(target=_prefetch_quietly, args=(chunks, config, nets), daemon=True)
     prefetch.start()
-    results = run_parallel_rollouts(model_uri, chunks, config, tracking_uri=tracking_uri)
+    results = run_parallel_rollouts(model_uri, chunks, config, load_model=load_model)
     prefetch.join()
     report = compute_metrics(chunks, results, config, nets)
-    extra_tags = {"v2w.degenerate": "true" if report.degenerate else "false"}
     if report.degenerate:
-        extra_tags["v2w.degenerate_reason"] = report.degenerate
         logger.warning("eval of %s: degenerate outputs: %s", model_uri, report.degenerate)
     if baseline is not None:
         _merge_untrained(report, baseline)
-        if baseline.run_id:
-            extra_tags["v2w.baseline_run_id"] = baseline.run_id
     out_dir = Path(tempfile.mkdtemp(prefix="v2w-eval-"))
     paths = write_artifacts(out_dir, chunks, results, report, config)
     seconds = time.perf_counter() - t0
     report.metrics["eval_seconds"] = seconds
     report.metrics["rollout_seconds_per_chunk"] = float(np.mean([r.seconds for r in results]))
-
-    run_id = None
-    artifacts = [str(p) for p in paths]
-    if tracking_uri:
-        run_id = tracking.log_eval_run(
-            tracking_uri,
-            experiment,
-            model_uri=model_uri,
-            metrics=report.metrics,
-            unavailable=report.unavailable,
-            drift=report.drift,
-            split_id=split_id,
-            params={"eval." + k: v for k, v in _flat(config.model_dump(mode="json")).items()},
-            artifact_dir=out_dir,
-            parent_run_id=parent_run_id,
-            run_name=run_name,
-            tags={
-                **(tags or {}),
-                **extra_tags,
-                **{f"v2w.weights.{k}": v for k, v in report.weights.items()},
-            },
-        )
-        artifacts = [p.relative_to(out_dir).as_posix() for p in paths]
     for name, reason in report.unavailable.items():
         logger.warning("eval: %s unavailable: %s", name, reason)
     logger.info(
@@ -443,12 +416,14 @@ def evaluate(
         drift=report.drift,
         split_id=split_id,
         num_chunks=len(chunks),
-        run_id=run_id,
         model_uri=model_uri,
-        artifacts=artifacts,
+        artifact_dir=str(out_dir),
+        artifacts=[p.relative_to(out_dir).as_posix() for p in paths],
         per_chunk=report.per_chunk,
         seconds=seconds,
         degenerate=report.degenerate,
+        weights=report.weights,
+        protocol=config.model_dump(mode="json"),
     )
 
 
@@ -460,16 +435,6 @@ def _merge_untrained(report: MetricsReport, baseline: EvalResult) -> None:
     for key, ys in baseline.drift.items():
         if not key.startswith((COPY_LAST, UNTRAINED)):
             report.drift[UNTRAINED + key] = list(ys)
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)
-    return out
 
 
 __all__ = [

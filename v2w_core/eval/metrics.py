@@ -16,11 +16,9 @@ Conventions (those of the video-prediction literature the paper follows, DESIGN 
     features): ``‖μ₁−μ₂‖² + tr(Σ₁ + Σ₂ − 2 (Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2})`` in float64. The trace term
     uses the symmetric form, whose square root exists for any PSD pair, so no complex residue appears
     (scipy's ``sqrtm(Σ₁Σ₂)`` of the non-symmetric product needs an ε-ridge when Σ is singular).
-  * degenerate outputs (:func:`output_health`, :func:`degenerate_reason`, defined in
-    :mod:`v2w_core.output_health` and re-exported here): the fraction of non-finite
-    generated values and of values at (or beyond) the range limits. Rollouts reach the metrics already
-    clamped to [-1, 1], so a value exactly at ±1 is one the clamp cut (or uint8 0/255); outputs with any
-    non-finite value or more than :data:`DEGENERATE_SATURATED_FRAC` saturated are degenerate.
+  * degenerate outputs are measured by :mod:`v2w_core.output_health` (:func:`~v2w_core.output_health.
+    output_health`, :func:`~v2w_core.output_health.degenerate_reason`): the fraction of non-finite
+    generated values and of values at (or beyond) the range limits.
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from v2w_core.output_health import DEGENERATE_SATURATED_FRAC, degenerate_reason, output_health
 
 logger = logging.getLogger(__name__)
 
@@ -154,14 +150,11 @@ def frechet_distance_from_features(a: np.ndarray | torch.Tensor, b: np.ndarray |
 
 
 __all__ = [
-    "DEGENERATE_SATURATED_FRAC",
     "PSNR_CAP_DB",
-    "degenerate_reason",
     "feature_stats",
     "frechet_distance",
     "frechet_distance_from_features",
     "gaussian_window",
-    "output_health",
     "psnr",
     "ssim",
     "to_unit",

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,11 @@ import torch
 
 from v2w_core.data.manifest import Manifest
 from v2w_core.eval.config import EvalConfig
+
+#: How a rollout actor loads the model: ``load(uri, device=...)`` → world model. Default
+#: :func:`v2w_core.models.io.load_stored_model` (local, ``s3://``, ``asset://``); pass
+#: :func:`v2w_core.tracking.load_model` for MLflow URIs. Ray pickles it into every actor.
+ModelLoader = Callable[..., Any]
 
 logger = logging.getLogger(__name__)
 
@@ -203,13 +209,13 @@ def rollout_chunks(
 class RolloutWorker:
     """Holds one loaded world model; Ray runs it as an actor (``ray.remote(RolloutWorker)``)."""
 
-    def __init__(self, model_uri: str, config_json: dict[str, Any], tracking_uri: str | None = None) -> None:
-        from v2w_core.tracking import load_model
+    def __init__(self, model_uri: str, config: EvalConfig, load_model: ModelLoader | None = None) -> None:
+        from v2w_core.models.io import load_stored_model
 
-        self.config = EvalConfig.from_dict(config_json, source="eval config")
+        self.config = config
         torch.set_num_threads(self.config.torch_threads)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.model = load_model(model_uri, tracking_uri=tracking_uri, device=self.device)
+        self.model = (load_model or load_stored_model)(model_uri, device=self.device)
         self.model.eval()
         self.codec = None
         if self.config.vae_uri:
@@ -237,9 +243,10 @@ def default_num_actors(config: EvalConfig, num_chunks: int) -> tuple[int, dict[s
 
 
 def run_parallel_rollouts(
-    model_uri: str, chunks: list[EvalChunk], config: EvalConfig, *, tracking_uri: str | None = None
+    model_uri: str, chunks: list[EvalChunk], config: EvalConfig, *, load_model: ModelLoader | None = None
 ) -> list[RolloutResult]:
-    """Roll ``chunks`` out in Ray actors (each loads ``model_uri`` once); results in chunk order."""
+    """Roll ``chunks`` out in Ray actors (each loads ``model_uri`` once, with ``load_model``: see
+    :func:`v2w_core.eval.evaluate`); results in chunk order."""
     import ray
     from ray.util import ActorPool
 
@@ -248,8 +255,7 @@ def run_parallel_rollouts(
     n, res = default_num_actors(config, len(chunks))
     logger.info("eval: %d rollout actors (%s) for %d chunks", n, res, len(chunks))
     actor_cls = ray.remote(RolloutWorker)
-    cfg_json = config.model_dump(mode="json")
-    actors = [actor_cls.options(**res).remote(model_uri, cfg_json, tracking_uri) for _ in range(n)]
+    actors = [actor_cls.options(**res).remote(model_uri, config, load_model) for _ in range(n)]
     try:
         pool = ActorPool(actors)
         by_id = {r.chunk_id: r for r in pool.map_unordered(lambda a, c: a.run.remote(c), chunks)}
@@ -261,6 +267,7 @@ def run_parallel_rollouts(
 
 __all__ = [
     "EvalChunk",
+    "ModelLoader",
     "RolloutResult",
     "RolloutWorker",
     "chunk_seed",

@@ -211,6 +211,5 @@ __all__ = [
     "drift_panels",
     "plot_drift",
     "side_by_side",
-    "to_uint8",
     "write_video",
 ]

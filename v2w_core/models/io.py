@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from v2w_core import storage
+from v2w_core import assets, storage
 from v2w_core.models.actions import ActionSpec
 from v2w_core.models.world_model import FAMILY_OF_CLASS, WorldModel, WorldModelConfig, build_base
 
@@ -96,6 +96,29 @@ def load_world_model(
     model.to(device=device, dtype=dtype)
     logger.info("loaded world model (%s, causal=%s) from %s", config.family, config.causal_mode, uri)
     return model
+
+
+def model_kind(uri: str) -> str:
+    """``"world_model"`` or ``"diffusers_unet"`` for a local, ``s3://`` or ``asset://`` directory; raises
+    FileNotFoundError / ValueError otherwise."""
+    uri = assets.resolve(uri)
+    raw = json.loads(storage.read_bytes(storage.join(uri, CONFIG_NAME)))
+    name = raw.get("_class_name")
+    if name == CLASS_NAME:
+        return "world_model"
+    if name in FAMILY_OF_CLASS:
+        return "diffusers_unet"
+    raise ValueError(f"{uri}: config.json _class_name {name!r} is neither a WorldModel nor a supported UNet")
+
+
+def load_stored_model(uri: str, *, device: torch.device | str | None = None) -> WorldModel:
+    """A world model from a local, ``s3://`` or ``asset://`` directory: a saved world model, or a plain
+    diffusers UNet directory as a bidirectional one. MLflow URIs (``runs:/``, ``models:/``) go through
+    :func:`v2w_core.tracking.load_model`, which downloads them and then calls this."""
+    uri = assets.resolve(uri)
+    if model_kind(uri) == "world_model":
+        return load_world_model(uri, device=device)
+    return load_base(uri, device=device)
 
 
 def load_base(

@@ -2,15 +2,16 @@
 
 * client.py — :func:`client`, the one place an ``MlflowClient`` is made.
 * runs.py — experiments (:func:`ensure_experiment`), runs (:func:`start_run`, :func:`end_run`), params
-  (:func:`flatten_params`, :func:`environment_info`), artifacts, the evaluation's run (:func:`log_eval_run`).
+  (:func:`flatten_params`, :func:`environment_info`), artifacts, the evaluation's run (:func:`log_evaluation`).
 * buffer.py — :class:`BufferedMlflowLogger`, training's non-blocking metric logging that outlives outages.
 * models.py — model URIs (local, ``s3://``, ``asset://``, ``runs:/``, ``models:/``) and :func:`load_model`,
   the one loader for all of them.
 * pyfunc.py — the registered flavor (:class:`WorldModelPyfunc`) and its signature.
 * registry.py — registration, the copy-last / degenerate gates, champion promotion, data lineage tags.
 
-Layering: this package sits above models, diffusion and data and below eval, train and the pipelines; it
-imports none of those three (eval's metrics come in as plain dicts), so eval → tracking is one-way.
+Layering: this package sits above models, diffusion and data and below eval, train and the pipelines. Eval
+and tracking do not import each other: :func:`v2w_core.eval.evaluate` returns an ``EvalResult`` and its
+caller (the evaluate stage, retraining) logs it with :func:`log_evaluation`, which reads it by attribute.
 """
 
 from v2w_core.tracking.buffer import DROPPED_BATCHES_METRIC, DROPPED_VALUES_METRIC, BufferedMlflowLogger
@@ -19,7 +20,6 @@ from v2w_core.tracking.models import (
     find_world_model_dir,
     is_mlflow_uri,
     load_model,
-    model_kind,
     resolve_model_dir,
 )
 from v2w_core.tracking.pyfunc import WorldModelPyfunc, pyfunc_signature
@@ -60,7 +60,7 @@ from v2w_core.tracking.runs import (
     finish_stage_run,
     flatten_params,
     log_artifacts,
-    log_eval_run,
+    log_evaluation,
     set_run_tag,
     start_pipeline_run,
     start_run,
@@ -105,8 +105,7 @@ __all__ = [
     "is_mlflow_uri",
     "load_model",
     "log_artifacts",
-    "log_eval_run",
-    "model_kind",
+    "log_evaluation",
     "model_versions",
     "promote_if_better",
     "pyfunc_signature",

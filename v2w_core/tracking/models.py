@@ -10,8 +10,9 @@ URIs understood everywhere a model is taken (training bases, eval rollouts, the 
     :func:`v2w_core.tracking.register_world_model`, whose ``artifacts/world_model`` is the same
     safetensors directory).
 
-The readers of the on-disk format are :func:`v2w_core.models.io.load_world_model` and
-:func:`~v2w_core.models.io.load_base`; :func:`load_model` picks one after resolving the URI.
+The readers of the on-disk format are in :mod:`v2w_core.models.io` (:func:`~v2w_core.models.io.model_kind`
+tells a saved world model from a diffusers UNet, :func:`~v2w_core.models.io.load_stored_model` reads either
+from storage); :func:`load_model` resolves MLflow URIs and hands the directory to them.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from v2w_core import assets
 from v2w_core.tracking.client import tracking_uri_or_env
 
 
@@ -61,35 +61,15 @@ def resolve_model_dir(uri: str, *, tracking_uri: str | None = None, dst: str | P
     return str(find_world_model_dir(local))
 
 
-def model_kind(uri: str) -> str:
-    """``"world_model"`` or ``"diffusers_unet"`` for a local, ``s3://`` or ``asset://`` directory; raises
-    FileNotFoundError / ValueError otherwise."""
-    from v2w_core import storage
-    from v2w_core.models import io as model_io
-    from v2w_core.models.world_model import FAMILY_OF_CLASS
-
-    uri = assets.resolve(uri)
-    raw = json.loads(storage.read_bytes(storage.join(uri, model_io.CONFIG_NAME)))
-    name = raw.get("_class_name")
-    if name == model_io.CLASS_NAME:
-        return "world_model"
-    if name in FAMILY_OF_CLASS:
-        return "diffusers_unet"
-    raise ValueError(f"{uri}: config.json _class_name {name!r} is neither a WorldModel nor a supported UNet")
-
-
 def load_model(uri: str, *, tracking_uri: str | None = None, device: Any = None) -> Any:
     """Load a world model from any URI of the module docstring (a diffusers UNet directory as a
     bidirectional world model). MLflow URIs are downloaded first (``tracking_uri`` defaults to
-    ``MLFLOW_TRACKING_URI``)."""
+    ``MLFLOW_TRACKING_URI``); the rest is :func:`v2w_core.models.io.load_stored_model`."""
     from v2w_core.models import io as model_io
 
     if is_mlflow_uri(uri):
         return model_io.load_world_model(resolve_model_dir(uri, tracking_uri=tracking_uri), device=device)
-    uri = assets.resolve(uri)
-    if model_kind(uri) == "world_model":
-        return model_io.load_world_model(uri, device=device)
-    return model_io.load_base(uri, device=device)
+    return model_io.load_stored_model(uri, device=device)
 
 
 def local_copy(uri: str, dst: Path) -> Path:
@@ -116,6 +96,5 @@ __all__ = [
     "is_mlflow_uri",
     "load_model",
     "local_copy",
-    "model_kind",
     "resolve_model_dir",
 ]

@@ -3,8 +3,9 @@
 Runs are created by the driver (:func:`start_run`) so that a restarted worker group keeps logging into the
 same run; training's rank 0 logs into it through :class:`v2w_core.tracking.buffer.BufferedMlflowLogger`.
 Finishing a run and uploading artifacts (:func:`end_run`, :func:`log_artifacts`) retry with MLflow's own
-retries off and never raise: tracking must never kill training. :func:`log_eval_run` writes one finished
-evaluation run (metrics, drift curves as metric histories, artifacts).
+retries off and never raise: tracking must never kill training. :func:`log_evaluation` writes an evaluation's
+result (:class:`v2w_core.eval.EvalResult`) as one finished eval run (metrics, drift curves as metric
+histories, artifacts).
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import os
 import platform
 import time
 from collections.abc import Iterator, Mapping
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from v2w_core.tracking.client import client as mlflow_client
 
@@ -170,51 +170,71 @@ def _retry(fn: Any, attempts: int, what: str, backoff_s: float = 1.0, timeout_s:
 
 
 # ------------------------------------------------------------------------------------------- eval runs
-def log_eval_run(
+class Evaluation(Protocol):
+    """What :func:`log_evaluation` reads from an evaluation result (:class:`v2w_core.eval.EvalResult`; this
+    package does not import eval, which sits above it)."""
+
+    model_uri: str
+    metrics: dict[str, float]
+    unavailable: dict[str, str]
+    drift: dict[str, list[float]]
+    split_id: str
+    artifact_dir: str
+    degenerate: str | None
+    weights: dict[str, str]
+    protocol: dict[str, Any]
+
+
+def log_evaluation(
     tracking_uri: str,
     experiment: str,
+    result: Evaluation,
     *,
-    model_uri: str,
-    metrics: Mapping[str, float],
-    unavailable: Mapping[str, str],
-    drift: Mapping[str, list[float]],
-    split_id: str,
-    params: Mapping[str, str] | None = None,
-    artifact_dir: str | Path | None = None,
     parent_run_id: str | None = None,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    baseline_run_id: str | None = None,
 ) -> str:
-    """Create a finished eval run: metrics, drift curves (metric history, step = horizon step), tags with
-    the reasons of unavailable metrics and the split fingerprint, and ``artifact_dir`` as artifacts."""
+    """Log an evaluation's result as one finished eval run; returns its id.
+
+    The run holds the metrics, the drift curves (metric history ``drift_<m>``, step = horizon step), the
+    protocol as ``eval.*`` params, the artifacts of ``result.artifact_dir``, and tags: the reasons of
+    unavailable metrics (``v2w.unavailable.<m>``), the split fingerprint, ``v2w.degenerate`` (+ its reason),
+    the metric networks' weights (``v2w.weights.<m>``) and, when the untrained base's own eval run is given,
+    ``v2w.baseline_run_id``."""
     from mlflow.entities import Metric, RunTag
 
     all_tags = {
         "v2w.stage": "evaluate",
-        "v2w.model_uri": model_uri,
-        TAG_SPLIT: split_id,
-        **{f"v2w.unavailable.{k}": f"unavailable: {v}"[:5000] for k, v in unavailable.items()},
+        "v2w.model_uri": result.model_uri,
+        TAG_SPLIT: result.split_id,
+        **{f"v2w.unavailable.{k}": f"unavailable: {v}"[:5000] for k, v in result.unavailable.items()},
         **dict(tags or {}),
+        "v2w.degenerate": "true" if result.degenerate else "false",
+        **({"v2w.degenerate_reason": result.degenerate} if result.degenerate else {}),
+        **({"v2w.baseline_run_id": baseline_run_id} if baseline_run_id else {}),
+        **{f"v2w.weights.{k}": v for k, v in result.weights.items()},
     }
     run_id = start_run(
         tracking_uri, experiment, run_name=run_name or "evaluate", parent_run_id=parent_run_id,
-        params=dict(params or {}), tags=all_tags,
+        params=flatten_params(result.protocol, "eval."), tags=all_tags,
     )  # fmt: skip
     client = mlflow_client(tracking_uri)
     status = "FAILED"
     try:
+        metrics = result.metrics
         entries = [Metric(k, float(v), 0, 0) for k, v in metrics.items() if math.isfinite(float(v))]
-        for name, ys in drift.items():
+        for name, ys in result.drift.items():
             entries += [Metric(f"drift_{name}", float(y), 0, j + 1) for j, y in enumerate(ys)]
         for i in range(0, len(entries), 1000):
             client.log_batch(run_id, metrics=entries[i : i + 1000])
         client.log_batch(run_id, tags=[RunTag("v2w.metrics_json", json.dumps(dict(metrics))[:5000])])
-        if artifact_dir is not None:
-            client.log_artifacts(run_id, str(artifact_dir))
+        client.log_artifacts(run_id, str(result.artifact_dir))
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status)
-    logger.info("eval run %s logged (%d metrics, %d unavailable)", run_id, len(metrics), len(unavailable))
+    logger.info("eval run %s logged (%d metrics, %d unavailable)", run_id, len(result.metrics),
+                len(result.unavailable))  # fmt: skip
     return run_id
 
 
@@ -278,13 +298,14 @@ __all__ = [
     "MAX_PARAMS_PER_BATCH",
     "MAX_PARAM_VALUE",
     "TAG_SPLIT",
+    "Evaluation",
     "end_run",
     "ensure_experiment",
     "environment_info",
     "finish_stage_run",
     "flatten_params",
     "log_artifacts",
-    "log_eval_run",
+    "log_evaluation",
     "set_run_tag",
     "start_pipeline_run",
     "start_run",

@@ -81,7 +81,7 @@ def preflight(cfg: TrainConfig) -> None:
         except (ValueError, TypeError) as err:
             raise ConfigError(f"model: {err}") from None
     elif cfg.model.base_uri:
-        from v2w_core.tracking import model_kind
+        from v2w_core.models.io import model_kind
 
         try:
             model_kind(cfg.model.base_uri)

@@ -8,7 +8,7 @@ DeepSpeed configs from it on a machine that has only torch, diffusers and deepsp
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -130,13 +130,12 @@ class FaultInjection(StrictConfig):
     kind: Literal["exit", "raise"] = "exit"
 
 
-class TrainConfig(StrictConfig):
-    """One training run. ``experiment`` names the run directory: re-running the same name resumes it."""
+class TrainRecipe(StrictConfig):
+    """How to train: every :class:`TrainConfig` key except the run's identity and place (``experiment``,
+    ``mode``, ``storage_path``, ``output_uri``), which whoever starts the run fills in
+    (:meth:`TrainConfig.from_recipe`). The pipeline's ``base.train`` and ``train.train`` sections are
+    recipes: validated when the pipeline config loads, completed by their stage."""
 
-    experiment: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    mode: Mode = "pretrain"
-    storage_path: str = Field(min_length=1)
-    output_uri: str | None = None
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=DataSection)
     optim: OptimSection = Field(default_factory=OptimSection)
@@ -158,16 +157,35 @@ class TrainConfig(StrictConfig):
     peak_flops: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
-    def _check(self) -> TrainConfig:
-        if self.mode == "finetune" and not self.model.base_uri:
-            raise ValueError("mode 'finetune' needs model.base_uri (a world-model directory, local or s3://)")
-        if self.mode == "finetune" and not self.model.action_space:
-            raise ValueError("mode 'finetune' needs model.action_space, e.g. {type: continuous, dim: 2}")
+    def _check_recipe(self) -> Self:
         if self.ema.enabled and self.zero_stage == 3:
             raise ValueError("ema.enabled is supported for zero_stage <= 2 (ZeRO-3 partitions the weights)")
         if self.precision == "fp16" and not self.scaling.use_gpu:
             raise ValueError("precision fp16 needs a GPU (use bf16 or fp32 on CPU)")
         return self
+
+
+class TrainConfig(TrainRecipe):
+    """One training run. ``experiment`` names the run directory: re-running the same name resumes it."""
+
+    experiment: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    mode: Mode = "pretrain"
+    storage_path: str = Field(min_length=1)
+    output_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.mode == "finetune" and not self.model.base_uri:
+            raise ValueError("mode 'finetune' needs model.base_uri (a world-model directory, local or s3://)")
+        if self.mode == "finetune" and not self.model.action_space:
+            raise ValueError("mode 'finetune' needs model.action_space, e.g. {type: continuous, dim: 2}")
+        return self
+
+    @classmethod
+    def from_recipe(cls, recipe: TrainRecipe, *, source: str = "<recipe>", **run: Any) -> TrainConfig:
+        """``recipe`` completed by the run's own keys (``experiment``, ``mode``, ``storage_path``, …, and any
+        section that replaces the recipe's); validated, without a round trip through a dict."""
+        return cls.from_dict({**dict(recipe), **run}, source=source)
 
     @property
     def global_batch(self) -> int:

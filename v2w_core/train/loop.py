@@ -41,7 +41,6 @@ from v2w_core.train.deepspeed_config import (
     param_groups,
     setup_cpu_environment,
 )
-from v2w_core.train.model_store import save_model
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +127,7 @@ def save_state_dict_as_model(config: Any, params: dict[str, Any], like: Any, des
     """Rebuild an fp32 world model from ``config``, load ``params`` (+ ``like``'s buffers), save it."""
     import torch
 
+    from v2w_core.models.io import save_world_model
     from v2w_core.models.world_model import WorldModel
 
     fresh = WorldModel(config).float()
@@ -143,7 +143,7 @@ def save_state_dict_as_model(config: Any, params: dict[str, Any], like: Any, des
         for k in state
     }
     fresh.load_state_dict(merged, strict=True)
-    save_model(fresh, dest_dir)
+    save_world_model(fresh, str(dest_dir))
     return dest_dir
 
 
