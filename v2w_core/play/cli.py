@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8600)
     p.add_argument("--tracking-uri", help="MLflow server of models:/ and runs:/ URIs (default MLFLOW_TRACKING_URI)")
+    p.add_argument("--local-stack", action="store_true", help="read models from the local stack's MLflow and "
+                   "S3 (python -m infra.stack; what `make demo` registers to)")  # fmt: skip
     p.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one on loopback)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, …")
     p.add_argument("--steps", type=int, help="default denoising steps per frame (default: the registered "
@@ -79,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     from v2w_core.play import server
 
     try:
+        if args.local_stack:
+            use_local_stack()
         settings = settings_from_args(args)
         device = settings.device
         num_gpus = 1.0 if device.startswith("cuda") or (device == "auto" and _has_cuda()) else 0.0
@@ -99,6 +103,19 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         server.stop(running)
     return 0
+
+
+def use_local_stack() -> None:
+    """Fill unset storage / tracking variables from the local stack (as ``pipelines/full.py --local-stack``
+    does). Its Ray variables are left out: play starts its own Ray on loopback."""
+    import os
+
+    from infra.stack import StackConfig
+
+    for key, value in StackConfig.from_env().client_env().items():
+        if not key.startswith("RAY_"):
+            os.environ.setdefault(key, value)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def _has_cuda() -> bool:

@@ -50,7 +50,7 @@ def _init_ray(address: str | None) -> bool:
     previous = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
-        ray.init(include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
+        ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
                  log_to_driver=False, _temp_dir=tempfile.mkdtemp(prefix="v2w-play-ray-", dir="/tmp"))  # fmt: skip
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = previous

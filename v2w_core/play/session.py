@@ -5,8 +5,8 @@ advance; a player's next action is known only when the key is pressed. A session
 carries from one generated frame to the next — the clean frames of the window, the actions taken at them
 and the generator's state — and calls the same streaming rollout for one frame each time. Nothing else
 crosses frames in that sampler (see its module docstring), so *N calls of :meth:`PlaySession.step` give
-the frames one ``rollout(..., num_frames=N)`` gives for the same actions and seed* (tested), and the
-GPU fast path (``runner``) applies unchanged.
+the frames one ``rollout(..., num_frames=N)`` gives for the same actions and seed* (tested; up to float
+reassociation), and the GPU fast path (``runner``) applies unchanged.
 
 Per step the rollout gets the newest ``window`` frames as context (it keeps ``window − 1`` of them as
 history, and the extra leading frame lets the oldest history frame keep its real action instead of the

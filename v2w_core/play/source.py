@@ -57,6 +57,22 @@ def _registered_version(uri: str, tracking_uri: str | None) -> tuple[Any, str]:
     raise PlayError(f"{uri}: a registered model URI is models:/<name>@<alias> or models:/<name>/<version>")
 
 
+def _check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on a tracking server that is not there (MLflow's client retries for minutes)."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(tracking_uri.rstrip("/") + "/health", timeout=timeout_s).close()
+    except urllib.error.HTTPError:
+        return  # it answers: an auth proxy or an older server without /health; MLflow will tell
+    except OSError as err:
+        reason = getattr(err, "reason", None) or err
+        raise PlayError(f"cannot reach the tracking server {tracking_uri}: {reason}") from None
+
+
 def _read_config(model_dir: str) -> dict[str, Any]:
     from v2w_core import storage
     from v2w_core.models.io import CLASS_NAME, CONFIG_NAME
@@ -96,6 +112,7 @@ def resolve_source(
         tracking_uri = tracking_uri_or_env(tracking_uri)
         if not tracking_uri:
             raise PlayError(f"{uri} lives on a tracking server: set MLFLOW_TRACKING_URI or pass --tracking-uri")
+        _check_reachable(tracking_uri)
         try:
             if uri.startswith("models:/"):
                 mv, label = _registered_version(uri, tracking_uri)
