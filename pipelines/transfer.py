@@ -121,6 +121,8 @@ class FinetuneSection(StrictConfig):
     #: wall seconds of the whole fine-tune phase (all branches, in waves of ``--parallel``), evaluation included
     time_budget_s: float = Field(300.0, gt=0)
     min_steps: int = Field(10, ge=1)
+    #: the probe's two short runs (their time difference is the steady-state step time)
+    probe_steps: tuple[int, int] = (10, 40)
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     batch: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -203,6 +205,8 @@ class TransferConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _check(self) -> TransferConfig:
+        if not 0 < self.finetune.probe_steps[0] < self.finetune.probe_steps[1]:
+            raise ValueError(f"finetune.probe_steps must be (short, long), 0 < short < long: {self.finetune.probe_steps}")
         names = [v.name for v in self.variants]
         if len(set(names)) != len(names) or UNTRAINED in names:
             raise ValueError(f"variant names must be unique and not {UNTRAINED!r}: {names}")
@@ -573,14 +577,15 @@ def _probe_worker(cfg: TransferConfig, out: Path, device: str, started: float) -
     startup = time.time() - started
     seconds = []
     model = None
-    for n in (10, 40):
+    short, long_ = cfg.finetune.probe_steps
+    for n in (short, long_):
         tcfg = train_config(cfg, variant, 0, n, ready["base"], ready["space"], device)
         model = build_variant_model(cfg, variant, 0, ready["base"], ready["space"])
         seconds.append(train_local(tcfg, clips, device=device, model=model, log_every=0).seconds)
     t = time.perf_counter()
     rollout_uint8(model, ready["chunks"][: cfg.evaluate.curve_chunks], cfg, ag=variant.ag, device=device)
     curve_eval = time.perf_counter() - t
-    return {"startup_s": startup, "per_step_s": max((seconds[1] - seconds[0]) / 30, 1e-4),
+    return {"startup_s": startup, "per_step_s": max((seconds[1] - seconds[0]) / max(long_ - short, 1), 1e-4),
             "curve_eval_s": curve_eval, "probe_seconds": seconds}
 
 

@@ -248,7 +248,8 @@ def test_cli_parallel_with_probe(base_dir, tmp_path):
     cfg_path = tmp_path / "cfg.yaml"
     import yaml
 
-    data = json.loads(tiny_cfg(base_dir, finetune__steps=0, finetune__time_budget_s=30).model_dump_json())
+    data = json.loads(tiny_cfg(base_dir, finetune__steps=0, finetune__time_budget_s=20,
+                               finetune__probe_steps=(2, 6)).model_dump_json())
     data["variants"] = data["variants"][-2:]  # extrap_ag, scratch_ag: the CLI path, not every variant again
     cfg_path.write_text(yaml.safe_dump(data))
     cmd = [sys.executable, "pipelines/transfer.py", "--config", str(cfg_path), "--local", "--out",
