@@ -91,16 +91,20 @@ def main(argv: list[str] | None = None) -> int:
     except PlayError as err:
         if args.debug:
             raise
-        print(f"v2w-play: error: {err}", file=sys.stderr)
+        hint = ""
+        if args.local_stack and "cannot reach the tracking server" in str(err):
+            hint = " (the local stack is not running: `make demo` starts it and registers the demo's model)"
+        print(f"v2w-play: error: {err}{hint}", file=sys.stderr)
         return 2
     print(f"v2w-play: {settings.label or settings.model_dir} at {running.url}  (Ctrl-C stops)", flush=True)
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda *_: done.set())
     try:
-        done.wait()
-    except KeyboardInterrupt:
-        pass
+        while not done.wait(0.5):  # a timed wait: signal handlers run between the waits
+            pass
     finally:
+        print("v2w-play: stopping", flush=True)
         server.stop(running)
     return 0
 

@@ -46,15 +46,42 @@ def _registered_version(uri: str, tracking_uri: str | None) -> tuple[Any, str]:
     from v2w_core.tracking.client import client
 
     rest = uri[len("models:/") :].strip("/")
+    mlflow = client(tracking_uri)
     if "@" in rest:
         name, alias = rest.split("@", 1)
-        mv = client(tracking_uri).get_model_version_by_alias(name, alias)
+        try:
+            mv = mlflow.get_model_version_by_alias(name, alias)
+        except Exception:  # noqa: BLE001 - say which versions there are instead of MLflow's 404
+            raise PlayError(_no_alias(mlflow, name, alias)) from None
         return mv, f"{name} v{mv.version} ({alias})"
     if "/" in rest:
         name, version = rest.split("/", 1)
-        mv = client(tracking_uri).get_model_version(name, version)
+        if version == "latest":
+            versions = _versions(mlflow, name)
+            if not versions:
+                raise PlayError(f"no registered model named {name!r}: run `make demo` (or the pipeline) first")
+            version = str(versions[-1].version)
+        mv = mlflow.get_model_version(name, version)
         return mv, f"{name} v{mv.version}"
     raise PlayError(f"{uri}: a registered model URI is models:/<name>@<alias> or models:/<name>/<version>")
+
+
+def _versions(mlflow: Any, name: str) -> list[Any]:
+    return sorted(mlflow.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version))
+
+
+def _no_alias(mlflow: Any, name: str, alias: str) -> str:
+    """Why ``models:/name@alias`` does not resolve, and what to play instead. The registry never gives
+    ``champion`` to a version that fails its gates (e.g. not better than copying the last frame)."""
+    versions = _versions(mlflow, name)
+    if not versions:
+        return f"no registered model named {name!r}: run `make demo` (or the pipeline) first"
+    listed = ", ".join(
+        f"v{v.version}" + (f" ({(v.tags or {}).get('v2w.promotion', '')[:60]})" if (v.tags or {}).get("v2w.promotion") else "")
+        for v in versions[-3:]
+    )  # fmt: skip
+    return (f"{name} has no version with alias {alias!r} (versions: {listed}); play one by number, e.g. "
+            f"--model models:/{name}/{versions[-1].version} or models:/{name}/latest")  # fmt: skip
 
 
 def _check_reachable(tracking_uri: str, timeout_s: float = 5.0) -> None:
