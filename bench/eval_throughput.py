@@ -1,7 +1,7 @@
 """Evaluation throughput: held-out rollouts per minute on CPU, 1 Ray actor vs. as many as cores allow.
 
-The embedded tiny UNet3D preset (``tiny_unet3d``, 3×64×64 pixels, random causal weights: speed does not
-depend on training), causal action guidance on, ``--steps`` DDIM steps, ``--context`` context frames and
+The embedded tiny UNet3D preset (``tiny_unet3d`` from :func:`v2w_core.models.testing.tiny_world_model`,
+3×64×64 pixels, random causal weights: speed does not depend on training), causal action guidance on, ``--steps`` DDIM steps, ``--context`` context frames and
 ``--horizon`` generated frames per rollout, controllability off (one rollout per chunk). Each actor loads
 the model once and runs ``torch_threads=1``; chunks are handed out as actors free up. Wall time includes
 actor start-up (model load), which is what an evaluate stage pays.
@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,10 +31,8 @@ from v2w_core.data.episode import ActionSpace, Episode
 from v2w_core.data.shards import ShardWriterConfig, write_episodes
 from v2w_core.eval.config import EvalConfig
 from v2w_core.eval.rollouts import load_chunks, run_parallel_rollouts
-from v2w_core.models.causalize import causalize
 from v2w_core.models.io import save_world_model
-from v2w_core.models.presets import tiny_unet3d
-from v2w_core.models.world_model import WorldModel
+from v2w_core.models.testing import tiny_world_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "eval_throughput.json"
 
@@ -69,9 +66,7 @@ def main() -> None:
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="v2w-bench-eval-"))
-    torch.manual_seed(0)
-    model = WorldModel(tiny_unet3d(action_space={"type": "continuous", "dim": 2}))
-    causalize(model, "extrapolative")
+    model = tiny_world_model(action_space={"type": "continuous", "dim": 2}, causal_mode="extrapolative")
     save_world_model(model, str(work / "model"))
     write_episodes(
         episodes(args.episodes, args.context + args.horizon),

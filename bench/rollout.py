@@ -38,8 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._record import append_record, machine_info, machine_summary, new_record
 from v2w_core.diffusion.rollout import RolloutConfig, rollout
-from v2w_core.models.causalize import causalize
-from v2w_core.models.presets import tiny_unet3d
+from v2w_core.models.testing import tiny_world_model
 from v2w_core.models.world_model import WorldModel
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rollout.json"
@@ -48,14 +47,9 @@ PROJECTED_STEPS = 50
 
 
 def build_model(seed: int) -> WorldModel:
-    torch.manual_seed(seed)
-    model = WorldModel(tiny_unet3d(action_space={"type": "continuous", "dim": ACTION_DIM}))
-    causalize(model, "extrapolative")
     # The action head is zero-initialised; give it weights so guidance is not a no-op.
-    with torch.no_grad():
-        for p in model.action_encoder.mlp[-1].parameters():
-            p.normal_(0, 0.1)
-    return model.eval()
+    return tiny_world_model(seed=seed, action_space={"type": "continuous", "dim": ACTION_DIM},
+                            causal_mode="extrapolative", action_head_std=0.1)
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from v2w_core.models.testing import tiny_world_model
 from v2w_core.train.config import TrainConfig
 from v2w_core.train.deepspeed_config import build_deepspeed_config, param_groups
 from v2w_core.train.local import ClipArrays, lr_factor, train_local
@@ -57,10 +58,7 @@ def test_lr_schedule_matches_deepspeeds_scheduler(schedule: str) -> None:
 
 
 def test_action_encoder_gets_its_own_learning_rate_in_both_loops() -> None:
-    from v2w_core.models.presets import tiny_unet3d
-    from v2w_core.models.world_model import WorldModel
-
-    model = WorldModel(tiny_unet3d({"type": "multi_hot", "dim": 3}))
+    model = tiny_world_model(action_space={"type": "multi_hot", "dim": 3})
     cfg = _cfg(mode="finetune", model={"base_uri": "x", "action_space": {"type": "multi_hot", "dim": 3}},
                optim={"lr": 1e-4, "action_lr_scale": 10.0})
     groups = param_groups(model, cfg)
@@ -69,7 +67,7 @@ def test_action_encoder_gets_its_own_learning_rate_in_both_loops() -> None:
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     assert build_deepspeed_config(cfg)["scheduler"]["params"]["warmup_max_lr"] == [1e-4, pytest.approx(1e-3)]
     pre = _cfg(optim={"lr": 1e-4, "action_lr_scale": 10.0})  # pretraining: no encoder, one group
-    assert len(param_groups(WorldModel(tiny_unet3d()), pre)) == 1
+    assert len(param_groups(tiny_world_model(action_space=None), pre)) == 1
     assert build_deepspeed_config(pre)["scheduler"]["params"]["warmup_max_lr"] == 1e-4
 
 
@@ -106,16 +104,10 @@ def test_pretraining_lowers_the_loss_and_resumes_from_its_checkpoint(tmp_path) -
 
 
 def test_finetune_needs_actions_and_time_budget_stops_early(tmp_path) -> None:
-    from v2w_core.models.causalize import causalize
     from v2w_core.models.presets import tiny_unet3d
-    from v2w_core.models.world_model import WorldModel, WorldModelConfig
 
-    merged = tiny_unet3d().model_dump()
-    merged["base"].update(SMALL["base"])
-    merged["sample_size"] = (32, 32)
-    model = WorldModel(WorldModelConfig.model_validate(merged))
-    causalize(model, "extrapolative")
-    model.set_action_space({"type": "multi_hot", "dim": 3})
+    model = tiny_world_model(action_space={"type": "multi_hot", "dim": 3}, causal_mode="extrapolative",
+                             base={**tiny_unet3d().base, **SMALL["base"]}, sample_size=(32, 32))
     cfg = _cfg(mode="finetune", model={"base_uri": "x", "action_space": {"type": "multi_hot", "dim": 3}},
                max_steps=1000)
     with pytest.raises(ValueError, match="needs clips with actions"):

@@ -1,13 +1,15 @@
 """Evaluation: parallel held-out rollouts, video metrics, drift curves, controllability, videos.
 
-* :func:`evaluate` (evaluate.py) — the evaluate stage: rollouts in Ray actors → metrics → MLflow run;
-  returns :class:`EvalResult`. :func:`compute_metrics` is its pure core.
+* :func:`evaluate` (evaluate.py) — rollouts in Ray actors → metrics, drift curves, artifacts; returns an
+  :class:`EvalResult` and logs nothing (the evaluate stage logs it: :func:`v2w_core.tracking.log_evaluation`).
+  :func:`compute_metrics` is its pure core.
 * :class:`EvalConfig` (config.py) — protocol (context, horizon, split), resources, metric weights.
 * rollouts.py — chunks of the eval split, per-chunk seeds, :class:`RolloutWorker` actors.
 * metrics.py — PSNR, SSIM, Fréchet distance; features.py — LPIPS / FID / FVD networks from safetensors,
   or :class:`Unavailable` with the reason; controllability.py; videos.py — side-by-side videos, drift PNG.
 
-Registration and champion promotion live in :mod:`v2w_core.tracking`.
+This package imports neither MLflow nor :mod:`v2w_core.tracking` (tests/eval/test_eval_imports.py);
+logging, registration and champion promotion live there.
 """
 
 from v2w_core.eval.config import EvalConfig, MetricWeights
