@@ -820,6 +820,9 @@ def run_workers(tasks: list[dict[str, Any]], out: Path, config_path: Path, paral
     while pending or running:
         while pending and len(running) < parallel:
             i, task = pending.pop(0)
+            if deadline is not None and time.time() > deadline:
+                log.warning("deadline passed: %s not started", task.get("name") or task["kind"])
+                continue
             tag = task.get("name") or f"{task['kind']}-{task.get('index', i)}"
             logdir = out / ("probe" if task["kind"] == "probe" else "logs")
             logdir.mkdir(parents=True, exist_ok=True)
