@@ -281,3 +281,13 @@ def test_ray_fan_out_with_mlflow(base_dir, tmp_path, ray_cluster, mlflow_stack):
     for c in children:
         assert c.info.status == "FINISHED" and "psnr_mean" in c.data.metrics
         assert [m.step for m in client.get_metric_history(c.info.run_id, "curve_psnr")] == [0, 2]
+
+
+def test_local_path_imports_no_ray_or_mlflow():
+    """A lent GPU box has neither: the --local path (and the report) import them only on the Ray path."""
+    code = ("import sys; import pipelines.transfer, pipelines.transfer_report, bench.transfer; "
+            "from v2w_core.train.local import train_local; from v2w_core.eval import compute_metrics; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ray', 'mlflow', 'deepspeed', 'boto3'}))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
