@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default="fvd,fid,lpips", help="comma list of fvd,fid,lpips ('none': PSNR only)")
     p.add_argument("--weights", action="append", default=[],
                    help="metric=path of a metric network's safetensors (default: the converted cache)")
-    p.add_argument("--cache", default=None, help="per-run metric cache (default: EXPORT/../transfer-metrics-cache)")
+    p.add_argument("--cache", default=str(Path.home() / ".cache" / "vid2world" / "transfer-metrics"),
+                   help="per-run metric cache, keyed by the rollouts' content (the export may be read-only)")
     p.add_argument("--out", default=str(RESULTS))
     p.add_argument("--docs", default=str(DOCS), help="where transfer.md and its figures go")
     p.add_argument("--gpu-command", default=None, help="the GPU command line, for the write-up")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = tuple(m for m in args.metrics.split(",") if m in METRICS)
     weights = dict(w.split("=", 1) for w in args.weights)
     export = Export(args.export)
-    cache = Path(args.cache) if args.cache else Path(args.export).resolve().parent / "transfer-metrics-cache"
+    cache = Path(args.cache)
     computed = compute_all(export, metrics=metrics, weights=weights, cache=cache)
     machine = machine_info()
     record = new_record("transfer", machine=machine, export=str(Path(args.export).resolve()), metrics=list(metrics),
