@@ -33,13 +33,13 @@ Steps (directories under ``--out``):
                 ``rollouts-<variant>.safetensors`` (uint8 rollouts of every seed).
 
 FVD / FID / LPIPS need the published metric networks, which stay on the CPU host:
-``python pipelines/transfer.py --report EXPORT_DIR`` (:mod:`pipelines.transfer_report`) computes them and
+``python bench/transfer.py EXPORT_DIR`` (:mod:`pipelines.transfer_report`) computes them and
 writes ``bench/results/transfer.json`` and ``docs/experiments/transfer.md``.
 
     python pipelines/transfer.py --config configs/transfer-tiny.yaml --local --out /tmp/transfer-tiny
     python pipelines/transfer.py --config configs/transfer-vizdoom.yaml --local --out /tmp/transfer \\
         --parallel 9 --deadline-s 500 --export $OUT/transfer
-    python pipelines/transfer.py --report $OUT/transfer
+    python bench/transfer.py $OUT/transfer
 """
 
 from __future__ import annotations
@@ -1047,24 +1047,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pack-only", action="store_true",
                    help="--local: only write the export from what is done (after a run was killed)")
     p.add_argument("--ray-address", default=None)
-    p.add_argument("--report", metavar="EXPORT_DIR", default=None,
-                   help="CPU host: FVD/FID/LPIPS of an export, bench/results/transfer.json, docs/experiments/"
-                        "transfer.md (the arguments after it are bench/transfer.py's)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--report" in argv:  # the CPU step: everything after is bench/transfer.py's (--metrics, --out, --docs ...)
-        from bench.transfer import main as report_main
-
-        i = argv.index("--report")
-        return report_main(argv[:i] + argv[i + 1 :])
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.config or not args.out:
-        raise SystemExit("transfer: --config and --out are required (or --report EXPORT_DIR)")
+        raise SystemExit("transfer: --config and --out are required (the report step is bench/transfer.py EXPORT_DIR)")
     out = Path(args.out)
     if args.worker:  # a subprocess of --local --parallel: the parent's resolved config
         cfg = TransferConfig.from_dict(_read_json(Path(args.config)), source=args.config)

@@ -6,7 +6,7 @@ truth (``heldout.safetensors``) and everything else it measured (``results.json`
 FVD (16-frame clips, README "Metrics"), FID and LPIPS of every run and of the copy-last-frame and untrained
 baselines with the project's :func:`v2w_core.eval.compute_metrics` and :func:`load_metric_nets`, caches
 each run's numbers (a stopped report resumes), and builds the headline and the write-up. ``bench/transfer.py``
-appends the record; ``python pipelines/transfer.py --report EXPORT_DIR`` runs both.
+appends the record; ``python bench/transfer.py EXPORT_DIR`` runs both.
 """
 
 from __future__ import annotations
