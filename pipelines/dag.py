@@ -165,7 +165,10 @@ def build_and_run(stages: Sequence[Stage], root: str, *, force: set[str] | None 
     if fail_after is not None and fail_after not in {s.name for s in stages}:
         raise ValueError(f"--fail-after {fail_after!r}: no such stage")
     nodes: dict[str, Any] = {}
-    remote = ray.remote(run_stage)
+    # max_calls=1: each stage runs in a fresh worker process that exits when the stage returns, so what the
+    # stage owns (Ray Data actor pools, their CPUs) dies with it instead of lingering in a reused worker and
+    # starving later stages or jobs of the cluster's CPUs.
+    remote = ray.remote(max_calls=1)(run_stage)
     for s in stages:
         opts = remote.options(name=f"stage:{s.name}", num_cpus=s.num_cpus, num_gpus=s.num_gpus,
                               max_retries=0)

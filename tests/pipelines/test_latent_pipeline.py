@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 
 import pytest
 from ray import cloudpickle
@@ -54,6 +55,14 @@ def test_vae_pipeline_trains_and_evaluates_in_latent_space(ray_cluster, mlflow_s
     metrics = res["evaluate"].outputs["metrics"]
     assert math.isfinite(metrics["psnr_mean"]) and 0 < metrics["psnr_mean"] < 60  # decoded pixels vs truth
     assert res["register"].outputs["version"]
+    # the encode stage's Ray Data actor pool died with its stage: the shared cluster's CPUs are all free again
+    # (a lingering 0.5-CPU encode actor once starved the next test's Ray Train run into a hang)
+    import ray
+
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"] and time.monotonic() < deadline:
+        time.sleep(1)
+    assert ray.available_resources().get("CPU", 0) == ray.cluster_resources()["CPU"]
 
     # without a VAE there is no encode stage and the model stages read the shards (pixel space)
     plain = build_stages(PipelineConfig.from_yaml("configs/tiny.yaml", TINY[:1]))
