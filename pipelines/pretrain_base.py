@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip-length", type=int, default=16)
     p.add_argument("--stride", type=int, default=4)
     p.add_argument("--preset", default="tiny_unet3d")
+    p.add_argument("--network-output", choices=["v", "x0"], default="x0",
+                   help="what the network's output means (WorldModelConfig.network_output): x0, because with "
+                        "tiny_unet3d's 4x4 pixel patches v-prediction leaks noise into every sample "
+                        "(bench/denoiser_probe.py)")
     p.add_argument("--device", default="cuda")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="recording processes")
     p.add_argument("--checkpoint", default=None, help="resumable local state directory")
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = TrainConfig.from_dict({
         "experiment": "pretrain-base", "mode": "pretrain", "storage_path": str(out),
-        "model": {"preset": args.preset},
+        "model": {"preset": args.preset, "overrides": {"network_output": args.network_output}},
         "optim": {"lr": args.lr, "warmup_steps": args.warmup, "schedule": "cosine", "min_lr_ratio": 0.05,
                   "grad_clip": 1.0},
         "ema": {"enabled": True, "decay": args.ema},
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
                   "ema_decay": args.ema, "precision": cfg.precision, "objective": "v-prediction, one t per clip",
                   "loss_first_100": sum(losses[:100]) / max(len(losses[:100]), 1),
                   "loss_last_100": sum(losses[-100:]) / max(len(losses[-100:]), 1)},
+        "network_output": args.network_output,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else f"cpu ({platform.machine()}, {os.cpu_count()} cores)",
         "seconds": {"record": round(record_s, 1), "train": round(seconds, 1)},

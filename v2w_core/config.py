@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, Self, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 #: The three causal weight-transfer rules of Vid2World §1.1 (DESIGN §1.1), the one definition of the causal
 #: modes: every config field and function that takes one uses this type. Implemented in
@@ -114,3 +114,32 @@ def _override_covers(override: str, loc: list[str]) -> bool:
     keys = [k for k in override.split("=", 1)[0].strip().split(".") if k]
     n = min(len(keys), len(loc))
     return n > 0 and keys[:n] == loc[:n]
+
+
+class NoiseScheduleConfig(StrictConfig):
+    """Training/sampling noise schedule (DESIGN §1.2). Defaults are the paper's.
+
+    Here, not in :mod:`v2w_core.diffusion.schedule` (which builds the schedulers), because a world model with
+    ``network_output="x0"`` needs the schedule's ᾱ and the models sit below the diffusion layer."""
+
+    num_train_timesteps: int = Field(1000, ge=2)
+    beta_start: float = Field(0.00085, gt=0)
+    beta_end: float = Field(0.012, gt=0, lt=1)
+    beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
+    rescale_betas_zero_snr: bool = True
+    prediction_type: Literal["v_prediction"] = "v_prediction"
+    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
+    # Latents must not be clipped; pixel-space users may turn this on (x0 is then clamped to [-1, 1]).
+    clip_sample: bool = False
+
+    def diffusers_kwargs(self) -> dict:
+        return {
+            "num_train_timesteps": self.num_train_timesteps,
+            "beta_start": self.beta_start,
+            "beta_end": self.beta_end,
+            "beta_schedule": self.beta_schedule,
+            "rescale_betas_zero_snr": self.rescale_betas_zero_snr,
+            "prediction_type": self.prediction_type,
+            "timestep_spacing": self.timestep_spacing,
+            "clip_sample": self.clip_sample,
+        }

@@ -17,39 +17,10 @@ diffusers' step wherever diffusers' result is finite.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler
-from pydantic import Field
 
-from v2w_core.config import StrictConfig
-
-
-class NoiseScheduleConfig(StrictConfig):
-    """Training/sampling noise schedule (DESIGN §1.2). Defaults are the paper's."""
-
-    num_train_timesteps: int = Field(1000, ge=2)
-    beta_start: float = Field(0.00085, gt=0)
-    beta_end: float = Field(0.012, gt=0, lt=1)
-    beta_schedule: Literal["scaled_linear", "linear"] = "scaled_linear"
-    rescale_betas_zero_snr: bool = True
-    prediction_type: Literal["v_prediction"] = "v_prediction"
-    timestep_spacing: Literal["trailing", "leading", "linspace"] = "trailing"
-    # Latents must not be clipped; pixel-space users may turn this on (x0 is then clamped to [-1, 1]).
-    clip_sample: bool = False
-
-    def diffusers_kwargs(self) -> dict:
-        return {
-            "num_train_timesteps": self.num_train_timesteps,
-            "beta_start": self.beta_start,
-            "beta_end": self.beta_end,
-            "beta_schedule": self.beta_schedule,
-            "rescale_betas_zero_snr": self.rescale_betas_zero_snr,
-            "prediction_type": self.prediction_type,
-            "timestep_spacing": self.timestep_spacing,
-            "clip_sample": self.clip_sample,
-        }
+from v2w_core.config import NoiseScheduleConfig
 
 
 def _check_per_frame(x: torch.Tensor, t: torch.Tensor, name: str = "x0") -> None:

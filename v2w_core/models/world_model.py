@@ -28,7 +28,7 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from v2w_core.config import CausalMode, StrictConfig
+from v2w_core.config import CausalMode, NoiseScheduleConfig, StrictConfig
 from v2w_core.models.actions import ActionEncoder, ActionSpec, check_action_mask
 from v2w_core.models.causalize import causalize_unet
 from v2w_core.models.streaming import HistoryCache, StreamPhase, StreamState
@@ -63,6 +63,18 @@ class WorldModelConfig(StrictConfig):
     context_tokens: int = Field(1, ge=1)
     added_time_ids: tuple[float, ...] = (6.0, 127.0, 0.02)
     gradient_checkpointing: bool = False
+    #: What the network's output means. "v": the output is the v-prediction (the paper's, and every
+    #: pretrained base's). "x0": the output is read as the clean frame and converted to v inside
+    #: :meth:`WorldModel.forward` (``v = (√ᾱ·x_t − x̂0) / max(√(1−ᾱ), X0_MIN_SIGMA)``), so losses, samplers,
+    #: streaming and guidance still see v. For pixel patches wide relative to the network (``tiny_unet3d``:
+    #: 4×4×3 = 48 values per token, 64 channels) v-prediction must copy x_t's noise exactly and leaks it
+    #: into every x0 estimate; predicting x0 does not (bench/denoiser_probe.py; JiT, Li & He 2025).
+    network_output: Literal["v", "x0"] = "v"
+
+
+#: Floor of √(1−ᾱ) in the x0 → v conversion: at the last few timesteps √(1−ᾱ) → 0.03 and an x0 error would
+#: be amplified 30× in v (JiT clips the same denominator at 0.05).
+X0_MIN_SIGMA = 0.05
 
 
 def build_base(family: str, base: dict[str, Any]) -> nn.Module:
@@ -103,6 +115,13 @@ class WorldModel(nn.Module):
                 f"family {config.family!r} needs a {expected.__name__}, got {type(self.unet).__name__}"
             )
         self._check_channels()
+        if config.network_output == "x0":
+            # ᾱ per train timestep (float32, on the model's device; the default schedule is the only one the
+            # project trains with, see NoiseScheduleConfig)
+            from diffusers import DDPMScheduler
+
+            abar = DDPMScheduler(**NoiseScheduleConfig().diffusers_kwargs()).alphas_cumprod.float()
+            self.register_buffer("x0_alphas_cumprod", abar, persistent=False)
 
         self.time_embed_dim: int = self.unet.time_embedding.linear_2.out_features
         cross_dim = self.unet.config.cross_attention_dim
@@ -237,7 +256,17 @@ class WorldModel(nn.Module):
         out = self._run_unet(sample, emb, batch, frames)
         if patch > 1:
             out = F.pixel_shuffle(out, patch)
-        return out.reshape(batch, frames, *out.shape[1:])
+        out = out.reshape(batch, frames, *out.shape[1:])
+        if self.config.network_output == "x0":
+            out = self.x0_to_v(out, x, timesteps)
+        return out
+
+    def x0_to_v(self, x0_hat: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """The v that the clean-frame estimate ``x0_hat`` implies for ``x`` at per-frame ``timesteps``."""
+        abar = self.x0_alphas_cumprod.float()[timesteps.round().long().clamp(0, len(self.x0_alphas_cumprod) - 1)]
+        abar = abar[..., None, None, None]
+        sigma = (1 - abar).sqrt().clamp_min(X0_MIN_SIGMA)
+        return ((abar.sqrt() * x.float() - x0_hat.float()) / sigma).to(x0_hat.dtype)
 
     def _check_inputs(
         self,
