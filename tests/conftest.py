@@ -159,7 +159,7 @@ def s3_env_for_workers() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_stack: StackInfo) -> Iterator[Any]:
-    """A real local Ray: 2 CPUs, no dashboard, every socket on 127.0.0.1, S3 env in the workers.
+    """A real local Ray: 3 logical CPUs, no dashboard, every socket on 127.0.0.1, S3 env in the workers.
 
     Ray turns ``127.0.0.1`` into the machine's external IP and then binds its gRPC servers to all
     interfaces; treating the node as a single-machine cluster (``ENABLE_RAY_CLUSTER = False``, the
@@ -173,7 +173,10 @@ def ray_cluster(s3_stack: StackInfo) -> Iterator[Any]:
         pytest.fail("ray_cluster: Ray is already initialised in this process by another fixture/test")
     temp_dir = tempfile.mkdtemp(prefix="v2w-ray-", dir="/tmp")  # short: Ray's socket paths are bounded
     init_args: dict[str, Any] = {
-        "num_cpus": 2,
+        # 3 logical CPUs on the 2-core CI box: one of headroom, because a stage's Ray Data actor (0.5 CPU) can
+        # outlive a failed pipeline test and a latent pipeline needs 2 free to make progress; with exactly 2
+        # the whole-suite run deadlocked in the latent pipeline and then in the next Ray Train test.
+        "num_cpus": 3,
         "include_dashboard": False,
         "_node_ip_address": "127.0.0.1",
         "_temp_dir": temp_dir,
