@@ -228,3 +228,25 @@ def test_ray_train_worker_consumes_clips(ray_cluster, s3_prefix: str, tmp_path: 
     trainer.fit()
     assert note.read_text() == str(_expected_clips(16, 8))
     assert clips.report().reconciles
+
+
+def test_each_process_owns_its_clip_stats_actor(ray_cluster) -> None:
+    """A non-detached actor dies with the process that created it. With one job-wide stats actor, a DAG
+    stage (short-lived worker) that looked up the actor another stage had created lost it mid-read when
+    that stage's worker exited. Each process must get its own."""
+    import ray
+
+    from v2w_core.data.clips import _stats_actor
+
+    @ray.remote(num_cpus=0)
+    class Holder:
+        def actor_id(self) -> str:
+            self.stats = _stats_actor()  # kept alive for as long as this process lives
+            return self.stats._actor_id.hex()
+
+    holder = Holder.remote()
+    theirs = ray.get(holder.actor_id.remote())
+    mine = _stats_actor()._actor_id.hex()
+    assert mine != theirs
+    assert _stats_actor()._actor_id.hex() == mine  # still shared by every dataset of one process
+    ray.kill(holder)

@@ -166,13 +166,21 @@ class ClipReport:
                 f"{self.unlisted}; clips {self.clips} of {self.expected_clips} expected")  # fmt: skip
 
 
-_STATS_ACTOR_NAME = "v2w_clip_stats"
+_STATS_ACTOR_PREFIX = "v2w_clip_stats"
 
 
 def _stats_actor() -> Any:
-    """The session's clip-stats actor, created on first use and shared by every clip dataset of the job:
+    """This process's clip-stats actor, created on first use and shared by every clip dataset it builds:
     a new actor is a new worker process (~1 CPU-s of start-up on a small machine), not worth paying per
-    dataset or epoch."""
+    dataset or epoch.
+
+    One per *process*, not one per Ray job: a non-detached actor dies with the process that created it,
+    and DAG stages run in short-lived workers (``max_calls=1``). With a job-wide name, the latent
+    pipeline's train stage looked up the actor its encode stage had created, and lost it mid-read when
+    that stage's worker exited ("The actor died ... all references to the actor were removed").
+    """
+    import os
+
     import ray
 
     @ray.remote(num_cpus=0, max_restarts=0)
@@ -198,7 +206,8 @@ def _stats_actor() -> Any:
             d = self._ds(ds_id)
             return {"read": dict(d["read"]), "bad": dict(d["bad"]), "unlisted": len(d["unlisted"])}
 
-    return ClipStats.options(name=_STATS_ACTOR_NAME, get_if_exists=True).remote()
+    name = f"{_STATS_ACTOR_PREFIX}_{os.getpid()}"
+    return ClipStats.options(name=name, get_if_exists=True).remote()
 
 
 # ---------------------------------------------------------------------------------- the per-block fn
