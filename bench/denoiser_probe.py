@@ -11,8 +11,8 @@ predicting x0 directly fixes it.)
 This bench measures, per noise level, the x0 error (as PSNR, higher is better) of: the mean frame, the
 best shrinkage of a blurred x_t towards it, a model directory (``--model``, e.g. the shipped base), and two
 fresh ``tiny_unet3d`` networks trained here for ``--steps`` with the same data, seed and loss (v-MSE):
-one whose output is read as v (today's parametrization), one whose output is read as x0 and converted
-to v = (√ᾱ·x_t − x̂0) / max(√(1−ᾱ), 0.05). One record goes to ``bench/results/denoiser_probe.json``.
+one whose output is read as v (``network_output="v"``, the paper's parametrization), one whose output is
+read as x0 (``network_output="x0"``: the model converts it to v = (√ᾱ·x_t − x̂0) / max(√(1−ᾱ), 0.05)). One record goes to ``bench/results/denoiser_probe.json``.
 
     python bench/denoiser_probe.py --steps 120 --model asset://tiny_unet3d_vizdoom
 """
@@ -43,17 +43,6 @@ def _clips(seed: int, episodes: int) -> torch.Tensor:
     eps = record_episodes("vizdoom", {"episode_length": 48}, seed=seed, indices=range(episodes), workers=2)
     frames, _ = episode_clips(eps, 16, 8, with_actions=False)
     return torch.as_tensor(np.asarray(frames)).permute(0, 1, 4, 2, 3).float().div(127.5).sub(1)
-
-
-def _x0_velocity(net, schedule):
-    """Read the network's output as x0 and return the v it implies (the loss and the samplers stay v)."""
-    abar = schedule.alphas_cumprod.float()
-
-    def velocity(x, t, a=None, mask=None):
-        ab = abar.to(x.device)[t.long()][..., None, None, None]
-        return (ab.sqrt() * x - net(x, t, a, mask)) / (1 - ab).sqrt().clamp_min(0.05)
-
-    return velocity
 
 
 def _train(velocity, params, data: torch.Tensor, steps: int, batch: int, schedule, seed: int) -> float:
@@ -118,8 +107,9 @@ def main(argv: list[str] | None = None) -> int:
         velocities[uri] = lambda x, t, a, k, m=m: m(x, t, a, k)
     for output in ("v", "x0"):
         torch.manual_seed(0)
-        net = WorldModel(tiny_unet3d()).train()
-        velocity = (lambda x, t, a=None, k=None, n=net: n(x, t, a, k)) if output == "v" else _x0_velocity(net, schedule)
+        # the x0 net is WorldModelConfig.network_output="x0": the model itself converts its output to v
+        net = WorldModel(tiny_unet3d(network_output=output)).train()
+        velocity = net
         losses[output] = _train(velocity, list(net.parameters()), train, args.steps, args.batch, schedule, seed=0)
         net.eval()
         velocities[f"fresh_{output}_output"] = velocity

@@ -134,9 +134,10 @@ class TrainStageConfig(FinetuneConfig):
     clips: ClipConfig
 
 
-class EvaluateStageConfig(EvaluateConfig):
-    """The evaluate stage: ``evaluate`` + the VAE of a latent-space pipeline (absent from the fingerprint
-    when there is none)."""
+class _WithVae(StrictConfig):
+    """A stage config that also needs the VAE of a latent-space pipeline: ``vae_uri`` is left out of the
+    serialized config (so of the stage's fingerprint) when there is none, so pixel pipelines' recorded
+    stages still match."""
 
     vae_uri: str | None = None
 
@@ -147,6 +148,10 @@ class EvaluateStageConfig(EvaluateConfig):
             data.pop("vae_uri", None)
         return data
 
+
+class EvaluateStageConfig(_WithVae, EvaluateConfig):
+    """The evaluate stage: ``evaluate`` + the VAE of a latent-space pipeline."""
+
     @property
     def eval_protocol(self) -> EvalConfig:
         """The protocol the models are evaluated under: its ``vae_uri`` is the pipeline's (``latents.vae_uri``;
@@ -154,9 +159,10 @@ class EvaluateStageConfig(EvaluateConfig):
         return self.protocol.updated(vae_uri=self.vae_uri)
 
 
-class RegisterStageConfig(RegisterConfig):
+class RegisterStageConfig(_WithVae, RegisterConfig):
     """The register stage: ``registry`` + the rollout settings the model was evaluated with, which its
-    registered pyfunc samples with."""
+    registered pyfunc samples with, + the VAE a latent-space model's frames are decoded with (tagged on
+    the version, so ``v2w-play`` can show its frames)."""
 
     rollout: RolloutConfig
 
@@ -187,5 +193,6 @@ def stage_configs(cfg: PipelineConfig) -> StageConfigs:
         causalize=cfg.causalize,
         train=TrainStageConfig(**dict(cfg.train), clips=cfg.clips),
         evaluate=EvaluateStageConfig(**dict(cfg.evaluate), vae_uri=vae),
-        register=RegisterStageConfig(**dict(cfg.registry), rollout=cfg.evaluate.protocol.rollout),
+        register=RegisterStageConfig(**dict(cfg.registry), rollout=cfg.evaluate.protocol.rollout,
+                                     vae_uri=vae),
     )

@@ -329,7 +329,8 @@ def register(cfg: RegisterStageConfig, evaluation: Mapping[str, Any], manifest: 
     tag_data_lineage(tracking["tracking_uri"], promo.name, promo.version, model_uri=ev["model"],
                      manifest_uri=manifest,
                      # records written before the eval split was frozen lack it: freeze it now
-                     eval_manifest_uri=ev.get("eval_manifest") or freeze_eval_split(manifest))
+                     eval_manifest_uri=ev.get("eval_manifest") or freeze_eval_split(manifest),
+                     vae_uri=cfg.vae_uri)
     if promo.decision == REJECTED:
         log.warning("register: %s v%s rejected: %s", promo.name, promo.version, promo.reason)
     return {"name": promo.name, "version": promo.version, "decision": promo.decision,

@@ -54,7 +54,14 @@ def test_vae_pipeline_trains_and_evaluates_in_latent_space(ray_cluster, mlflow_s
     assert model_cfg.data_channels == 4 and tuple(model_cfg.sample_size) == (16, 16)
     metrics = res["evaluate"].outputs["metrics"]
     assert math.isfinite(metrics["psnr_mean"]) and 0 < metrics["psnr_mean"] < 60  # decoded pixels vs truth
-    assert res["register"].outputs["version"]
+    reg = res["register"].outputs
+    assert reg["version"]
+    # the version names its VAE, so v2w-play can decode its frames
+    from v2w_core.tracking import VAE_TAG
+    from v2w_core.tracking.client import client
+
+    version = client(mlflow_stack.mlflow_uri).get_model_version(reg["name"], reg["version"])
+    assert version.tags[VAE_TAG] == str(tiny_vae_dir)
     # the encode stage's Ray Data actor pool died with its stage: the shared cluster's CPUs are all free again
     # (a lingering 0.5-CPU encode actor once starved the next test's Ray Train run into a hang)
     import ray

@@ -45,7 +45,8 @@ def test_each_stage_gets_its_typed_section_and_the_fingerprint_covers_what_it_re
     assert config_data(stages["base"].config) == {**d["base"], "clips": d["clips"]}
     assert config_data(stages["train"].config) == {**d["train"], "clips": d["clips"]}
     assert config_data(stages["evaluate"].config) == {**d["evaluate"], "vae_uri": "/tmp/vae"}
-    assert config_data(stages["register"].config) == {**d["registry"], "rollout": d["evaluate"]["protocol"]["rollout"]}
+    assert config_data(stages["register"].config) == {**d["registry"], "rollout": d["evaluate"]["protocol"]["rollout"],
+                                                      "vae_uri": "/tmp/vae"}  # fmt: skip
     # a recipe is recorded as the file wrote it (code defaults are not part of the fingerprint)
     assert d["train"]["train"]["optim"] == {"lr": 0.001, "warmup_steps": 20, "schedule": "cosine",
                                             "min_lr_ratio": 0.1, "action_lr_scale": 10.0}  # fmt: skip
@@ -53,6 +54,9 @@ def test_each_stage_gets_its_typed_section_and_the_fingerprint_covers_what_it_re
     assert stages["evaluate"].config.eval_protocol.vae_uri == "/tmp/vae"
     plain = stage_configs(_cfg()).evaluate
     assert "vae_uri" not in config_data(plain) and plain.eval_protocol.vae_uri is None
+    # the register stage tags the version with its VAE (for v2w-play); a pixel pipeline's has none
+    assert stages["register"].config.vae_uri == "/tmp/vae"
+    assert "vae_uri" not in config_data(stage_configs(_cfg()).register)
     assert stage_configs(_cfg()).encode is None
 
 

@@ -11,7 +11,8 @@ import pytest
 
 from v2w_core.diffusion.rollout import RolloutConfig
 from v2w_core.play.errors import PlayError
-from v2w_core.play.source import EVAL_MANIFEST_TAG, resolve_source
+from v2w_core.play.source import resolve_source
+from v2w_core.tracking import EVAL_MANIFEST_TAG
 
 
 @pytest.mark.slow

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "runs:/<run>/model, a local or s3:// world-model directory, or asset://<name>")  # fmt: skip
     p.add_argument("--episodes", help="manifest URI whose eval episodes are the contexts (default: the "
                    "registered version's frozen held-out split)")  # fmt: skip
+    p.add_argument("--vae", help="the VAE that decodes a latent-space model's frames (a diffusers AutoencoderKL "
+                   "directory; default: the registered version's tag v2w.vae_uri)")  # fmt: skip
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8600)
     p.add_argument("--tracking-uri", help="MLflow server of models:/ and runs:/ URIs (default MLFLOW_TRACKING_URI)")
@@ -58,7 +60,7 @@ def settings_from_args(args: argparse.Namespace):
         raise PlayError("--steps must be in [1, 1000]")
     if args.idle_timeout_s <= 0:
         raise PlayError("--idle-timeout-s must be > 0")
-    src = resolve_source(args.model, tracking_uri=args.tracking_uri, episodes=args.episodes)
+    src = resolve_source(args.model, tracking_uri=args.tracking_uri, episodes=args.episodes, vae=args.vae)
     if src.eval_manifest:  # read it now: a bad manifest is the user's input, not the replica's crash
         from v2w_core.data.manifest import Manifest
 
@@ -69,7 +71,7 @@ def settings_from_args(args: argparse.Namespace):
     steps = args.steps if args.steps is not None else (None if src.rollout else DEFAULT_STEPS)
     return PlaySettings(
         model_dir=src.model_dir, label=src.label, rollout=src.rollout, eval_manifest=src.eval_manifest,
-        device=args.device, steps=steps, max_steps=args.max_steps, max_sessions=args.max_sessions,
+        vae_uri=src.vae_uri, device=args.device, steps=steps, max_steps=args.max_steps, max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout_s, context_frames=args.context_frames, seed=args.seed,
         fast_path=not args.no_fast_path,
     )  # fmt: skip

@@ -37,6 +37,7 @@ class PlaySettings:
     label: str = ""
     rollout: dict[str, Any] | None = None  # sampler settings; None = RolloutConfig defaults
     eval_manifest: str | None = None
+    vae_uri: str | None = None  # a latent-space model's VAE: contexts are encoded, new frames decoded
     device: str = "auto"  # auto: cuda when available
     steps: int | None = None  # default denoising steps per frame (None: the rollout config's)
     max_steps: int = 50
@@ -72,10 +73,9 @@ class PlayEngine:
             self.rollout = self.rollout.model_copy(update={"num_inference_steps": settings.steps})
         self.max_steps = max(settings.max_steps, self.rollout.num_inference_steps)
         h, w = cfg.sample_size if not isinstance(cfg.sample_size, int) else (cfg.sample_size,) * 2
-        self.frame_shape = (int(h), int(w), int(cfg.data_channels))
-        if self.frame_shape[2] != 3:
-            raise PlayError(f"play shows RGB frames; this model makes {self.frame_shape[2]} channels (a latent "
-                            "model needs its VAE, which play does not load yet)")  # fmt: skip
+        self.codec = self._load_codec(int(cfg.data_channels))
+        scale = self.codec.factor if self.codec is not None else 1
+        self.frame_shape = (int(h) * scale, int(w) * scale, 3)  # what the page shows: pixels
         discrete = spec.type == "discrete"
         self.library = ContextLibrary(
             settings.eval_manifest, frame_shape=self.frame_shape, action_shape=() if discrete else (spec.dim,),
@@ -98,6 +98,21 @@ class PlayEngine:
         self._seeds = iter(range(settings.seed, 2**62))
         logger.info("play: loaded %s on %s in %.1f s", settings.label or settings.model_dir, self.device,
                     self.load_seconds)  # fmt: skip
+
+    def _load_codec(self, channels: int) -> Any:
+        """The VAE of a latent-space model (None for an RGB one); see :mod:`v2w_core.play.source`."""
+        vae = self.settings.vae_uri
+        if channels == 3:
+            return None
+        if not vae:
+            raise PlayError(f"{self.settings.model_dir} makes {channels}-channel latents: play needs its VAE "
+                            "(--vae)")  # fmt: skip
+        from v2w_core.models.vae import LatentCodec
+
+        codec = LatentCodec.load(vae, device=self.device)
+        if codec.channels != channels:
+            raise PlayError(f"the VAE at {vae} makes {codec.channels}-channel latents, the model {channels}")
+        return codec
 
     # ------------------------------------------------------------------ the calls the routes make
 
@@ -126,7 +141,8 @@ class PlayEngine:
         context = self.library.context(msg.context)
         seed = msg.seed if msg.seed is not None else next(self._seeds)
         session = self.sessions.add(
-            lambda: PlaySession(context, window=self.rollout.window, seed=seed, device=self.device)
+            lambda: PlaySession(context, window=self.rollout.window, seed=seed, device=self.device,
+                                codec=self.codec)
         )
         return self._frame_reply(session, seed=seed)
 

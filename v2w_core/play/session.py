@@ -11,6 +11,9 @@ reassociation), and the GPU fast path (``runner``) applies unchanged.
 Per step the rollout gets the newest ``window`` frames as context (it keeps ``window − 1`` of them as
 history, and the extra leading frame lets the oldest history frame keep its real action instead of the
 null one) and the actions taken at them, the last being the player's.
+
+A latent-space model (with its VAE, ``codec``) keeps its window as latents: the context is encoded once,
+each generated latent is decoded once for the page, exactly as the evaluation's rollouts do.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ class PlaySession:
     """
 
     def __init__(self, context: Context, *, window: int, seed: int, device: torch.device | str = "cpu",
-                 max_recorded: int = 3000, session_id: str | None = None) -> None:  # fmt: skip
+                 max_recorded: int = 3000, session_id: str | None = None, codec: Any = None) -> None:  # fmt: skip
         if context.frames.shape[0] < 1:
             raise ValueError("a session needs at least one context frame")
         self.id = session_id or uuid.uuid4().hex
@@ -45,6 +48,7 @@ class PlaySession:
         self.seed = seed
         self.device = torch.device(device)
         self.max_recorded = max_recorded
+        self.codec = codec  # a LatentCodec for latent-space models, else None
         self.lock = threading.Lock()
         self.last_used = time.monotonic()
         self.steps_taken = 0
@@ -56,7 +60,9 @@ class PlaySession:
         self.context = context or self.context
         self.seed = self.seed if seed is None else seed
         frames = normalize_frames(torch.from_numpy(self.context.frames).permute(0, 3, 1, 2))
-        self._frames = list(frames.to(self.device).unbind(0))  # (C, H, W) in [-1, 1], newest last
+        if self.codec is not None:
+            frames = self.codec.encode(frames)
+        self._frames = list(frames.to(self.device).unbind(0))  # (C, H, W) in [-1, 1] or latents, newest last
         # actions[i] was taken at frames[i]; the action at the newest frame is the player's next key
         self._actions = [np.asarray(a) for a in self.context.actions[: len(self._frames) - 1]]
         self._generator = torch.Generator().manual_seed(self.seed)
@@ -81,7 +87,8 @@ class PlaySession:
         self._frames.append(new)
         self._actions.append(np.asarray(action))
         del self._frames[: -self.window], self._actions[: -self.window]
-        frame = to_uint8(new[None].float().cpu().numpy())[0]
+        pixels = new[None].float() if self.codec is None else self.codec.decode(new[None].float())
+        frame = to_uint8(pixels.cpu().numpy())[0]
         self.recorded.append(frame)
         del self.recorded[: -self.max_recorded]
         self.steps_taken += 1

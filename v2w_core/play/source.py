@@ -5,7 +5,9 @@ replica that crashes in a log file. MLflow URIs (``models:/<name>@<alias>``, ``m
 ``runs:/…``) are downloaded once to a local directory that the deployment then loads (it runs on this
 machine's Ray); local, ``s3://`` and ``asset://`` directories are read in place. A registered version also
 brings the rollout config it was evaluated with (the pyfunc's ``rollout_config`` artifact) and its frozen
-held-out split (tag ``v2w.eval_manifest``), which becomes the context picker's list.
+held-out split (tag ``v2w.eval_manifest``), which becomes the context picker's list, and, for a
+latent-space model, the VAE its frames are decoded with (tag ``v2w.vae_uri``; ``--vae`` for a model that
+is not registered).
 """
 
 from __future__ import annotations
@@ -21,8 +23,6 @@ from v2w_core.play.errors import PlayError
 
 logger = logging.getLogger(__name__)
 
-EVAL_MANIFEST_TAG = "v2w.eval_manifest"
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -33,6 +33,7 @@ class ModelSource:
     config: dict[str, Any]  # the saved WorldModelConfig (config.json), for the action space and sizes
     rollout: dict[str, Any] | None = None  # the registered sampler settings, if any
     eval_manifest: str | None = None  # the held-out split to pick contexts from, if known
+    vae_uri: str | None = None  # a latent-space model's VAE (pixels <-> latents), if any
     label: str = ""  # shown on the page, e.g. "vid2world-tiny v3 (champion)"
 
 
@@ -122,18 +123,21 @@ def resolve_source(
     tracking_uri: str | None = None,
     episodes: str | None = None,
     download_dir: str | Path | None = None,
+    vae: str | None = None,
 ) -> ModelSource:
     """Resolve ``uri`` or raise :class:`PlayError` with one line saying what is wrong.
 
     ``episodes`` (a manifest URI) overrides the registered held-out split (and is the only source of
-    contexts for an unregistered model).
+    contexts for an unregistered model); ``vae`` overrides the registered VAE of a latent-space model.
     """
     from v2w_core import assets
     from v2w_core.tracking.client import tracking_uri_or_env
     from v2w_core.tracking.models import is_mlflow_uri, resolve_model_dir
+    from v2w_core.tracking.registry import EVAL_MANIFEST_TAG, VAE_TAG
 
     rollout: dict[str, Any] | None = None
     eval_manifest: str | None = None
+    registered_vae: str | None = None
     label = uri
     if is_mlflow_uri(uri):
         tracking_uri = tracking_uri_or_env(tracking_uri)
@@ -144,6 +148,7 @@ def resolve_source(
             if uri.startswith("models:/"):
                 mv, label = _registered_version(uri, tracking_uri)
                 eval_manifest = (mv.tags or {}).get(EVAL_MANIFEST_TAG)
+                registered_vae = (mv.tags or {}).get(VAE_TAG)
             dst = Path(download_dir) if download_dir else Path(tempfile.mkdtemp(prefix="v2w-play-model-"))
             model_dir = resolve_model_dir(uri, tracking_uri=tracking_uri, dst=dst)
         except PlayError:
@@ -174,5 +179,30 @@ def resolve_source(
             f"{uri} is a bidirectional model (causal_mode none): it cannot roll out frame by frame; "
             "causalize and fine-tune it with actions first (the pipeline's causalize and train stages)"
         )
+    vae = vae or registered_vae
+    channels = config.get("data_channels", 3)
+    if channels != 3 and not vae:
+        raise PlayError(
+            f"{uri} makes {channels}-channel latents, not RGB frames, and names no VAE to decode them: pass "
+            "--vae <its VAE directory> (registered latent versions carry it as tag v2w.vae_uri)"
+        )
+    if channels == 3 and vae:
+        raise PlayError(f"{uri} makes RGB frames: it needs no VAE; leave out --vae {vae}")
+    if vae:
+        _check_vae(vae, channels)
     return ModelSource(uri=uri, model_dir=str(model_dir), config=config, rollout=rollout,
-                       eval_manifest=episodes or eval_manifest, label=label)  # fmt: skip
+                       eval_manifest=episodes or eval_manifest, vae_uri=vae, label=label)  # fmt: skip
+
+
+def _check_vae(vae: str, channels: int) -> None:
+    """The VAE's config must exist and make the model's latent channels (read before anything is served)."""
+    from v2w_core import storage
+
+    try:
+        raw = json.loads(storage.read_bytes(storage.join(vae, "config.json")))
+    except Exception as err:  # noqa: BLE001 - missing file, S3 credentials, bad JSON: one line each
+        raise PlayError(f"cannot read the VAE's {storage.join(vae, 'config.json')}: {_one_line(err)}; give "
+                        "a diffusers AutoencoderKL directory (config.json + safetensors)") from None  # fmt: skip
+    if raw.get("latent_channels") != channels:
+        raise PlayError(f"the VAE at {vae} makes {raw.get('latent_channels')}-channel latents, the model "
+                        f"{channels}: give the VAE the model was trained with")  # fmt: skip

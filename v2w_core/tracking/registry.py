@@ -438,11 +438,19 @@ def register_and_promote(
     return promote_if_better(name, version, tracking_uri=tracking_uri)
 
 
+#: Model-version tags: the frozen held-out split the version was evaluated on, and the VAE that decodes a
+#: latent-space version's frames (absent for pixel models). ``v2w-play`` reads both.
+EVAL_MANIFEST_TAG = "v2w.eval_manifest"
+VAE_TAG = "v2w.vae_uri"
+
+
 def tag_data_lineage(
-    tracking_uri: str, name: str, version: str, *, model_uri: str, manifest_uri: str, eval_manifest_uri: str
+    tracking_uri: str, name: str, version: str, *, model_uri: str, manifest_uri: str, eval_manifest_uri: str,
+    vae_uri: str | None = None,
 ) -> None:
     """Record on the model version what it was trained on, so retraining can find "episodes added since",
-    and the frozen held-out split it was evaluated on, so retraining compares like for like."""
+    the frozen held-out split it was evaluated on, so retraining compares like for like, and (latent
+    models) the VAE its frames are decoded with, so a player can show them."""
     from v2w_core.data.manifest import Manifest
 
     created = Manifest.read(manifest_uri).table.column("created_at").to_pylist()
@@ -450,7 +458,9 @@ def tag_data_lineage(
     client.set_model_version_tag(name, version, "v2w.data_manifest", manifest_uri)
     client.set_model_version_tag(name, version, "v2w.data_cutoff", max(created).isoformat())
     client.set_model_version_tag(name, version, "v2w.model_uri", model_uri)
-    client.set_model_version_tag(name, version, "v2w.eval_manifest", eval_manifest_uri)
+    client.set_model_version_tag(name, version, EVAL_MANIFEST_TAG, eval_manifest_uri)
+    if vae_uri:
+        client.set_model_version_tag(name, version, VAE_TAG, vae_uri)
 
 
 def champion_version(name: str, *, tracking_uri: str | None = None) -> Any:
@@ -467,6 +477,7 @@ __all__ = [
     "CHALLENGER",
     "CHAMPION",
     "COPY_LAST_PREFIX",
+    "EVAL_MANIFEST_TAG",
     "FALLBACK_METRIC",
     "HIGHER_IS_BETTER",
     "PRIMARY_METRIC",
@@ -476,6 +487,7 @@ __all__ = [
     "TAG_PRIMARY",
     "TAG_PROMOTION",
     "TAG_REJECTED",
+    "VAE_TAG",
     "GateResult",
     "PromotionResult",
     "champion_version",
