@@ -250,3 +250,25 @@ def test_each_process_owns_its_clip_stats_actor(ray_cluster) -> None:
     assert mine != theirs
     assert _stats_actor()._actor_id.hex() == mine  # still shared by every dataset of one process
     ray.kill(holder)
+
+
+def test_the_clip_stats_actor_outlives_the_handles_given_out(ray_cluster) -> None:
+    """Handles pickled into a dataset's plan do not keep a non-detached actor alive: once the caller drops
+    the one it got (a stage that passed ``.dataset`` to Ray Train and let its ClipDataset go), the actor
+    must still be there for the decode tasks."""
+    import gc
+    import os
+    import time
+
+    import ray
+
+    from v2w_core.data.clips import _stats_actor
+
+    handle = _stats_actor()
+    actor_id = handle._actor_id.hex()
+    del handle
+    gc.collect()
+    time.sleep(2)  # Ray destroys an unreferenced actor asynchronously
+    alive = ray.get_actor(f"v2w_clip_stats_{os.getpid()}")
+    assert alive._actor_id.hex() == actor_id
+    assert ray.get(alive.snapshot.remote("x")) == {"read": {}, "bad": {}, "unlisted": 0}

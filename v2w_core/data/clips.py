@@ -167,6 +167,11 @@ class ClipReport:
 
 
 _STATS_ACTOR_PREFIX = "v2w_clip_stats"
+#: This process's handle of its stats actor. A non-detached actor is destroyed when its last handle in its
+#: owner goes away, and the handles pickled into a dataset's plan (run by Ray Data / Ray Train actors) do
+#: not count: without this reference, the train stage's actor died mid-epoch once its ClipDataset was
+#: dropped ("The actor is dead because all references to the actor were removed").
+_stats_handle: Any = None
 
 
 def _stats_actor() -> Any:
@@ -177,7 +182,8 @@ def _stats_actor() -> Any:
     One per *process*, not one per Ray job: a non-detached actor dies with the process that created it,
     and DAG stages run in short-lived workers (``max_calls=1``). With a job-wide name, the latent
     pipeline's train stage looked up the actor its encode stage had created, and lost it mid-read when
-    that stage's worker exited ("The actor died ... all references to the actor were removed").
+    that stage's worker exited ("The actor died ... all references to the actor were removed"). The
+    process keeps a handle (``_stats_handle``) for as long as it lives, for the same reason.
     """
     import os
 
@@ -206,8 +212,10 @@ def _stats_actor() -> Any:
             d = self._ds(ds_id)
             return {"read": dict(d["read"]), "bad": dict(d["bad"]), "unlisted": len(d["unlisted"])}
 
+    global _stats_handle
     name = f"{_STATS_ACTOR_PREFIX}_{os.getpid()}"
-    return ClipStats.options(name=name, get_if_exists=True).remote()
+    _stats_handle = ClipStats.options(name=name, get_if_exists=True).remote()
+    return _stats_handle
 
 
 # ---------------------------------------------------------------------------------- the per-block fn
