@@ -266,7 +266,9 @@ def test_the_clip_stats_actor_outlives_the_handles_given_out(ray_cluster) -> Non
 
     handle = _stats_actor()
     actor_id = handle._actor_id.hex()
-    del handle
+    again = _stats_actor()  # a second dataset of the same process
+    assert again._actor_id.hex() == actor_id
+    del handle, again
     gc.collect()
     time.sleep(2)  # Ray destroys an unreferenced actor asynchronously
     alive = ray.get_actor(f"v2w_clip_stats_{os.getpid()}")

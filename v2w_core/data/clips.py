@@ -171,7 +171,7 @@ _STATS_ACTOR_PREFIX = "v2w_clip_stats"
 #: owner goes away, and the handles pickled into a dataset's plan (run by Ray Data / Ray Train actors) do
 #: not count: without this reference, the train stage's actor died mid-epoch once its ClipDataset was
 #: dropped ("The actor is dead because all references to the actor were removed").
-_stats_handle: Any = None
+_stats_handle: tuple[tuple[str, str], Any] | None = None  # ((GCS address, job id), the creating handle)
 
 
 def _stats_actor() -> Any:
@@ -213,9 +213,15 @@ def _stats_actor() -> Any:
             return {"read": dict(d["read"]), "bad": dict(d["bad"]), "unlisted": len(d["unlisted"])}
 
     global _stats_handle
-    name = f"{_STATS_ACTOR_PREFIX}_{os.getpid()}"
-    _stats_handle = ClipStats.options(name=name, get_if_exists=True).remote()
-    return _stats_handle
+    ctx = ray.get_runtime_context()
+    key = (ctx.gcs_address, ctx.get_job_id())
+    if _stats_handle is not None and _stats_handle[0] == key:
+        # the creating handle: a second lookup by name would return a handle that does not keep the actor
+        # alive, and replacing the first with it would let the actor die
+        return _stats_handle[1]
+    handle = ClipStats.options(name=f"{_STATS_ACTOR_PREFIX}_{os.getpid()}", get_if_exists=True).remote()
+    _stats_handle = (key, handle)
+    return handle
 
 
 # ---------------------------------------------------------------------------------- the per-block fn
