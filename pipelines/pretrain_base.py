@@ -109,6 +109,7 @@ def steps_for_budget(cfg, clips, device: str, budget_s: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    commit = _git_commit()  # the code this run imports: read now, not when it ends (commits may land meanwhile)
     import torch
 
     from v2w_core.data.inmemory import episode_clips, record_episodes
@@ -151,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     provenance = {
         "what": "bidirectional tiny_unet3d base, action-free, pretrained for the vid2world CPU demo",
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "data": {"source": SOURCE, "options": SOURCE_OPTIONS, "seed": args.seed, "episodes": args.episodes,
                  "clips": len(frames), "clip_length": args.clip_length, "stride": args.stride,
                  "note": "the demo records seed 0: no demo episode is in this data"},

@@ -25,6 +25,9 @@ def test_packaged_base_matches_its_provenance_and_loads_bidirectional() -> None:
     assert model_kind(BASE) == "world_model"
     model = load_model(BASE)
     assert not model.is_causal and model.action_encoder is None
+    # its output is read as x0: with v-prediction through 4×4 pixel patches this base sampled colour noise
+    # (bench/denoiser_probe.py), and everything the demo derives from it inherits the parametrization
+    assert model.config.network_output == "x0" == provenance["network_output"]
     assert input_rank_problem(model.config) is None
     assert model.num_parameters() == provenance["parameters"]
     assert sum(p.numel() for p in model.parameters()) * 4 <= 25 * 2**20  # the size budget
