@@ -103,16 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     mean = train.mean((0, 1))
     velocities, losses, t0 = {}, {}, time.perf_counter()
     for uri in args.model:
-        m = load_model(uri).eval()
-        velocities[uri] = lambda x, t, a, k, m=m: m(x, t, a, k)
+        velocities[uri] = load_model(uri).eval()
     for output in ("v", "x0"):
         torch.manual_seed(0)
         # the x0 net is WorldModelConfig.network_output="x0": the model itself converts its output to v
         net = WorldModel(tiny_unet3d(network_output=output)).train()
-        velocity = net
-        losses[output] = _train(velocity, list(net.parameters()), train, args.steps, args.batch, schedule, seed=0)
-        net.eval()
-        velocities[f"fresh_{output}_output"] = velocity
+        losses[output] = _train(net, list(net.parameters()), train, args.steps, args.batch, schedule, seed=0)
+        velocities[f"fresh_{output}_output"] = net.eval()
     table = _x0_psnr(velocities, held, mean, schedule)
     names = list(next(iter(table.values())))
     print(f"x0 PSNR (dB) on {len(held)} held-out clips; fresh nets: {args.steps} steps of {args.batch} clips")

@@ -86,32 +86,33 @@ def build_preset(preset: str, root: Path) -> tuple[str, str | None, str]:
     import torch
 
     from v2w_core.models.io import save_world_model
+    from v2w_core.models.testing import tiny_vae, tiny_world_model
 
     space = {"type": "multi_hot", "dim": 3}
+    vae = None
     if preset == "tiny":
-        from v2w_core.models.testing import tiny_world_model
+        model = tiny_world_model(action_space=space, causal_mode="extrapolative")
+        label = "tiny_unet3d (demo architecture, random weights), multi_hot 3"
+    elif preset == "tiny-latent":
+        from v2w_core.models.presets import tiny_unet3d_latent
 
-        model, vae, label = tiny_world_model(action_space=space, causal_mode="extrapolative"), None, \
-            "tiny_unet3d (demo architecture, random weights), multi_hot 3"
+        shape = tiny_unet3d_latent().model_dump(include={"base", "data_channels", "patch_size", "sample_size"})
+        model = tiny_world_model(action_space=space, causal_mode="extrapolative", **shape)
+        vae = tiny_vae()
+        label = "tiny_unet3d_latent (random weights) on 4×16×16 latents + a ×4 VAE, multi_hot 3"
     else:
         from diffusers import AutoencoderKL
 
         from v2w_core.models.causalize import causalize
-        from v2w_core.models.presets import modelscope_unet3d, tiny_unet3d_latent
+        from v2w_core.models.presets import modelscope_unet3d
         from v2w_core.models.world_model import WorldModel
 
         torch.manual_seed(0)
-        if preset == "paper":
-            model = causalize(WorldModel(modelscope_unet3d(action_space=space)), "extrapolative")
-            # Stable Diffusion's VAE architecture (ModelScope's): ×8, 4 latent channels
-            vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                                block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512)  # fmt: skip
-            label = "modelscope_unet3d (≈1.41 B, random weights) on 4×40×64 latents + SD-size VAE, multi_hot 3"
-        else:
-            model = causalize(WorldModel(tiny_unet3d_latent(action_space=space)), "extrapolative")
-            vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-                                block_out_channels=(8, 16, 16), norm_num_groups=4, sample_size=64)  # fmt: skip
-            label = "tiny_unet3d_latent (random weights) on 4×16×16 latents + a ×4 VAE, multi_hot 3"
+        model = causalize(WorldModel(modelscope_unet3d(action_space=space)), "extrapolative")
+        # Stable Diffusion's VAE architecture (ModelScope's): ×8, 4 latent channels
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512)  # fmt: skip
+        label = "modelscope_unet3d (≈1.41 B, random weights) on 4×40×64 latents + SD-size VAE, multi_hot 3"
     save_world_model(model, str(root / "model"))
     vae_dir = None
     if vae is not None:

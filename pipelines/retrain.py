@@ -111,8 +111,10 @@ def champion_eval_split(tags: dict[str, str], manifest, cutoff: datetime, split:
     """The held-out split the champion was evaluated on: its frozen snapshot (``v2w.eval_manifest``,
     written by the register stage and carried by every retrained version), else the split's episodes
     that existed at its cutoff, frozen now. New eval episodes never enter the comparison."""
-    if tags.get("v2w.eval_manifest"):
-        return tags["v2w.eval_manifest"]
+    from v2w_core.tracking import EVAL_MANIFEST_TAG
+
+    if tags.get(EVAL_MANIFEST_TAG):
+        return tags[EVAL_MANIFEST_TAG]
     at_cutoff = Manifest(manifest.table.filter(_created_before(manifest, cutoff)), manifest.root)
     uri = storage.join(manifest.root, f"manifest-at-{cutoff.strftime('%Y%m%dT%H%M%S%f')}.parquet")
     at_cutoff.write(uri)

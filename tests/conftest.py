@@ -211,14 +211,9 @@ def ray_cluster(s3_stack: StackInfo) -> Iterator[Any]:
 def tiny_vae_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small diffusers AutoencoderKL (×4 down, 4 latent channels, scaling 0.5), saved in the
     ``from_pretrained`` layout: what a user's VAE directory looks like, made here (nothing downloads)."""
-    import torch
-    from diffusers import AutoencoderKL
+    from v2w_core.models.testing import tiny_vae
 
-    torch.manual_seed(0)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
-                        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
-                        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=64,
-                        scaling_factor=0.5)
+    vae = tiny_vae()
     path = tmp_path_factory.mktemp("vae") / "vae"
     vae.save_pretrained(path, safe_serialization=True)
     return path

@@ -83,3 +83,16 @@ def tiny_world_model(
     if causal_mode is not None:
         causalize(model, causal_mode)
     return model.eval()
+
+
+def tiny_vae(seed: int = 0) -> Any:
+    """A small diffusers ``AutoencoderKL`` (×4 down, 4 latent channels, scaling 0.5) for 64×64 frames,
+    reproducible from ``seed``: the VAE of latent-space tests and CPU benches (``save_pretrained`` it to get
+    the directory layout a user's VAE has)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16),
+                         latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=64,
+                         scaling_factor=0.5)  # fmt: skip
