@@ -29,8 +29,8 @@ Steps (directories under ``--out``):
                 copy-last-frame, controllability (:func:`v2w_core.eval.compute_metrics`), a strip PNG.
 ``runs/untrained/``  the untrained causal base (extrapolative transfer, zero action encoder) as a baseline.
 ``export/`` (or ``--export DIR``)  what travels back from a lent GPU: ≤ 8 files ≤ ``export.max_file_mib``:
-                ``results.json``, ``heldout.safetensors`` (truth + untrained rollouts),
-                ``rollouts-<variant>.safetensors`` (uint8 rollouts of every seed).
+                ``results.json``, ``heldout.safetensors.gz`` (truth + untrained rollouts),
+                ``rollouts-<variant>.safetensors.gz`` (uint8 rollouts of every seed; gzip: ≈ half).
 
 FVD / FID / LPIPS need the published metric networks, which stay on the CPU host:
 ``python bench/transfer.py EXPORT_DIR`` (:mod:`pipelines.transfer_report`) computes them and
@@ -190,7 +190,10 @@ class RaySection(StrictConfig):
 
 
 class ExportSection(StrictConfig):
+    """The lent GPU's return limits (device README): ≤ 8 files, each ≤ 16 MiB, ≤ 64 MiB together."""
+
     max_file_mib: float = Field(16.0, gt=0)
+    max_total_mib: float = Field(64.0, gt=0)
 
 
 class TransferConfig(StrictConfig):
@@ -233,7 +236,8 @@ class TransferConfig(StrictConfig):
         return self.evaluate.max_episodes * self.evaluate.chunks_per_episode
 
     def export_sizes_mib(self) -> dict[str, float]:
-        """Upper bounds of the export's array files."""
+        """Upper bounds of the export's array files: a variant file holds every seed's rollouts of every
+        held-out chunk and, for the strips only, its shuffled-action rollouts of the first strip_chunks."""
         e, fb, n = self.evaluate, self.frame_bytes(), self.max_chunks()
         strip = e.strip_chunks * e.horizon * fb
         return {
@@ -278,24 +282,40 @@ def _read_json(path: Path) -> Any:
 
 
 def _save_arrays(path: Path, arrays: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+    """safetensors; gzip-compressed when ``path`` ends in ``.gz`` (the export: uint8 game frames shrink to
+    about half, which is what lets 18 runs' rollouts fit the lent GPU's 64 MiB return limit)."""
+    import gzip
+
     import numpy as np
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
-              metadata={"json": json.dumps(meta or {}, default=_json_default)})
+    data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                metadata={"json": json.dumps(meta or {}, default=_json_default)})
+    tmp.write_bytes(gzip.compress(data, compresslevel=6) if path.suffix == ".gz" else data)
     tmp.replace(path)
 
 
 def load_arrays(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(arrays, metadata) of a safetensors file written by this module."""
-    from safetensors import safe_open
-    from safetensors.numpy import load_file
+    """(arrays, metadata) of a safetensors file written by this module (``.gz``: gzip-compressed)."""
+    import gzip
 
-    with safe_open(str(path), framework="numpy") as f:
-        meta = json.loads((f.metadata() or {}).get("json", "{}"))
-    return load_file(str(path)), meta
+    from safetensors.numpy import load
+
+    data = Path(path).read_bytes()
+    if Path(path).suffix == ".gz":
+        data = gzip.decompress(data)
+    # the safetensors layout: u64 little-endian header length, then the JSON header with __metadata__
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    meta = json.loads((header.get("__metadata__") or {}).get("json", "{}"))
+    return load(data), meta
+
+
+def export_file(export: Path, stem: str) -> Path:
+    """An export's array file: compressed (``stem.safetensors.gz``) or, from older runs, plain."""
+    gz = export / f"{stem}.safetensors.gz"
+    return gz if gz.exists() else export / f"{stem}.safetensors"
 
 
 def resolve_device(device: str) -> str:
@@ -759,7 +779,6 @@ def step_untrained(cfg: TransferConfig, out: Path, device: str) -> dict[str, Any
 # ------------------------------------------------------------------------------------------- export
 def step_pack(cfg: TransferConfig, out: Path, export: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """≤ 8 files ≤ ``export.max_file_mib`` each, flat in ``export``: what a lent GPU sends back."""
-    import numpy as np
 
     export.mkdir(parents=True, exist_ok=True)
     rec = _read_json(out / "record" / "done.json")
@@ -773,8 +792,8 @@ def step_pack(cfg: TransferConfig, out: Path, export: Path, extra: dict[str, Any
     arrays = dict(heldout)
     if untrained_f.exists():
         arrays["untrained"] = load_arrays(out / "runs" / UNTRAINED / "rollouts.safetensors")[0]["gen"]
-    _save_arrays(export / "heldout.safetensors", arrays, meta)
-    files = ["heldout.safetensors"]
+    _save_arrays(export / "heldout.safetensors.gz", arrays, meta)
+    files = ["heldout.safetensors.gz"]
     for variant in cfg.variants:
         per: dict[str, Any] = {}
         for seed in cfg.finetune.seeds:
@@ -783,9 +802,9 @@ def step_pack(cfg: TransferConfig, out: Path, export: Path, extra: dict[str, Any
                 a = load_arrays(f)[0]
                 per[f"gen/s{seed}"], per[f"shuffled/s{seed}"] = a["gen"], a["shuffled"]
         if per:
-            _save_arrays(export / f"rollouts-{variant.name}.safetensors", per,
+            _save_arrays(export / f"rollouts-{variant.name}.safetensors.gz", per,
                          {"variant": variant.model_dump(), "chunk_ids": meta["chunk_ids"]})
-            files.append(f"rollouts-{variant.name}.safetensors")
+            files.append(f"rollouts-{variant.name}.safetensors.gz")
     summary = {
         "config": json.loads(cfg.model_dump_json()), "record": rec,
         "probe": _read_json(out / "probe" / "done.json") if (out / "probe" / "done.json").exists() else None,
@@ -801,8 +820,14 @@ def step_pack(cfg: TransferConfig, out: Path, export: Path, extra: dict[str, Any
     too_big = {f: s for f, s in sizes.items() if s > limit}
     if too_big or len(files) > 8:
         raise RuntimeError(f"export breaks the return limits (≤ 8 files ≤ {cfg.export.max_file_mib} MiB): {sizes}")
-    log.info("export: %s (%.1f MiB) in %s", ", ".join(files), sum(sizes.values()) / 2**20, export)
-    del np
+    total = sum(sizes.values())
+    log.info("export: %s (%.1f MiB) in %s", ", ".join(files), total / 2**20, export)
+    if total > cfg.export.max_total_mib * 2**20:
+        # the per-file bounds are checked when the config loads; the total depends on how well the frames
+        # compress, so it can only be checked here. Nothing is lost: the run directory keeps everything.
+        log.error("export is %.1f MiB, over the %.0f MiB that one call returns: bring it back in two calls "
+                  "(--pack-only, then copy part of the files to the output folder each time)",
+                  total / 2**20, cfg.export.max_total_mib)
     return summary
 
 

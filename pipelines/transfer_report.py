@@ -1,8 +1,8 @@
 """The transfer experiment's metrics and report step, on the host where the metric networks are cached.
 
 A lent GPU cannot receive the published metric weights (I3D, Inception) nor send back much, so
-``pipelines/transfer.py --local`` returns uint8 rollouts (``rollouts-<variant>.safetensors``), the held-out
-truth (``heldout.safetensors``) and everything else it measured (``results.json``). This step computes
+``pipelines/transfer.py --local`` returns uint8 rollouts (``rollouts-<variant>.safetensors.gz``), the held-out
+truth (``heldout.safetensors.gz``) and everything else it measured (``results.json``). This step computes
 FVD (16-frame clips, README "Metrics"), FID and LPIPS of every run and of the copy-last-frame and untrained
 baselines with the project's :func:`v2w_core.eval.compute_metrics` and :func:`load_metric_nets`, caches
 each run's numbers (a stopped report resumes), and builds the headline and the write-up. ``bench/transfer.py``
@@ -21,7 +21,15 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.transfer import PAPER_FVD, PAPER_ORDER, UNTRAINED, TransferConfig, load_arrays, load_heldout
+from pipelines.transfer import (
+    PAPER_FVD,
+    PAPER_ORDER,
+    UNTRAINED,
+    TransferConfig,
+    export_file,
+    load_arrays,
+    load_heldout,
+)
 
 log = logging.getLogger("transfer.report")
 
@@ -50,12 +58,12 @@ class Export:
         self.path = Path(path)
         self.results = json.loads((self.path / "results.json").read_text())
         self.config = TransferConfig.from_dict(self.results["config"], source=str(self.path / "results.json"))
-        self.chunks = load_heldout(self.path / "heldout.safetensors")
-        arrays, _ = load_arrays(self.path / "heldout.safetensors")
+        self.chunks = load_heldout(export_file(self.path, "heldout"))
+        arrays, _ = load_arrays(export_file(self.path, "heldout"))
         self.untrained = arrays.get("untrained")
 
     def rollouts(self, variant: str) -> dict[str, np.ndarray]:
-        f = self.path / f"rollouts-{variant}.safetensors"
+        f = export_file(self.path, f"rollouts-{variant}")
         return load_arrays(f)[0] if f.exists() else {}
 
 

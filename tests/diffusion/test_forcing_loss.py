@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from diffusion_tiny import ACTION_DIM, SIZE, make_causal_model, make_model
 
-from v2w_core.diffusion.losses import bidirectional_pretrain_loss, diffusion_forcing_loss
+from v2w_core.diffusion.losses import bidirectional_pretrain_loss, diffusion_forcing_loss, forcing_timesteps
 from v2w_core.diffusion.schedule import NoiseSchedule
 from v2w_core.models.actions import align_actions, sample_action_keep_mask
 from v2w_core.models.world_model import WorldModel
@@ -168,3 +168,40 @@ def test_overfit_one_clip_with_diffusion_forcing(schedule: NoiseSchedule) -> Non
             break
     assert first / last >= 10, f"loss fell only {first / last:.1f}x ({first:.3f} -> {last:.3f})"
     assert time.perf_counter() - start < 180
+
+
+def test_history_prefix_gives_chosen_clips_a_low_noise_past(schedule):
+    """prob 1: every clip has a prefix 0..k-1 (k >= 1) at levels <= max_t, then independent levels; the
+    prefix length varies across clips; frame 0 is always in it."""
+    g = torch.Generator().manual_seed(3)
+    t = forcing_timesteps(schedule, 512, 8, history_prefix_prob=1.0, history_prefix_max_t=20, generator=g)
+    assert t.shape == (512, 8)
+    assert (t[:, 0] <= 20).all()
+    low = t <= 20
+    prefix_len = low.int().cumprod(dim=1).sum(dim=1)  # leading low frames (>= k: a later frame may be low)
+    assert prefix_len.min() >= 1 and len(set(prefix_len.tolist())) >= 6
+    # beyond the prefix the levels are the independent ones: most of them far above max_t
+    assert (t[:, -1] > 20).float().mean() > 0.5
+
+
+def test_history_prefix_prob_mixes_and_zero_is_plain_forcing(schedule):
+    plain = schedule.sample_timesteps((256, 8), generator=torch.Generator().manual_seed(5))
+    off = forcing_timesteps(schedule, 256, 8, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(off, plain)  # the default draws nothing extra: runs without the option are unchanged
+    half = forcing_timesteps(schedule, 4096, 8, history_prefix_prob=0.5, history_prefix_max_t=50,
+                             generator=torch.Generator().manual_seed(5))
+    frac = (half[:, 0] <= 50).float().mean().item()  # chosen clips + ~5 % of the rest by chance
+    assert 0.45 < frac < 0.6
+    with pytest.raises(ValueError, match="history_prefix_max_t"):
+        forcing_timesteps(schedule, 2, 8, history_prefix_prob=0.5, history_prefix_max_t=1000)
+
+
+def test_forcing_loss_passes_the_prefix_levels_to_the_model(schedule):
+    model = make_causal_model()
+    x0, actions = _clip(b=3, f=6)
+    rec = Recorder(model)
+    diffusion_forcing_loss(model, x0, actions, schedule, history_prefix_prob=1.0, history_prefix_max_t=10,
+                           generator=torch.Generator().manual_seed(0))
+    rec.handle.remove()
+    timesteps = rec.inputs()[1]
+    assert (timesteps[:, 0] <= 10).all()

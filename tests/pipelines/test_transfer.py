@@ -145,12 +145,12 @@ def test_local_run_end_to_end(local_run):
     # the export: ≤ 8 flat files, ≤ 16 MiB, uint8 rollouts of every variant, no pickles
     files = sorted(p.name for p in (out / "export").iterdir())
     assert len(files) == 8 and all((out / "export" / f).stat().st_size <= 16 * 2**20 for f in files)
-    assert files == sorted(["results.json", "heldout.safetensors",
-                            *[f"rollouts-{v.name}.safetensors" for v in cfg.variants]])
-    arrays, meta = tr.load_arrays(out / "export" / "rollouts-extrap_ag.safetensors")
+    assert files == sorted(["results.json", "heldout.safetensors.gz",
+                            *[f"rollouts-{v.name}.safetensors.gz" for v in cfg.variants]])
+    arrays, meta = tr.load_arrays(out / "export" / "rollouts-extrap_ag.safetensors.gz")
     n = len(meta["chunk_ids"])
     assert arrays["gen/s0"].dtype == np.uint8 and arrays["gen/s0"].shape == (n, 4, 16, 16, 3)
-    held, _ = tr.load_arrays(out / "export" / "heldout.safetensors")
+    held, _ = tr.load_arrays(out / "export" / "heldout.safetensors.gz")
     assert held["frames"].shape == (n, 8, 16, 16, 3) and held["untrained"].shape == (n, 4, 16, 16, 3)
     summary = json.loads((out / "export" / "results.json").read_text())
     assert summary["missing"] == [] and set(summary["runs"]) == {f"{v.name}-s0" for v in cfg.variants}
@@ -231,6 +231,23 @@ def test_report_writes_record_with_headline_and_docs(local_run, tmp_path):
     t = time.perf_counter()
     assert report(argv) == 0
     assert len(json.loads(results.read_text())) == 2 and time.perf_counter() - t < 30
+
+
+def test_export_arrays_are_compressed_safetensors_and_old_exports_still_read(tmp_path):
+    """The export is gzip-compressed safetensors (uint8 game frames halve: 6 variants x 3 seeds fit the
+    64 MiB that one GPU call returns); exports of earlier runs (plain .safetensors) still load."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    frames = np.repeat(rng.integers(0, 255, (4, 1, 64, 64, 3), dtype=np.uint8), 8, axis=1)  # static: compresses
+    tr._save_arrays(tmp_path / "a.safetensors.gz", {"gen": frames}, {"chunk_ids": ["c0"]})
+    tr._save_arrays(tmp_path / "b.safetensors", {"gen": frames}, {"chunk_ids": ["c1"]})
+    assert (tmp_path / "a.safetensors.gz").stat().st_size < frames.nbytes / 2
+    for name, cid in (("a.safetensors.gz", "c0"), ("b.safetensors", "c1")):
+        arrays, meta = tr.load_arrays(tmp_path / name)
+        assert np.array_equal(arrays["gen"], frames) and meta == {"chunk_ids": [cid]}
+    assert tr.export_file(tmp_path, "a").name == "a.safetensors.gz"
+    assert tr.export_file(tmp_path, "b").name == "b.safetensors"
 
 
 def test_mean_ci95():

@@ -11,6 +11,14 @@ to all frames, no actions): it builds the base model that the Vid2World transfer
 no pretrained weights are available. Both are plain MSE on v over all frames and elements.
 
 ``model`` is anything with the ``WorldModel.forward(x, timesteps, actions, action_mask)`` contract.
+
+**History prefix** (``history_prefix_prob`` > 0, off by default): independent levels almost never give a
+frame a clean history — with 16 frames the chance that frames 0..k−1 all sit below t = 50 is 0.05^k — yet
+that is the only regime the autoregressive sampler uses (history at ``history_noise_level``, newest frame
+anywhere on the chain). With this option a fraction of the clips get a prefix 0..k−1 (k uniform in
+1..F−1) at low levels ``U{0..history_prefix_max_t}`` and keep independent levels from frame k on: every
+such clip trains "predict frame k from a clean past and its action", the sampler's own question, where the
+action is most informative. The rest of the batch is plain diffusion forcing.
 """
 
 from __future__ import annotations
@@ -46,6 +54,34 @@ def _check_clip(x0: torch.Tensor) -> None:
         raise ValueError(f"x0 must be a clip batch (B, F, C, H, W), got shape {tuple(x0.shape)}")
 
 
+def forcing_timesteps(
+    schedule: NoiseSchedule,
+    batch: int,
+    frames: int,
+    *,
+    history_prefix_prob: float = 0.0,
+    history_prefix_max_t: int = 50,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """(B, F) noise levels for diffusion forcing: independent U{0..T−1}, and with ``history_prefix_prob``
+    a low-noise prefix per chosen clip (module docstring). Draw order: levels, then — only when the prefix
+    is on, so the default draws stay those of plain diffusion forcing — clip choice, k, prefix levels."""
+    t = schedule.sample_timesteps((batch, frames), generator=generator)
+    if history_prefix_prob > 0 and frames > 1:
+        if not 0 <= history_prefix_max_t < schedule.num_train_timesteps:
+            raise ValueError(
+                f"history_prefix_max_t must be in [0, {schedule.num_train_timesteps - 1}], got {history_prefix_max_t}"
+            )
+        gen_device = t.device
+        chosen = torch.rand((batch, 1), generator=generator, device=gen_device) < history_prefix_prob
+        k = torch.randint(1, frames, (batch, 1), generator=generator, device=gen_device)
+        low = torch.randint(0, history_prefix_max_t + 1, (batch, frames), generator=generator, device=gen_device)
+        in_prefix = chosen & (torch.arange(frames, device=gen_device)[None, :] < k)
+        t = torch.where(in_prefix, low, t)
+    return t.to(device) if device is not None else t
+
+
 def diffusion_forcing_loss(
     model: VelocityModel,
     x0: torch.Tensor,
@@ -53,11 +89,14 @@ def diffusion_forcing_loss(
     schedule: NoiseSchedule,
     *,
     action_drop_prob: float = DEFAULT_ACTION_DROP_PROB,
+    history_prefix_prob: float = 0.0,
+    history_prefix_max_t: int = 50,
     generator: torch.Generator | None = None,
     timesteps: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """MSE on v with an independent t per frame; recorded actions aligned and dropped per frame.
+    """MSE on v with a noise level per frame (:func:`forcing_timesteps`); recorded actions aligned and
+    dropped per frame.
 
     ``actions`` are *recorded* (B, F, ...): ``actions[:, t]`` was taken at frame t (the episode
     convention); they are aligned here. ``None`` trains action-free. ``timesteps`` (B, F) and ``noise``
@@ -67,7 +106,9 @@ def diffusion_forcing_loss(
     _check_clip(x0)
     b, f = x0.shape[:2]
     if timesteps is None:
-        timesteps = schedule.sample_timesteps((b, f), generator=generator, device=x0.device)
+        timesteps = forcing_timesteps(schedule, b, f, history_prefix_prob=history_prefix_prob,
+                                      history_prefix_max_t=history_prefix_max_t, generator=generator,
+                                      device=x0.device)
     elif timesteps.shape != (b, f):
         raise ValueError(f"timesteps must be (B, F) = ({b}, {f}), got {tuple(timesteps.shape)}")
     timesteps = timesteps.to(x0.device)

@@ -151,6 +151,11 @@ class TrainRecipe(StrictConfig):
     zero_stage: Literal[0, 1, 2, 3] = 2
     precision: Precision = "fp32"
     action_drop_prob: float = Field(0.2, ge=0, le=1)
+    # Diffusion forcing's noise levels: this fraction of clips get a low-noise history prefix (levels
+    # ≤ history_prefix_max_t), the sampler's own regime; 0 = the paper's independent levels only
+    # (v2w_core/diffusion/losses.py says why).
+    history_prefix_prob: float = Field(0.0, ge=0, le=1)
+    history_prefix_max_t: int = Field(50, ge=0, le=999)
     seed: int = 0
     log_every_n_steps: int = Field(1, ge=1)
     # Peak dense FLOP/s of one accelerator for MFU; None → looked up from the device name (GPU only).

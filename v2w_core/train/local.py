@@ -226,7 +226,9 @@ def train_local(
                 loss, _ = bidirectional_pretrain_loss(velocity, x0, schedule, generator=gen)
             else:
                 loss, _ = diffusion_forcing_loss(velocity, x0, actions, schedule,
-                                                 action_drop_prob=cfg.action_drop_prob, generator=gen)
+                                                 action_drop_prob=cfg.action_drop_prob,
+                                                 history_prefix_prob=cfg.history_prefix_prob,
+                                                 history_prefix_max_t=cfg.history_prefix_max_t, generator=gen)
             (loss / cfg.grad_accum_steps).backward()
             total += float(loss.detach()) / cfg.grad_accum_steps
         if o.grad_clip > 0:

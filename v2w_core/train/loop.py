@@ -412,7 +412,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         if cfg.mode == "pretrain":
             return bidirectional_pretrain_loss(velocity, x0, schedule, generator=generator)
         return diffusion_forcing_loss(
-            velocity, x0, actions, schedule, action_drop_prob=cfg.action_drop_prob, generator=generator
+            velocity, x0, actions, schedule, action_drop_prob=cfg.action_drop_prob,
+            history_prefix_prob=cfg.history_prefix_prob, history_prefix_max_t=cfg.history_prefix_max_t,
+            generator=generator,
         )
 
     def probe_loss(probe: dict[str, Any]) -> float:
