@@ -2,8 +2,8 @@
 replica → one streaming-rollout step → PNG → JSON), as a player's browser sees them.
 
 Starts the real play server (``v2w_core.play.server.start``, Ray Serve on loopback) for a model, opens a
-session from the blank context, and steps it ``--frames`` times per denoising-step count, one request at a
-time (what one player does: the next key follows the last frame), holding a changing multi-hot action.
+session from the blank context, fills the model's window (untimed, like ``--warmup``), and steps it
+``--frames`` times per denoising-step count, one request at a time (what one player does: the next key follows the last frame), holding a changing multi-hot action.
 Per step: round-trip milliseconds (client clock) and the model's own milliseconds (``compute_ms`` from the
 server); frames/s = frames / wall time of the loop.
 
@@ -54,9 +54,12 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
-def measure(api, steps: int, frames: int, warmup: int, dim: int) -> dict:
+def measure(api, steps: int, frames: int, warmup: int, dim: int, window: int) -> dict:
+    """Steady state: the blank context grows by one frame per step until the model's window is full, and
+    each new window length is a new shape (on a GPU a new graph capture), so the ``window`` steps that fill
+    it come before the ``warmup`` ones and are not timed."""
     session = api.new_session({"context": "blank", "seed": 0})
-    for i in range(warmup):
+    for i in range(window + warmup):
         api.step(session, {"action": [float(i % 2 == 0)] + [0.0] * (dim - 1), "steps": steps})
     latencies, compute = [], []
     t0 = time.perf_counter()
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         info = api.info()
         dim = info["actions"]["dim"]
-        rows = [measure(api, s, args.frames, args.warmup, dim) for s in steps_list]
+        rows = [measure(api, s, args.frames, args.warmup, dim, info["window"]) for s in steps_list]
     finally:
         if running is not None:
             server.stop(running)
@@ -227,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "play_latency", machine=machine,
         settings={"model": args.model or label, "preset": None if args.model else args.preset,
                   "vae": bool(vae_dir), "device": args.device, "steps": steps_list, "frames_per_measure": args.frames,
+                  "window_filled_first": info["window"],
                   "warmup": args.warmup, "clients": 1, "path": "in-process" if args.in_process else "served",
                   "start_s": round(startup_s, 1), "context": "blank", "frame_size": info["frame"],
                   "what": "sequential steps of one session; latency = the caller's round trip"},

@@ -48,6 +48,7 @@ def test_info_and_page(client: Client) -> None:
     assert [c["key"] for c in info["actions"]["controls"]] == ["ArrowLeft", "ArrowRight", " "]
     assert info["contexts"] == ["held-out-0", "held-out-1", "blank"]
     assert info["steps"] == {"default": STEPS, "min": 1, "max": 8}
+    assert info["window"] >= 2  # the frames of context per step (play_latency fills it before timing)
     assert info["frame"] == {"height": 64, "width": 64} and info["device"] == "cpu"
     status, page = client.call("GET", "/")
     assert status == 200 and b"<canvas" in page and b"/static/play.js" in page

@@ -125,6 +125,7 @@ class PlayEngine:
             "actions": self.controls.to_json(),
             "contexts": self.library.names,
             "steps": {"default": self.rollout.num_inference_steps, "min": 1, "max": self.max_steps},
+            "window": self.rollout.window,  # frames of context per step: the step's cost grows until it is full
             "sessions": {
                 "max": self.sessions.max_sessions,
                 "idle_timeout_s": self.sessions.idle_timeout_s,
