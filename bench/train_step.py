@@ -92,7 +92,7 @@ def _init_dist(device_type: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _build_model(preset: dict[str, Any], device: Any, grad_ckpt: bool) -> Any:
+def _build_model(preset: dict[str, Any], device: Any, grad_ckpt: bool, compile_blocks: bool = False) -> Any:
     from v2w_core.models.causalize import causalize
     from v2w_core.models.presets import PRESETS as MODEL_PRESETS
     from v2w_core.models.world_model import WorldModel, WorldModelConfig
@@ -105,6 +105,8 @@ def _build_model(preset: dict[str, Any], device: Any, grad_ckpt: bool) -> Any:
     model.set_action_space({"type": "continuous", "dim": ACTION_DIM})
     if grad_ckpt:
         model.enable_gradient_checkpointing(True)
+    if compile_blocks:  # the training loop's switch (model.compile_blocks): torch.compile per UNet block
+        model.compile_blocks("inductor")
     return model.to(device)
 
 
@@ -168,7 +170,7 @@ def _run_variant(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     dtype = torch.bfloat16 if preset["precision"] == "bf16" else torch.float32
-    model = _build_model(preset, device, args.grad_ckpt)
+    model = _build_model(preset, device, args.grad_ckpt, args.compile_blocks)
     schedule = NoiseSchedule()
     x0, actions = _batch(preset, device, int(os.environ.get("RANK", "0")) + 1)
 
@@ -352,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the model (engine.compile for DeepSpeed)"
     )
+    p.add_argument("--compile-blocks", action="store_true",
+                   help="torch.compile each UNet block (model.compile_blocks, train config model.compile_blocks)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
     p.add_argument(
         "--profile", action="store_true", help="print a torch.profiler table of one step per variant"
@@ -395,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             if value:
                 cmd += [flag, str(value)]
         cmd += ["--grad-ckpt"] * args.grad_ckpt + ["--compile"] * args.compile + ["--profile"] * args.profile
+        cmd += ["--compile-blocks"] * args.compile_blocks
         for item in args.ds_set:
             cmd += ["--ds-set", item]
         proc = subprocess.run(cmd, check=False)
@@ -409,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     flops_txt = f"{flops / preset['batch']:.3g}" if flops else "?"
     print(f"\npreset={args.preset} device={args.device} world={world} batch/device={preset['batch']} "
           f"frames={preset['frames']} {preset['channels']}x{preset['hw'][0]}x{preset['hw'][1]} {preset['precision']} "
-          f"grad_ckpt={args.grad_ckpt} compile={args.compile} flops/sample={flops_txt}")  # fmt: skip
+          f"grad_ckpt={args.grad_ckpt} compile={args.compile} compile_blocks={args.compile_blocks} "
+          f"flops/sample={flops_txt}")  # fmt: skip
     print(f"{'variant':<14}{'step ms':>10}{'vs torch':>10}{'samples/s':>11}{'peak GiB':>10}{'MFU %':>8}")
     for r in rows:
         if "error" in r:
@@ -432,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         precision=preset["precision"],
         grad_ckpt=args.grad_ckpt,
         compile=args.compile,
+        compile_blocks=args.compile_blocks,
         ds_set=args.ds_set,
         flops_per_micro_batch=flops,
         results=[{k: v for k, v in r.items() if k != "machine"} for r in rows],

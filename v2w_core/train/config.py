@@ -34,6 +34,11 @@ class ModelSection(StrictConfig):
     extrapolation_window: int = Field(2, ge=1)
     action_space: dict[str, Any] | None = None
     gradient_checkpointing: bool = False
+    # torch.compile of each UNet block (WorldModel.compile_blocks): the eager step is bound by small
+    # kernels (norm statistics, layout copies, pointwise glue) that fusion removes (issue 18).
+    compile_blocks: bool = False
+    compile_backend: str = "inductor"
+    compile_mode: str | None = None
 
 
 class DataSection(StrictConfig):

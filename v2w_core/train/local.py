@@ -12,6 +12,7 @@ written with safetensors + JSON), bf16 autocast on CUDA instead of DeepSpeed's b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -175,6 +176,8 @@ def train_local(
     if model is None:
         model = build_model(cfg)
     model = model.to(device).train()
+    if cfg.model.compile_blocks:  # also a model the caller built
+        model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode)
     if cfg.mode == "finetune" and clips.actions is None:
         raise ValueError("finetune mode needs clips with actions")
     groups = param_groups(model, cfg)
@@ -247,7 +250,8 @@ def train_local(
                         optimizer.param_groups[0]["lr"], time.perf_counter() - t0)
             window = []
         if callback is not None and callback_every and (step % callback_every == 0 or step == cfg.max_steps):
-            with_ema(lambda s=step: callback(s, model))
+            with _eager_blocks(model, cfg):  # callbacks evaluate (streaming rollouts): the eager path
+                with_ema(lambda s=step: callback(s, model))
         out_of_time = time_budget_s is not None and time.perf_counter() - t0 > time_budget_s
         if ckpt is not None and ((checkpoint_every and step % checkpoint_every == 0) or out_of_time):
             _save_state(ckpt, model, optimizer, ema, step, losses)
@@ -259,7 +263,23 @@ def train_local(
         with torch.no_grad():
             for n, p in model.named_parameters():
                 p.copy_(ema.shadow[n])
+    if cfg.model.compile_blocks:
+        model.compile_blocks(None)  # the caller gets the eager model (it evaluates, streams, saves)
     return LocalRun(model=model.eval(), step=step, losses=losses, seconds=time.perf_counter() - t0)
+
+
+@contextlib.contextmanager
+def _eager_blocks(model: Any, cfg: TrainConfig) -> Iterator[None]:
+    """Run the body with the blocks' eager forwards when training compiled them, then compile again
+    (``torch.compile`` finds its cached graphs for the same modules)."""
+    if not cfg.model.compile_blocks:
+        yield
+        return
+    model.compile_blocks(None)
+    try:
+        yield
+    finally:
+        model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode)
 
 
 __all__ = ["ClipArrays", "LocalRun", "lr_factor", "random_batches", "train_local"]

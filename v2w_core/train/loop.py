@@ -98,6 +98,8 @@ def build_model(cfg: TrainConfig) -> Any:
             model.set_action_space(m.action_space)
     if m.gradient_checkpointing:
         model.enable_gradient_checkpointing(True)
+    if m.compile_blocks:
+        model.compile_blocks(m.compile_backend, m.compile_mode)
     return model
 
 
