@@ -3,7 +3,8 @@ replica → one streaming-rollout step → PNG → JSON), as a player's browser 
 
 Starts the real play server (``v2w_core.play.server.start``, Ray Serve on loopback) for a model, opens a
 session from the blank context, fills the model's window (untimed, like ``--warmup``), and steps it
-``--frames`` times per denoising-step count, one request at a time (what one player does: the next key follows the last frame), holding a changing multi-hot action.
+``--frames`` times per denoising-step count, one request at a time (what one player does: the next key
+follows the last frame), holding a changing multi-hot action.
 Per step: round-trip milliseconds (client clock) and the model's own milliseconds (``compute_ms`` from the
 server); frames/s = frames / wall time of the loop.
 

@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
                  "clips": len(frames), "clip_length": args.clip_length, "stride": args.stride,
                  "note": "the demo records seed 0: no demo episode is in this data"},
         "train": {"steps": steps, "batch": args.batch, "lr": args.lr, "schedule": "warmup+cosine",
-                  "ema_decay": args.ema, "precision": cfg.precision, "objective": "v-prediction, one t per clip",
+                  "ema_decay": args.ema, "precision": cfg.precision, "objective": f"v-MSE, network output read as {args.network_output}, one t per clip",
                   "loss_first_100": sum(losses[:100]) / max(len(losses[:100]), 1),
                   "loss_last_100": sum(losses[-100:]) / max(len(losses[-100:]), 1)},
         "network_output": args.network_output,

@@ -779,7 +779,6 @@ def step_untrained(cfg: TransferConfig, out: Path, device: str) -> dict[str, Any
 # ------------------------------------------------------------------------------------------- export
 def step_pack(cfg: TransferConfig, out: Path, export: Path, extra: dict[str, Any]) -> dict[str, Any]:
     """≤ 8 files ≤ ``export.max_file_mib`` each, flat in ``export``: what a lent GPU sends back."""
-
     export.mkdir(parents=True, exist_ok=True)
     rec = _read_json(out / "record" / "done.json")
     results: dict[str, Any] = {}

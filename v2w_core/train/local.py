@@ -174,10 +174,10 @@ def train_local(
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     if model is None:
-        model = build_model(cfg)
-    model = model.to(device).train()
-    if cfg.model.compile_blocks:  # also a model the caller built
+        model = build_model(cfg)  # compiles the blocks when cfg.model.compile_blocks
+    elif cfg.model.compile_blocks:  # a model the caller built: the same switch
         model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode)
+    model = model.to(device).train()
     if cfg.mode == "finetune" and clips.actions is None:
         raise ValueError("finetune mode needs clips with actions")
     groups = param_groups(model, cfg)
