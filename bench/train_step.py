@@ -92,7 +92,9 @@ def _init_dist(device_type: str) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _build_model(preset: dict[str, Any], device: Any, grad_ckpt: bool, compile_blocks: bool = False) -> Any:
+def _build_model(
+    preset: dict[str, Any], device: Any, grad_ckpt: str | None, compile_blocks: bool = False
+) -> Any:
     from v2w_core.models.causalize import causalize
     from v2w_core.models.presets import PRESETS as MODEL_PRESETS
     from v2w_core.models.world_model import WorldModel, WorldModelConfig
@@ -104,7 +106,7 @@ def _build_model(preset: dict[str, Any], device: Any, grad_ckpt: bool, compile_b
     causalize(model, "extrapolative")
     model.set_action_space({"type": "continuous", "dim": ACTION_DIM})
     if grad_ckpt:
-        model.enable_gradient_checkpointing(True)
+        model.enable_gradient_checkpointing(grad_ckpt)  # "block" or "layer"
     if compile_blocks:  # the training loop's switch (model.compile_blocks): torch.compile per UNet block
         model.compile_blocks("inductor")
     return model.to(device)
@@ -131,7 +133,7 @@ def _count_flops(preset: dict[str, Any], device: Any) -> int:
     # Counted at batch 1 and scaled (FLOPs are linear in the batch): the plain fp32-weight model at the
     # full batch may not fit next to nothing else where a ZeRO variant would (batch 4 on an H100).
     one = {**preset, "batch": 1}
-    model = _build_model(one, device, grad_ckpt=False)
+    model = _build_model(one, device, grad_ckpt=None)
     x0, actions = _batch(one, device, 0)
     dtype = torch.bfloat16 if preset["precision"] == "bf16" else torch.float32
     schedule = NoiseSchedule()
@@ -230,21 +232,27 @@ def _run_variant(
             return float(loss.detach())
 
     times: list[float] = []
+    first_step_s = None
     for i in range(preset["warmup"] + preset["steps"]):
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0 = time.perf_counter()
-        step()  # float(loss) synchronises
+        loss = step()  # float(loss) synchronises
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+        dt = time.perf_counter() - t0
+        first_step_s = dt if first_step_s is None else first_step_s
+        print(f"[{name}] step {i} {1000 * dt:.1f} ms loss {loss:.4f}", file=sys.stderr, flush=True)
         if i >= preset["warmup"]:
-            times.append(time.perf_counter() - t0)
-    if args.profile:
-        _profile(step, device, name)
+            times.append(dt)
+    profile = _profile(step, device, name) if args.profile else None
     result = {
         "variant": name,
         "step_time_s": statistics.median(times),
         "step_time_min_s": min(times),
+        # the first step pays for compilation (--compile/--compile-blocks) and cuDNN autotuning
+        "first_step_s": first_step_s,
+        "profile": profile,
         "peak_mem_gib": _peak_mem_gib(device),
         "params": sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters()),
     }
@@ -265,24 +273,69 @@ def _patched(ds: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return ds
 
 
-def _profile(step: Any, device: Any, name: str) -> None:
-    """One step under torch.profiler: where the time goes (top ops by device and by host time)."""
+#: Kernel-name patterns of the profile's buckets, first match wins (cuBLAS/cuDNN/CUTLASS/Triton names).
+KERNEL_BUCKETS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention", ("flash", "fmha", "attention", "sdpa", "cudnn_generated_fort_native_sdpa")),
+    ("conv", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm", "winograd")),
+    ("gemm", ("gemm", "gemv", "nvjet", "cutlass", "xmma", "sm90_", "cublas")),
+    ("optimizer", ("multi_tensor", "adam", "fused_adamw")),
+    ("inductor (fused triton)", ("triton_",)),
+    ("norm", ("norm",)),
+    ("copies / casts", ("copy", "memcpy", "memset", "cast", "transpose", "nchw", "nhwc")),
+    ("communication", ("nccl",)),
+)
+
+
+def kernel_buckets(kernels: list[tuple[str, float, int]]) -> dict[str, dict[str, float]]:
+    """(name, device ms, calls) per kernel → ms and calls per bucket of :data:`KERNEL_BUCKETS`."""
+    out: dict[str, dict[str, float]] = {}
+    for name, ms, calls in kernels:
+        low = name.lower()
+        bucket = next((b for b, pats in KERNEL_BUCKETS if any(p in low for p in pats)), "other (eager)")
+        slot = out.setdefault(bucket, {"ms": 0.0, "calls": 0})
+        slot["ms"] += ms
+        slot["calls"] += calls
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
+
+
+def _profile(step: Any, device: Any, name: str) -> dict[str, Any]:
+    """One step under torch.profiler: where the time goes (top ops by device and by host time, and the
+    device time per kernel bucket, which the record keeps)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    t0 = time.perf_counter()
     with profile(activities=acts) as prof:
         step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
+    wall_ms = 1000 * (time.perf_counter() - t0)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"--- profile {name}: top ops by {sort}")
-    print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
-    if device.type == "cuda":
-        print(f"--- profile {name}: top ops by self_cpu_time_total")
+    print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=70))
+    if device.type != "cuda":
+        return {"wall_ms": wall_ms}
+    print(f"--- profile {name}: top ops by self_cpu_time_total")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=70))
+    kernels = [
+        (e.key, e.self_device_time_total / 1000, e.count)
+        for e in prof.key_averages()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
+    ]
+    buckets = kernel_buckets(kernels)
+    device_ms = sum(b["ms"] for b in buckets.values())
+    print(f"--- profile {name}: {device_ms:.1f} ms of kernels in a {wall_ms:.1f} ms profiled step")
+    for bucket, b in buckets.items():
         print(
-            prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12, max_name_column_width=60)
+            f"  {bucket:<26}{b['ms']:>10.1f} ms {100 * b['ms'] / device_ms:>6.1f} % {int(b['calls']):>8} calls"
         )
+    return {
+        "wall_ms": round(wall_ms, 1),
+        "kernel_ms": round(device_ms, 1),
+        "buckets": {k: {"ms": round(v["ms"], 2), "calls": int(v["calls"])} for k, v in buckets.items()},
+        "top_kernels": [(n, round(ms, 2), c) for n, ms, c in sorted(kernels, key=lambda k: -k[1])[:15]],
+    }
 
 
 def _child(args: argparse.Namespace) -> int:
@@ -318,7 +371,9 @@ def _child(args: argparse.Namespace) -> int:
     except torch.OutOfMemoryError:
         row = {"variant": args.variants, "error": "out of memory"}
     row.update(
-        flops_per_micro_batch=flops, peak_flops_per_device=peak, world_size=world,
+        flops_per_micro_batch=flops,
+        peak_flops_per_device=peak,
+        world_size=world,
         machine=machine_info(("diffusers", "deepspeed")),
     )
     if rank == 0:
@@ -350,12 +405,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--batch", type=int, default=None, help="micro batch per device (preset default)")
     p.add_argument("--steps", type=int, default=None)
-    p.add_argument("--grad-ckpt", action="store_true", help="activation checkpointing around UNet blocks")
+    p.add_argument(
+        "--grad-ckpt",
+        nargs="?",
+        const="block",
+        choices=("block", "layer"),
+        default=None,
+        help="activation checkpointing per UNet block (bare flag) or per layer inside the blocks",
+    )
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the model (engine.compile for DeepSpeed)"
     )
-    p.add_argument("--compile-blocks", action="store_true",
-                   help="torch.compile each UNet block (model.compile_blocks, train config model.compile_blocks)")
+    p.add_argument(
+        "--compile-blocks",
+        action="store_true",
+        help="torch.compile each UNet block (model.compile_blocks, train config model.compile_blocks)",
+    )
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
     p.add_argument(
         "--profile", action="store_true", help="print a torch.profiler table of one step per variant"
@@ -398,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
         for flag, value in (("--batch", args.batch), ("--steps", args.steps)):
             if value:
                 cmd += [flag, str(value)]
-        cmd += ["--grad-ckpt"] * args.grad_ckpt + ["--compile"] * args.compile + ["--profile"] * args.profile
+        cmd += ["--grad-ckpt", args.grad_ckpt] if args.grad_ckpt else []
+        cmd += ["--compile"] * args.compile + ["--profile"] * args.profile
         cmd += ["--compile-blocks"] * args.compile_blocks
         for item in args.ds_set:
             cmd += ["--ds-set", item]
@@ -450,24 +516,39 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def headline(record: dict[str, Any]) -> dict[str, Any]:
-    """The figures bench/README.md quotes, per variant: step ms, step time relative to plain torch (same
-    world size), samples/s, peak GiB, MFU; failed variants with their error."""
+    """The figures the READMEs quote. Issue 18's: ``mfu`` (ZeRO-2, the real loop's engine: the better of
+    ``zero2`` and ``zero2_dsadam``), ``mfu_torch``, ``zero2_over_torch`` (step time, same batch, same
+    run), ``micro_batch``, ``peak_gib`` (that ZeRO-2 row), ``device``; then per variant: step ms, step
+    time relative to plain torch (same world size), samples/s, peak GiB, MFU, first-step seconds
+    (compilation); failed variants with their error."""
     ok = {r["variant"]: r for r in record["results"] if "error" not in r}
     base = ok.get("torch")
+    zero2 = [ok[v] for v in ("zero2", "zero2_dsadam") if v in ok]
+    best = min(zero2, key=lambda r: r["step_time_s"]) if zero2 else None
 
     def per(fn: Any) -> dict[str, Any]:
         return {v: fn(r) for v, r in ok.items()}
 
+    def rounded(x: float | None, nd: int) -> float | None:
+        return None if x is None else round(x, nd)
+
     return {
+        "mfu": rounded(best.get("mfu"), 3) if best else None,
+        "mfu_torch": rounded(base.get("mfu"), 3) if base else None,
+        "zero2_over_torch": round(best["step_time_s"] / base["step_time_s"], 3) if best and base else None,
+        "micro_batch": record["batch_per_device"],
+        "peak_gib": round(best["peak_mem_gib"], 2) if best else None,
+        "device": record["machine"].get("cuda_device") or record["device"],
+        "grad_ckpt": record["grad_ckpt"],
+        "compile_blocks": record.get("compile_blocks", False),
         "preset": record["preset"],
-        "device": record["device"],
         "world_size": record["world_size"],
-        "batch_per_device": record["batch_per_device"],
         "step_ms": per(lambda r: round(1000 * r["step_time_s"], 1)),
         "vs_torch": per(lambda r: round(r["step_time_s"] / base["step_time_s"], 2)) if base else {},
         "samples_per_s": per(lambda r: round(r["samples_per_s"], 2)),
         "peak_mem_gib": per(lambda r: round(r["peak_mem_gib"], 2)),
-        "mfu": per(lambda r: None if r.get("mfu") is None else round(r["mfu"], 3)),
+        "mfu_per_variant": per(lambda r: rounded(r.get("mfu"), 3)),
+        "first_step_s": per(lambda r: rounded(r.get("first_step_s"), 1)),
         "errors": {r["variant"]: r["error"] for r in record["results"] if "error" in r},
         "machine": machine_summary(record["machine"], load=True),
     }

@@ -14,7 +14,9 @@ from v2w_core.train.config import TrainConfig
 from v2w_core.train.local import ClipArrays, train_local
 
 
-def _grads(compile_backend: str | None, ckpt: bool, family: str = "unet3d") -> tuple[float, dict[str, torch.Tensor]]:
+def _grads(
+    compile_backend: str | None, ckpt: bool | str, family: str = "unet3d"
+) -> tuple[float, dict[str, torch.Tensor]]:
     torch._dynamo.reset()
     batch = clip(frames=3, size=8)
     model = make_model(family)
@@ -31,8 +33,8 @@ def _grads(compile_backend: str | None, ckpt: bool, family: str = "unet3d") -> t
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("ckpt", [False, True])
-def test_compiled_blocks_give_the_eager_loss_and_gradients(ckpt: bool) -> None:
+@pytest.mark.parametrize("ckpt", [False, "block", "layer"])
+def test_compiled_blocks_give_the_eager_loss_and_gradients(ckpt: bool | str) -> None:
     from torch._dynamo.utils import counters
 
     eager_loss, eager = _grads(None, ckpt)
@@ -62,16 +64,27 @@ def test_compile_blocks_is_regional_keeps_names_and_undoes() -> None:
 
 def test_train_local_compiles_from_the_config_and_returns_an_eager_model() -> None:
     torch._dynamo.reset()
-    cfg = TrainConfig.from_dict({
-        "experiment": "compile", "mode": "pretrain", "storage_path": "/tmp/unused", "max_steps": 2,
-        "micro_batch_per_worker": 2,
-        "model": {"preset": "tiny_unet3d", "compile_blocks": True, "compile_backend": "aot_eager"},
-    }, source="test")
+    cfg = TrainConfig.from_dict(
+        {
+            "experiment": "compile",
+            "mode": "pretrain",
+            "storage_path": "/tmp/unused",
+            "max_steps": 2,
+            "micro_batch_per_worker": 2,
+            "model": {"preset": "tiny_unet3d", "compile_blocks": True, "compile_backend": "aot_eager"},
+        },
+        source="test",
+    )
     frames = torch.randint(0, 255, (4, 4, 64, 64, 3), dtype=torch.uint8).numpy()
     seen = []
-    run = train_local(cfg, ClipArrays(frames), device="cpu", log_every=0,
-                      callback=lambda step, m: seen.append(m.compiled_blocks()[0]._compiled_call_impl),
-                      callback_every=1)
+    run = train_local(
+        cfg,
+        ClipArrays(frames),
+        device="cpu",
+        log_every=0,
+        callback=lambda step, m: seen.append(m.compiled_blocks()[0]._compiled_call_impl),
+        callback_every=1,
+    )
     assert run.step == 2 and all(torch.isfinite(torch.tensor(run.losses)))
     assert seen == [None, None]  # callbacks (evaluation) see the eager blocks
     assert all(b._compiled_call_impl is None for b in run.model.compiled_blocks())

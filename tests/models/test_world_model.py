@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 import pytest
 import torch
 from diffusers.models.resnet import TemporalConvLayer
 
 from tests.models.conftest import clip, make_model
 from v2w_core.config import CAUSAL_MODES
+from v2w_core.models import checkpointing, world_model
 from v2w_core.models.causalize import (
     CausalTemporalAttnProcessor,
     CausalTemporalConv,
@@ -139,22 +142,89 @@ def test_new_action_encoder_leaves_predictions_unchanged() -> None:
     assert model.config.action_space is not None and model.config.action_space.dim == 6
 
 
-def test_gradient_checkpointing_gives_same_gradients() -> None:
+@pytest.mark.parametrize("family", ["unet3d", "svd"])
+def test_gradient_checkpointing_gives_same_gradients(family: str) -> None:
     batch = clip(frames=3, size=8)
-    grads = []
-    for ckpt in (False, True):
-        model = make_model("unet3d")
+    grads, losses = {}, {}
+    for ckpt in (False, "block", "layer"):
+        model = make_model(family)
         causalize(model)
         model.train()
-        for m in model.modules():  # dropout would make the two runs differ
+        for m in model.modules():  # dropout would make the runs differ
             if isinstance(m, torch.nn.Dropout):
                 m.p = 0.0
         model.enable_gradient_checkpointing(ckpt)
-        model(**batch).square().mean().backward()
-        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6, msg=name)
+        calls = _CheckpointCalls()
+        with calls:
+            loss = model(**batch).square().mean()
+        loss.backward()
+        losses[ckpt] = loss.item()
+        grads[ckpt] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        blocks = len(model.compiled_blocks())
+        layers = len(checkpointing.layers(model.compiled_blocks()))
+        assert calls.n == {False: 0, "block": blocks, "layer": layers}[ckpt], ckpt  # it really checkpoints
+    assert layers > blocks
+    for ckpt in ("block", "layer"):
+        assert losses[ckpt] == losses[False]
+        assert grads[ckpt].keys() == grads[False].keys()
+        for name in grads[False]:
+            torch.testing.assert_close(grads[ckpt][name], grads[False][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+class _CheckpointCalls:
+    """Counts torch.utils.checkpoint.checkpoint calls from the model's modules inside the ``with``."""
+
+    def __enter__(self) -> Self:
+        import torch.utils.checkpoint as tuc
+
+        self.n, self._orig = 0, tuc.checkpoint
+
+        def counted(*a: object, **k: object) -> object:
+            self.n += 1
+            return self._orig(*a, **k)
+
+        for mod in (world_model, checkpointing):
+            mod.checkpoint = counted  # type: ignore[attr-defined]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for mod in (world_model, checkpointing):
+            mod.checkpoint = self._orig  # type: ignore[attr-defined]
+
+
+def test_layer_checkpointing_is_off_outside_training_and_undoes() -> None:
+    model = make_model("unet3d")
+    names = list(model.state_dict())
+    model.enable_gradient_checkpointing("layer")
+    layers = checkpointing.layers(model.compiled_blocks())
+    assert layers and all("forward" in layer.__dict__ for layer in layers)
+    assert list(model.state_dict()) == names  # checkpoints and exports unchanged
+    batch = clip(frames=3, size=8)
+    model.eval()
+    with _CheckpointCalls() as calls:
+        model(**batch)
+    assert calls.n == 0  # evaluation and rollouts never checkpoint
+    model.enable_gradient_checkpointing(False)
+    assert not any("forward" in layer.__dict__ for layer in layers)
+    with pytest.raises(ValueError, match="gradient_checkpointing='leyer'"):
+        model.enable_gradient_checkpointing("leyer")  # type: ignore[arg-type]
+
+
+def test_layer_checkpointing_from_the_config_and_no_reference_cycle() -> None:
+    import gc
+    import weakref
+
+    model = make_model("unet3d")
+    cfg = model.config.model_copy(update={"gradient_checkpointing": "layer"})
+    rebuilt = world_model.WorldModel(cfg)
+    assert all("forward" in layer.__dict__ for layer in checkpointing.layers(rebuilt.compiled_blocks()))
+    ref = weakref.ref(rebuilt)
+    gc.disable()
+    try:
+        del rebuilt
+        assert ref() is None  # freed by reference counting: the wrappers hold the model weakly
+    finally:
+        gc.enable()
 
 
 def test_full_size_clip_shape() -> None:

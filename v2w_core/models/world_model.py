@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from v2w_core.config import CausalMode, NoiseScheduleConfig, StrictConfig
 from v2w_core.models.actions import ActionEncoder, ActionSpec, check_action_mask
 from v2w_core.models.causalize import causalize_unet
+from v2w_core.models.checkpointing import Granularity, granularity, unwrap_layers, wrap_layers
 from v2w_core.models.streaming import HistoryCache, StreamPhase, StreamState
 from v2w_core.models.weight_transfer import check_causal_mode
 
@@ -62,7 +64,9 @@ class WorldModelConfig(StrictConfig):
     extrapolation_window: int = Field(2, ge=1)
     context_tokens: int = Field(1, ge=1)
     added_time_ids: tuple[float, ...] = (6.0, 127.0, 0.02)
-    gradient_checkpointing: bool = False
+    #: Activation checkpointing while training: ``false``, ``"block"`` (``true``) or ``"layer"``
+    #: (:mod:`v2w_core.models.checkpointing` says what each holds in memory).
+    gradient_checkpointing: bool | Granularity = False
     #: What the network's output means. "v": the output is the v-prediction (the paper's, and every
     #: pretrained base's). "x0": the output is read as the clean frame and converted to v inside
     #: :meth:`WorldModel.forward` (``v = (√ᾱ·x_t − x̂0) / max(√(1−ᾱ), X0_MIN_SIGMA)``), so losses, samplers,
@@ -148,6 +152,8 @@ class WorldModel(nn.Module):
             self.action_encoder = self._make_action_encoder(config.action_space)
         if config.causal_mode != "none":
             causalize_unet(self.unet, self.stream_state, config.causal_mode, config.extrapolation_window)
+        if config.gradient_checkpointing:
+            self.enable_gradient_checkpointing(config.gradient_checkpointing)
 
     # ------------------------------------------------------------------ construction helpers
 
@@ -225,9 +231,14 @@ class WorldModel(nn.Module):
     def is_causal(self) -> bool:
         return self.config.causal_mode != "none"
 
-    def enable_gradient_checkpointing(self, enabled: bool = True) -> None:
-        """Checkpoint activations block by block (``torch.utils.checkpoint``) while training."""
-        self.config = self.config.model_copy(update={"gradient_checkpointing": enabled})
+    def enable_gradient_checkpointing(self, enabled: bool | Granularity = True) -> None:
+        """Checkpoint activations while training (``torch.utils.checkpoint``): per UNet block (``True`` or
+        ``"block"``), per layer inside the blocks (``"layer"``: less memory, the same recompute), or not."""
+        mode = granularity(enabled)
+        self.config = self.config.model_copy(update={"gradient_checkpointing": mode or False})
+        unwrap_layers(self.compiled_blocks())
+        if mode == "layer":  # a weak reference: the layers must not keep the model alive
+            wrap_layers(self.compiled_blocks(), functools.partial(_checkpointing_of, weakref.ref(self)))
 
     def compiled_blocks(self) -> list[nn.Module]:
         """The regions :meth:`compile_blocks` compiles: the base's blocks, in the order ``_run_unet`` runs
@@ -285,7 +296,9 @@ class WorldModel(nn.Module):
 
     def x0_to_v(self, x0_hat: torch.Tensor, x: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """The v that the clean-frame estimate ``x0_hat`` implies for ``x`` at per-frame ``timesteps``."""
-        abar = self.x0_alphas_cumprod.float()[timesteps.round().long().clamp(0, len(self.x0_alphas_cumprod) - 1)]
+        abar = self.x0_alphas_cumprod.float()[
+            timesteps.round().long().clamp(0, len(self.x0_alphas_cumprod) - 1)
+        ]
         abar = abar[..., None, None, None]
         sigma = (1 - abar).sqrt().clamp_min(X0_MIN_SIGMA)
         return ((abar.sqrt() * x.float() - x0_hat.float()) / sigma).to(x0_hat.dtype)
@@ -361,7 +374,7 @@ class WorldModel(nn.Module):
         )
 
     def _call(self, module: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._checkpointing():
+        if self.config.gradient_checkpointing == "block" and self._checkpointing():
             return checkpoint(functools.partial(module, **kwargs), *args, use_reentrant=False)
         return module(*args, **kwargs)
 
@@ -506,3 +519,9 @@ class WorldModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def _checkpointing_of(model_ref: weakref.ref[WorldModel]) -> bool:
+    """Whether the (weakly referenced) model checkpoints now: the per-layer wrappers' switch."""
+    model = model_ref()
+    return model is not None and model._checkpointing()

@@ -33,7 +33,9 @@ class ModelSection(StrictConfig):
     causal_mode: CausalMode = "extrapolative"
     extrapolation_window: int = Field(2, ge=1)
     action_space: dict[str, Any] | None = None
-    gradient_checkpointing: bool = False
+    # Activation checkpointing: false, true / "block" (per UNet block), "layer" (per layer inside the blocks:
+    # the same recompute, a fraction of the memory; what fits batch 8 at paper size on an 80 GB card).
+    gradient_checkpointing: bool | Literal["block", "layer"] = False
     # torch.compile of each UNet block (WorldModel.compile_blocks): the eager step is bound by small
     # kernels (norm statistics, layout copies, pointwise glue) that fusion removes (issue 18).
     compile_blocks: bool = False

@@ -97,7 +97,7 @@ def build_model(cfg: TrainConfig) -> Any:
         if model.action_encoder is None:
             model.set_action_space(m.action_space)
     if m.gradient_checkpointing:
-        model.enable_gradient_checkpointing(True)
+        model.enable_gradient_checkpointing(m.gradient_checkpointing)
     if m.compile_blocks:
         model.compile_blocks(m.compile_backend, m.compile_mode)
     return model

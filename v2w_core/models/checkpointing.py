@@ -1,0 +1,76 @@
+"""Activation checkpointing of the base's blocks, or of the layers inside them.
+
+Two granularities, one recompute (every activation is recomputed once in backward either way):
+
+* ``"block"``: :class:`~v2w_core.models.world_model.WorldModel` checkpoints each UNet block it calls. Only
+  block inputs are kept, but backward recomputes a whole block at once and holds all of its activations:
+  at paper size (UNet3D, 16 frames of 40×64 latents) the full-resolution up block holds ≈ 8 GiB per clip,
+  so batch 8 needed 89.6 GiB on an H200 (issue 18) and does not fit an 80 GB card.
+* ``"layer"``: each layer inside a block (resnet, temporal conv, spatial and temporal transformer) is
+  checkpointed on its own, so backward holds one layer's activations at a time, plus the layer inputs.
+
+diffusers' UNet3D blocks have a ``gradient_checkpointing`` flag they never read, and SVD's checkpoint only
+their resnets, so the layers are wrapped here: each layer's instance ``forward`` is replaced by one that
+runs the class's forward under ``torch.utils.checkpoint`` (non-reentrant, which Dynamo traces, so it works
+inside :meth:`WorldModel.compile_blocks`' compiled blocks). Modules and parameter names are unchanged, so
+checkpoints and exports are too.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, Literal
+
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+Granularity = Literal["block", "layer"]
+
+#: The per-layer module lists of the diffusers blocks of both families (UNet3D: all four; SVD's
+#: spatio-temporal blocks: resnets and attentions).
+LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions")
+
+_ORIGINAL = "_v2w_unwrapped_forward"
+
+
+def granularity(setting: bool | str) -> Granularity | None:
+    """The config value (``false``, ``true`` = ``"block"``, ``"block"``, ``"layer"``) as a granularity."""
+    if setting is False:
+        return None
+    if setting is True:
+        return "block"
+    if setting in ("block", "layer"):
+        return setting  # type: ignore[return-value]
+    raise ValueError(f"gradient_checkpointing={setting!r}: use false, true (= block), 'block' or 'layer'")
+
+
+def layers(blocks: list[nn.Module]) -> list[nn.Module]:
+    """The layers ``"layer"`` checkpointing wraps: every module of the blocks' per-layer lists."""
+    return [layer for block in blocks for name in LAYER_LISTS for layer in getattr(block, name, None) or ()]
+
+
+def wrap_layers(blocks: list[nn.Module], active: Callable[[], bool]) -> None:
+    """Checkpoint each layer of ``blocks`` while ``active()`` (training with gradients) holds."""
+    for layer in layers(blocks):
+        if _ORIGINAL in layer.__dict__:
+            continue
+        forward = layer.forward  # the bound class method
+        setattr(layer, _ORIGINAL, forward)
+        layer.forward = functools.partial(_maybe_checkpointed, forward, active)  # type: ignore[method-assign]
+
+
+def unwrap_layers(blocks: list[nn.Module]) -> None:
+    """Undo :func:`wrap_layers`: the layers' own forwards again."""
+    for layer in layers(blocks):
+        if _ORIGINAL in layer.__dict__:
+            del layer.__dict__["forward"]
+            del layer.__dict__[_ORIGINAL]
+
+
+def _maybe_checkpointed(
+    forward: Callable[..., Any], active: Callable[[], bool], *args: Any, **kwargs: Any
+) -> Any:
+    if active():
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
