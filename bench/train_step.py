@@ -93,7 +93,7 @@ def _init_dist(device_type: str) -> tuple[int, int]:
 
 
 def _build_model(
-    preset: dict[str, Any], device: Any, grad_ckpt: str | None, compile_blocks: bool = False
+    preset: dict[str, Any], device: Any, grad_ckpt: str | None, compile_regions: str | None = None
 ) -> Any:
     from v2w_core.models.causalize import causalize
     from v2w_core.models.presets import PRESETS as MODEL_PRESETS
@@ -107,8 +107,8 @@ def _build_model(
     model.set_action_space({"type": "continuous", "dim": ACTION_DIM})
     if grad_ckpt:
         model.enable_gradient_checkpointing(grad_ckpt)  # "block" or "layer"
-    if compile_blocks:  # the training loop's switch (model.compile_blocks): torch.compile per UNet block
-        model.compile_blocks("inductor")
+    if compile_regions:  # the training loop's switch (model.compile_blocks, model.compile_regions)
+        model.compile_blocks("inductor", regions=compile_regions)
     return model.to(device)
 
 
@@ -418,8 +418,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--compile-blocks",
-        action="store_true",
-        help="torch.compile each UNet block (model.compile_blocks, train config model.compile_blocks)",
+        nargs="?",
+        const="block",
+        choices=("block", "layer"),
+        default=None,
+        help="torch.compile per UNet block (bare flag) or per layer inside the blocks (train config "
+        "model.compile_blocks, model.compile_regions)",
     )
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "train_step.json"))
     p.add_argument(
@@ -465,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd += [flag, str(value)]
         cmd += ["--grad-ckpt", args.grad_ckpt] if args.grad_ckpt else []
         cmd += ["--compile"] * args.compile + ["--profile"] * args.profile
-        cmd += ["--compile-blocks"] * args.compile_blocks
+        cmd += ["--compile-blocks", args.compile_blocks] if args.compile_blocks else []
         for item in args.ds_set:
             cmd += ["--ds-set", item]
         proc = subprocess.run(cmd, check=False)

@@ -52,6 +52,45 @@ def test_fast_path_falls_back_to_eager_on_cpu_and_is_exact(
     assert not runner._graphs and not runner._static  # nothing captured on CPU
 
 
+def test_rollout_hands_whole_ddim_steps_to_a_runner_with_denoise_newest(
+    causal_model: WorldModel, plain: torch.Tensor
+) -> None:
+    """The hook FastStreamer's one-graph step (model + guidance + DDIM update) plugs into: every step of
+    every frame goes through it, with the step's coefficient row and noise, and the frames are unchanged."""
+    from v2w_core.diffusion.rollout import denoise_newest
+
+    calls: list[torch.Tensor] = []
+
+    class Runner:
+        encode_history = causal_model.encode_history
+
+        def denoise_newest(self, *args: Any) -> torch.Tensor:
+            calls.append(args[5])  # the coefficient row
+            return denoise_newest(causal_model.step_newest, *args)
+
+    torch.testing.assert_close(_rollout(causal_model, Runner()), plain, rtol=0, atol=0)  # type: ignore[arg-type]
+    assert len(calls) == N * 3  # frames × DDIM steps
+    assert all(c.shape == (5,) for c in calls) and not torch.equal(calls[0], calls[1])
+
+
+def test_ddim_table_rows_give_ddim_step() -> None:
+    from v2w_core.diffusion.schedule import NoiseSchedule, ddim_step, ddim_table, ddim_update
+
+    ddim = NoiseSchedule().ddim(10)
+    g = torch.Generator().manual_seed(0)
+    for eta in (0.0, 1.0):
+        table = ddim_table(ddim, eta)
+        assert table.shape == (10, 5) and torch.isfinite(table).all()
+        x = torch.randn(2, 1, 3, 4, 4, generator=g)
+        for row, t in zip(table, ddim.timesteps, strict=True):
+            v, z = torch.randn(x.shape, generator=g), torch.randn(x.shape, generator=g)
+            want = ddim_step(ddim, v, int(t), x, eta=eta, variance_noise=z)
+            got = ddim_update(row, v, x, z if eta > 0 else None)
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+            x = want
+        assert table[0, 0] == 0.0 and table[-1, 2] == 1.0  # zero terminal SNR; the last step lands on x0
+
+
 def test_channels_last_convs_give_the_same_frames(plain: torch.Tensor) -> None:
     from v2w_core.diffusion.fast_rollout import set_conv_memory_format
 
@@ -155,8 +194,12 @@ def test_cuda_graph_replay_equals_eager() -> None:
     eager = _rollout(model, None, "cuda")
     runner = FastStreamer(model, FastPathConfig(cuda_graph=True))
     graphed = _rollout(model, runner, "cuda")
-    assert runner._graphs, "no CUDA graph was captured"
+    # one graph per history length (the window fills), each a whole DDIM step: model, guidance, update
+    assert runner._graphs and all(key[0] == "denoise" for key in runner._graphs), "no CUDA graph was captured"
     torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
+    model_only = FastStreamer(model, FastPathConfig(cuda_graph=True, graph_ddim=False))
+    torch.testing.assert_close(_rollout(model, model_only, "cuda"), eager, rtol=1e-4, atol=1e-4)
+    assert model_only._graphs and not any(key[0] == "denoise" for key in model_only._graphs)
 
 
 def test_temporal_cross_attention_runs_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:

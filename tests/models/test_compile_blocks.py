@@ -15,7 +15,7 @@ from v2w_core.train.local import ClipArrays, train_local
 
 
 def _grads(
-    compile_backend: str | None, ckpt: bool | str, family: str = "unet3d"
+    compile_backend: str | None, ckpt: bool | str, family: str = "unet3d", regions: str = "block"
 ) -> tuple[float, dict[str, torch.Tensor]]:
     torch._dynamo.reset()
     batch = clip(frames=3, size=8)
@@ -27,19 +27,21 @@ def _grads(
             m.p = 0.0
     model.enable_gradient_checkpointing(ckpt)
     if compile_backend is not None:
-        model.compile_blocks(compile_backend)
+        model.compile_blocks(compile_backend, regions=regions)  # type: ignore[arg-type]
     loss = model(**batch).square().mean()
     loss.backward()
     return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("ckpt", [False, "block", "layer"])
-def test_compiled_blocks_give_the_eager_loss_and_gradients(ckpt: bool | str) -> None:
+@pytest.mark.parametrize(
+    ("ckpt", "regions"), [(False, "block"), ("block", "block"), ("layer", "block"), ("layer", "layer")]
+)
+def test_compiled_blocks_give_the_eager_loss_and_gradients(ckpt: bool | str, regions: str) -> None:
     from torch._dynamo.utils import counters
 
     eager_loss, eager = _grads(None, ckpt)
     counters.clear()
-    compiled_loss, compiled = _grads("aot_eager", ckpt)
+    compiled_loss, compiled = _grads("aot_eager", ckpt, regions=regions)
     assert counters["stats"]["unique_graphs"] >= 4  # the blocks really went through Dynamo
     assert compiled_loss == pytest.approx(eager_loss, rel=1e-5)
     assert eager.keys() == compiled.keys() and len(eager) > 20
@@ -60,6 +62,29 @@ def test_compile_blocks_is_regional_keeps_names_and_undoes() -> None:
     assert list(model.state_dict()) == names  # checkpoints and exports unchanged
     model.compile_blocks(None)
     assert all(b._compiled_call_impl is None for b in blocks)
+
+
+def test_layer_regions_compile_the_layers_and_share_graphs_between_equal_layers() -> None:
+    from torch._dynamo.utils import counters
+
+    from v2w_core.models.checkpointing import layers
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = make_model("unet3d")
+    model.compile_blocks("aot_eager", regions="layer")
+    blocks = model.compiled_blocks()
+    targets = [blocks[0], *layers(blocks)]  # the stem (transformer_in) and every layer
+    assert all(m._compiled_call_impl is not None for m in targets)
+    assert all(b._compiled_call_impl is None for b in blocks[1:])  # the blocks' glue stays eager
+    with torch.no_grad():
+        model(**clip(frames=3, size=8))
+    # layers of one class and shape (e.g. an up block's transformers) run one compiled graph
+    assert 0 < counters["stats"]["unique_graphs"] < len(targets)
+    model.compile_blocks(None)
+    assert not any(m._compiled_call_impl is not None for m in [*blocks, *targets])
+    with pytest.raises(ValueError, match="compile regions 'layers'"):
+        model.compile_blocks("aot_eager", regions="layers")  # type: ignore[arg-type]
 
 
 def test_train_local_compiles_from_the_config_and_returns_an_eager_model() -> None:

@@ -8,7 +8,11 @@ of tensors that :meth:`HistoryCache.copy_` refreshes in place once per generated
 * :meth:`FastStreamer.encode_history` runs the history forward (eagerly, under autocast) and copies the
   result into a *static* cache, one per cache shape (the shape changes only while the window fills up);
 * :meth:`FastStreamer.step_newest` copies its inputs into static buffers and replays a CUDA graph
-  captured once per (static cache, input shapes), after warm-up iterations on a side stream.
+  captured once per (static cache, input shapes), after warm-up iterations on a side stream;
+* :meth:`FastStreamer.denoise_newest` does the same for a whole DDIM step: the model on both guidance
+  branches, the guidance combination and the DDIM update, with the step's coefficients (a row of
+  :func:`~v2w_core.diffusion.schedule.ddim_table`) and η-noise as static inputs, so one graph serves
+  every step and the update's ~20 small kernels are replayed instead of launched (``graph_ddim``).
 
 ``torch.compile`` (optional) wraps the model's forward; with ``mode="max-autotune-no-cudagraphs"`` the
 graph capture here is still ours, with ``"reduce-overhead"`` inductor captures its own graphs and ours is
@@ -33,6 +37,7 @@ from typing import Any, Literal
 
 import torch
 
+from v2w_core.diffusion.rollout import denoise_newest
 from v2w_core.models.streaming import FEW_QUERY_KERNELS, FewQueryKernel, HistoryCache
 
 logger = logging.getLogger(__name__)
@@ -56,6 +61,9 @@ class FastPathConfig:
     # broadcast reduction inside torch.compile, batched GEMMs eagerly); None keeps the model's setting.
     few_query_kernel: FewQueryKernel | None = None
     warmup_iters: int = 2
+    # Capture guidance and the DDIM update in the step's graph (denoise_newest); False replays the model
+    # alone and runs them eagerly (the path before issue 19, kept to measure against).
+    graph_ddim: bool = True
     # Store 2-D conv weights (and so their activations) channels-last (NHWC): cuDNN's bf16 kernels are
     # NHWC, and on NCHW input it transposes before and after every conv. Changes the model in place.
     channels_last: bool = False
@@ -202,18 +210,70 @@ class FastStreamer:
         """``model.step_newest``, replayed from a CUDA graph when possible."""
         key = (id(cache), *_key(x_new, t_new, a_new, mask_new))
         graph = self._graphs.get(key)
-        if graph is None and self._graphs_on(x_new.device) and any(c is cache for c in self._static.values()):
+        if graph is None and self._capturable(x_new, cache):
             # Validate once through the checked entry point (also a warm-up), then capture.
             with self._autocast(x_new.device):
                 self.model.step_newest(x_new, t_new, a_new, mask_new, cache)
-            graph = self._capture(key, (x_new, t_new, a_new, mask_new), cache)
+            graph = self._capture(key, (x_new, t_new, a_new, mask_new), lambda *ins: self._run(*ins, cache))
         if graph is None:
             if self.config.compile is None:
                 with self._autocast(x_new.device):
                     return self.model.step_newest(x_new, t_new, a_new, mask_new, cache).to(x_new.dtype)
             # Clone: with inductor's own CUDA graphs the output lives in its pool until the next call.
             return self._timed_compile(lambda: self._run(x_new, t_new, a_new, mask_new, cache)).clone()
-        for dst, src in zip(graph.inputs, (x_new, t_new, a_new, mask_new), strict=True):
+        return self._replay(graph, (x_new, t_new, a_new, mask_new))
+
+    @torch.no_grad()
+    def denoise_newest(
+        self,
+        x: torch.Tensor,
+        t_new: torch.Tensor,
+        a_new: torch.Tensor | None,
+        mask_new: torch.Tensor | None,
+        cache: HistoryCache,
+        coefficients: torch.Tensor,
+        noise: torch.Tensor | None,
+        guidance: tuple[float, float] | None,
+        clip_sample_range: float | None = None,
+    ) -> torch.Tensor:
+        """:func:`~v2w_core.diffusion.rollout.denoise_newest` (model, guidance, DDIM update), replayed as
+        one CUDA graph per (static cache, shapes, guidance) when possible; else :meth:`step_newest` and the
+        update eagerly."""
+        inputs = (x, t_new, a_new, mask_new, coefficients, noise)
+        key = ("denoise", id(cache), *_key(*inputs), guidance, clip_sample_range)
+        graph = self._graphs.get(key)
+        if graph is None and self.config.graph_ddim and self._capturable(x, cache):
+            n = t_new.shape[0] // x.shape[0]
+            with self._autocast(x.device):  # validate once through the checked entry point
+                self.model.step_newest(torch.cat([x] * n), t_new, a_new, mask_new, cache)
+
+            def step(*ins: Any) -> torch.Tensor:  # ins: the static copies of ``inputs``
+                xx, tt, aa, mm, coef, z = ins
+                return denoise_newest(self._run, xx, tt, aa, mm, cache, coef, z, guidance, clip_sample_range)
+
+            graph = self._capture(key, inputs, step)
+        if graph is None:
+            return denoise_newest(
+                self.step_newest,
+                x,
+                t_new,
+                a_new,
+                mask_new,
+                cache,
+                coefficients,
+                noise,
+                guidance,
+                clip_sample_range,
+            )
+        return self._replay(graph, inputs)
+
+    def _capturable(self, x: torch.Tensor, cache: HistoryCache) -> bool:
+        """Graphs are on and ``cache`` is one of our static caches (the addresses a graph may read)."""
+        return self._graphs_on(x.device) and any(c is cache for c in self._static.values())
+
+    @staticmethod
+    def _replay(graph: _Graph, inputs: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+        for dst, src in zip(graph.inputs, inputs, strict=True):
             if dst is not None:
                 dst.copy_(src)
         graph.graph.replay()
@@ -229,24 +289,26 @@ class FastStreamer:
         return out
 
     def _capture(
-        self, key: tuple[Any, ...], inputs: tuple[torch.Tensor | None, ...], cache: HistoryCache
+        self,
+        key: tuple[Any, ...],
+        inputs: tuple[torch.Tensor | None, ...],
+        fn: Callable[..., torch.Tensor],
     ) -> _Graph | None:
+        """Capture ``fn(*static copies of inputs)`` as a CUDA graph (after warm-up on a side stream)."""
         static_in = tuple(None if t is None else t.clone() for t in inputs)
-        x, t, a, m = static_in
-        assert x is not None and t is not None
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._timed_compile(lambda: self._run(x, t, a, m, cache))
+                self._timed_compile(lambda: fn(*static_in))
                 for _ in range(max(0, self.config.warmup_iters - 1)):
-                    self._run(x, t, a, m, cache)
+                    fn(*static_in)
             torch.cuda.current_stream().wait_stream(stream)
             if self._pool is None:
                 self._pool = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=self._pool):
-                out = self._run(x, t, a, m, cache)
+                out = fn(*static_in)
         except RuntimeError as err:  # capture is an optimisation: fall back to eager, say why
             logger.warning(
                 "fast path: CUDA graph capture failed (%s: %s); running eagerly", type(err).__name__, err
@@ -255,5 +317,5 @@ class FastStreamer:
             torch.cuda.synchronize()
             return None
         self._graphs[key] = _Graph(graph, static_in, out)
-        logger.info("fast path: captured a CUDA graph for newest-frame batch %d", x.shape[0])
+        logger.info("fast path: captured a CUDA graph (%s) for batch %d", key[0], inputs[0].shape[0])
         return self._graphs[key]

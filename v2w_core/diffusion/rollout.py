@@ -47,7 +47,7 @@ from pydantic import Field, model_validator
 
 from v2w_core.config import StrictConfig
 from v2w_core.diffusion.guidance import combine_guidance
-from v2w_core.diffusion.schedule import NoiseSchedule, NoiseScheduleConfig, ddim_step
+from v2w_core.diffusion.schedule import NoiseSchedule, NoiseScheduleConfig, ddim_table, ddim_update
 from v2w_core.models.actions import align_actions
 
 logger = logging.getLogger(__name__)
@@ -148,6 +148,42 @@ def _window_actions(
     )
 
 
+def guided_update(
+    v: torch.Tensor,
+    x: torch.Tensor,
+    coefficients: torch.Tensor,
+    noise: torch.Tensor | None,
+    guidance: tuple[float, float] | None,
+    clip_sample_range: float | None = None,
+) -> torch.Tensor:
+    """Guidance then the DDIM update of the newest frame: ``v`` holds the branches ``[cond; uncond]``
+    (guided) or the one branch; ``coefficients`` is the step's row of :func:`ddim_table`."""
+    if guidance is not None:
+        v_cond, v_uncond = v.chunk(2)
+        v = combine_guidance(v_cond, v_uncond, *guidance)
+    return ddim_update(coefficients, v, x, noise, clip_sample_range)
+
+
+def denoise_newest(
+    step_newest: Any,
+    x: torch.Tensor,
+    t_new: torch.Tensor,
+    a_new: torch.Tensor | None,
+    mask_new: torch.Tensor | None,
+    cache: Any,
+    coefficients: torch.Tensor,
+    noise: torch.Tensor | None,
+    guidance: tuple[float, float] | None,
+    clip_sample_range: float | None = None,
+) -> torch.Tensor:
+    """One DDIM step of the newest frame on the streaming path: ``step_newest`` on every branch as one
+    batch, guidance, update. Tensor work only (no host sync), so a runner can capture all of it as one
+    CUDA graph (:meth:`~v2w_core.diffusion.fast_rollout.FastStreamer.denoise_newest`)."""
+    n = t_new.shape[0] // x.shape[0]
+    v = step_newest(torch.cat([x] * n), t_new, a_new, mask_new, cache)
+    return guided_update(v, x, coefficients, noise, guidance, clip_sample_range)
+
+
 def _noised(
     schedule: NoiseSchedule, clean: torch.Tensor, t_hist: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -177,7 +213,9 @@ def rollout(
 
     ``runner`` replaces the model's ``encode_history`` / ``step_newest`` on the streaming path (same
     signatures), e.g. a :class:`~v2w_core.diffusion.fast_rollout.FastStreamer` that adds bf16 autocast,
-    CUDA graphs and ``torch.compile``; everything else (noise draws, guidance, DDIM) is unchanged.
+    CUDA graphs and ``torch.compile``; a runner with a ``denoise_newest`` (the signature of
+    :func:`denoise_newest` without its first argument) runs whole DDIM steps, guidance and update
+    included. The noise draws are the rollout's either way.
     """
     cfg = config or RolloutConfig()
     _check_inputs(model, context, actions, num_frames)
@@ -186,6 +224,8 @@ def rollout(
     schedule = NoiseSchedule(cfg.schedule)
     ddim = schedule.ddim(cfg.num_inference_steps)
     timesteps = [int(t) for t in ddim.timesteps]
+    table = ddim_table(ddim, cfg.eta).to(device)  # one row of DDIM coefficients per step
+    clip = ddim.config.clip_sample_range if ddim.config.clip_sample else None
 
     aligned = keep = None
     if actions is not None:
@@ -195,6 +235,7 @@ def rollout(
         aligned, keep = align_actions(torch.cat([recorded, pad], dim=1))
     guided = cfg.guidance_scale is not None and aligned is not None
     n = 2 if guided else 1
+    guidance = (cfg.guidance_scale, cfg.guidance_rescale) if guided else None
 
     was_training = bool(getattr(model, "training", False))
     model.eval()
@@ -218,18 +259,18 @@ def rollout(
             for step, t in enumerate(timesteps):
                 t_new = torch.full((n * b, 1), t, dtype=torch.long, device=device)
                 if cache is not None:
-                    v = stream.step_newest(torch.cat([x] * n), t_new, acts.new, acts.new_mask, cache)
-                else:
-                    if cfg.history_noise == "per_step" and step > 0:
-                        x_hist = _noised(schedule, history, t_hist, generator)
-                    xw = torch.cat([torch.cat([x_hist, x], dim=1)] * n)
-                    tw = torch.cat([t_hist.repeat(n, 1), t_new], dim=1)
-                    v = model(xw, tw, acts.full, acts.full_mask)[:, -1:]
-                if guided:
-                    v_cond, v_uncond = v.chunk(2)
-                    v = combine_guidance(v_cond, v_uncond, cfg.guidance_scale, cfg.guidance_rescale)
+                    z = _randn(tuple(x.shape), x, generator) if cfg.eta > 0 else None
+                    denoise = getattr(stream, "denoise_newest", None)
+                    args = (x, t_new, acts.new, acts.new_mask, cache, table[step], z, guidance, clip)
+                    x = denoise(*args) if denoise is not None else denoise_newest(stream.step_newest, *args)
+                    continue
+                if cfg.history_noise == "per_step" and step > 0:
+                    x_hist = _noised(schedule, history, t_hist, generator)
+                xw = torch.cat([torch.cat([x_hist, x], dim=1)] * n)
+                tw = torch.cat([t_hist.repeat(n, 1), t_new], dim=1)
+                v = model(xw, tw, acts.full, acts.full_mask)[:, -1:]
                 z = _randn(tuple(x.shape), x, generator) if cfg.eta > 0 else None
-                x = ddim_step(ddim, v, t, x, eta=cfg.eta, variance_noise=z)
+                x = guided_update(v, x, table[step], z, guidance, clip)
             outputs.append(x)
             history = torch.cat([history, x], dim=1)[:, -(cfg.window - 1) :]
             logger.debug("rollout: generated frame %d/%d (window %d)", j + 1, num_frames, fh + 1)

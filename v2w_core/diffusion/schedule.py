@@ -91,6 +91,56 @@ class NoiseSchedule:
         return sched
 
 
+def ddim_coefficients(scheduler: DDIMScheduler, timestep: int, eta: float = 1.0) -> torch.Tensor:
+    """The five numbers of one DDIM update at ``timestep``, as a float32 (5,) tensor: √ᾱ_t, √(1−ᾱ_t),
+    √ᾱ_prev, √max(1 − ᾱ_prev − σ², 0) and σ = η·√((1−ᾱ_prev)/(1−ᾱ_t)·(1 − ᾱ_t/ᾱ_prev)).
+
+    Apart from the schedule, they depend only on the step, so a captured CUDA graph can take them as a
+    static input refreshed once per step (:func:`ddim_update`), instead of baking one step's Python floats
+    in; :func:`ddim_table` stacks them for every step of a sampler.
+    """
+    if scheduler.num_inference_steps is None:
+        raise ValueError("call scheduler.set_timesteps(...) before ddim_step")
+    cfg = scheduler.config
+    timestep = int(timestep)
+    prev_timestep = timestep - cfg.num_train_timesteps // scheduler.num_inference_steps
+    alphas = scheduler.alphas_cumprod
+    alpha_prod_t = alphas[timestep]
+    alpha_prod_t_prev = alphas[prev_timestep] if prev_timestep >= 0 else scheduler.final_alpha_cumprod
+    beta_prod_t = 1 - alpha_prod_t
+    beta_prod_t_prev = 1 - alpha_prod_t_prev
+    variance = (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
+    std_dev_t = eta * variance**0.5
+    direction = (1 - alpha_prod_t_prev - std_dev_t**2).clamp_min(0) ** 0.5
+    parts = (alpha_prod_t**0.5, beta_prod_t**0.5, alpha_prod_t_prev**0.5, direction, std_dev_t)
+    return torch.stack([torch.as_tensor(x, dtype=torch.float32) for x in parts])
+
+
+def ddim_table(scheduler: DDIMScheduler, eta: float = 1.0) -> torch.Tensor:
+    """(steps, 5) :func:`ddim_coefficients` of every step of ``scheduler.timesteps``, in sampling order."""
+    return torch.stack([ddim_coefficients(scheduler, int(t), eta) for t in scheduler.timesteps])
+
+
+def ddim_update(
+    coefficients: torch.Tensor,
+    v_pred: torch.Tensor,
+    sample: torch.Tensor,
+    variance_noise: torch.Tensor | None = None,
+    clip_sample_range: float | None = None,
+) -> torch.Tensor:
+    """x_t → x_prev from one step's :func:`ddim_coefficients` (a (5,) tensor, on ``sample``'s device for a
+    graph): only tensor arithmetic, no host sync, so it can run inside a captured CUDA graph."""
+    sqrt_a, sqrt_b, sqrt_a_prev, direction, sigma = coefficients.unbind()
+    pred_x0 = sqrt_a * sample - sqrt_b * v_pred
+    pred_eps = sqrt_a * v_pred + sqrt_b * sample
+    if clip_sample_range is not None:
+        pred_x0 = pred_x0.clamp(-clip_sample_range, clip_sample_range)
+    prev = sqrt_a_prev * pred_x0 + direction * pred_eps
+    if variance_noise is not None:
+        prev = prev + sigma * variance_noise
+    return prev
+
+
 def ddim_step(
     scheduler: DDIMScheduler,
     v_pred: torch.Tensor,
@@ -104,31 +154,18 @@ def ddim_step(
 
     Why not ``scheduler.step``: at zero terminal SNR its first η = 1 step computes
     ``sqrt(1 − ᾱ_prev − σ²)`` with σ² = 1 − ᾱ_prev exactly, which rounds below zero → NaN. This is the
-    same arithmetic in the same order with that square root's argument clamped at 0; it reads timesteps,
-    ``alphas_cumprod`` and ``final_alpha_cumprod`` from the diffusers scheduler.
+    same arithmetic with that square root's argument clamped at 0 (:func:`ddim_coefficients`, then
+    :func:`ddim_update`); it reads timesteps, ``alphas_cumprod`` and ``final_alpha_cumprod`` from the
+    diffusers scheduler.
     """
-    if scheduler.num_inference_steps is None:
-        raise ValueError("call scheduler.set_timesteps(...) before ddim_step")
     if eta > 0 and variance_noise is None:
         raise ValueError("eta > 0 needs variance_noise (draw it from the rollout's generator)")
+    coefficients = ddim_coefficients(scheduler, timestep, eta)
     cfg = scheduler.config
-    timestep = int(timestep)
-    prev_timestep = timestep - cfg.num_train_timesteps // scheduler.num_inference_steps
-    alphas = scheduler.alphas_cumprod
-    alpha_prod_t = alphas[timestep]
-    alpha_prod_t_prev = alphas[prev_timestep] if prev_timestep >= 0 else scheduler.final_alpha_cumprod
-    beta_prod_t = 1 - alpha_prod_t
-    beta_prod_t_prev = 1 - alpha_prod_t_prev
-
-    pred_x0 = (alpha_prod_t**0.5) * sample - (beta_prod_t**0.5) * v_pred
-    pred_eps = (alpha_prod_t**0.5) * v_pred + (beta_prod_t**0.5) * sample
-    if cfg.clip_sample:
-        pred_x0 = pred_x0.clamp(-cfg.clip_sample_range, cfg.clip_sample_range)
-
-    variance = (beta_prod_t_prev / beta_prod_t) * (1 - alpha_prod_t / alpha_prod_t_prev)
-    std_dev_t = eta * variance**0.5
-    direction = (1 - alpha_prod_t_prev - std_dev_t**2).clamp_min(0) ** 0.5 * pred_eps
-    prev = alpha_prod_t_prev**0.5 * pred_x0 + direction
-    if eta > 0:
-        prev = prev + std_dev_t * variance_noise
-    return prev
+    return ddim_update(
+        coefficients.to(sample.device),
+        v_pred,
+        sample,
+        variance_noise if eta > 0 else None,
+        cfg.clip_sample_range if cfg.clip_sample else None,
+    )

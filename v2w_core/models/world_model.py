@@ -32,7 +32,14 @@ from torch.utils.checkpoint import checkpoint
 from v2w_core.config import CausalMode, NoiseScheduleConfig, StrictConfig
 from v2w_core.models.actions import ActionEncoder, ActionSpec, check_action_mask
 from v2w_core.models.causalize import causalize_unet
-from v2w_core.models.checkpointing import Granularity, granularity, unwrap_layers, wrap_layers
+from v2w_core.models.checkpointing import (
+    LAYER_LISTS,
+    Granularity,
+    granularity,
+    layers,
+    unwrap_layers,
+    wrap_layers,
+)
 from v2w_core.models.streaming import HistoryCache, StreamPhase, StreamState
 from v2w_core.models.weight_transfer import check_causal_mode
 
@@ -75,6 +82,9 @@ class WorldModelConfig(StrictConfig):
     #: into every x0 estimate; predicting x0 does not (bench/denoiser_probe.py; JiT, Li & He 2025).
     network_output: Literal["v", "x0"] = "v"
 
+
+#: What :meth:`WorldModel.compile_blocks` compiles as one graph: each block, or each layer inside them.
+CompileRegions = Literal["block", "layer"]
 
 #: Floor of √(1−ᾱ) in the x0 → v conversion: at the last few timesteps √(1−ᾱ) → 0.03 and an x0 error would
 #: be amplified 30× in v (JiT clips the same denominator at 0.05).
@@ -247,20 +257,44 @@ class WorldModel(nn.Module):
         stem = [unet.transformer_in] if self.config.family == "unet3d" else []
         return [*stem, *unet.down_blocks, unet.mid_block, *unet.up_blocks]
 
-    def compile_blocks(self, backend: str | None = "inductor", mode: str | None = None) -> None:
-        """``torch.compile`` each block in place (``nn.Module.compile``), or undo it (``backend=None``).
+    def compile_blocks(
+        self, backend: str | None = "inductor", mode: str | None = None, regions: CompileRegions = "block"
+    ) -> None:
+        """``torch.compile`` the base's blocks in place (``nn.Module.compile``), or undo it (``backend=None``).
 
         Regional, not the whole model: a whole-model compile of the paper-size UNet3D did not finish within
-        280 s on an H200 (issue 18), while the blocks repeat, so their graphs are few and small; a graph
-        break stays inside its block; gradient checkpointing (which wraps the same blocks) recomputes the
-        compiled region; and the parameters keep their names, so checkpoints and exports are unchanged.
+        280 s on an H200 (issue 18); a graph break stays inside its region; gradient checkpointing (which
+        wraps the same blocks, or layers) recomputes the compiled region; and the parameters keep their
+        names, so checkpoints and exports are unchanged. ``regions``:
+
+        * ``"block"``: one graph per block. Fusion spans the whole block, but a UNet's blocks all differ
+          in shape, so every block is its own compilation: ≈ 40–60 s each for the paper-size UNet3D's
+          forward on a 16-core H100 host, too slow to finish a cold compile in a 10-minute run (issue 18).
+        * ``"layer"``: one graph per layer inside the blocks (:func:`~v2w_core.models.checkpointing.layers`)
+          plus the stem. Layers of the same class and shape (the transformers and most resnets of one
+          resolution level) reuse one compiled graph, so far fewer graphs are compiled; the blocks' glue
+          (up/downsampling convs, skip concatenation) runs eagerly. Shapes stay static (``dynamic=False``)
+          and the recompile limit is raised to fit the distinct layer shapes.
+
         Meant for training: streaming rollouts run eagerly or through :mod:`v2w_core.diffusion.fast_rollout`.
         """
-        for block in self.compiled_blocks():
-            if backend is None:
-                block._compiled_call_impl = None  # what nn.Module.compile sets; None = the eager forward
-            else:
+        blocks = self.compiled_blocks()
+        if backend is None:
+            for module in [*blocks, *layers(blocks)]:
+                module._compiled_call_impl = None  # what nn.Module.compile sets; None = the eager forward
+            return
+        if regions == "block":
+            for block in blocks:
                 block.compile(backend=backend, mode=mode)
+            return
+        if regions != "layer":
+            raise ValueError(f"compile regions {regions!r}: use 'block' or 'layer'")
+        stem = [b for b in blocks if not any(getattr(b, name, None) for name in LAYER_LISTS)]
+        targets = [*stem, *layers(blocks)]
+        # one cache entry per distinct (class, shape) of layer: more than Dynamo's default limit of 8
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(targets))
+        for module in targets:
+            module.compile(backend=backend, mode=mode, dynamic=False)
 
     # ------------------------------------------------------------------ forward
 

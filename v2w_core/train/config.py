@@ -41,6 +41,9 @@ class ModelSection(StrictConfig):
     compile_blocks: bool = False
     compile_backend: str = "inductor"
     compile_mode: str | None = None
+    # One graph per UNet block, or per layer inside the blocks ("layer": layers of one shape share a graph,
+    # so a cold compile of the paper-size UNet3D is several times shorter; WorldModel.compile_blocks).
+    compile_regions: Literal["block", "layer"] = "block"
 
 
 class DataSection(StrictConfig):

@@ -176,7 +176,7 @@ def train_local(
     if model is None:
         model = build_model(cfg)  # compiles the blocks when cfg.model.compile_blocks
     elif cfg.model.compile_blocks:  # a model the caller built: the same switch
-        model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode)
+        model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode, cfg.model.compile_regions)
     model = model.to(device).train()
     if cfg.mode == "finetune" and clips.actions is None:
         raise ValueError("finetune mode needs clips with actions")
@@ -279,7 +279,7 @@ def _eager_blocks(model: Any, cfg: TrainConfig) -> Iterator[None]:
     try:
         yield
     finally:
-        model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode)
+        model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode, cfg.model.compile_regions)
 
 
 __all__ = ["ClipArrays", "LocalRun", "lr_factor", "random_batches", "train_local"]

@@ -99,7 +99,7 @@ def build_model(cfg: TrainConfig) -> Any:
     if m.gradient_checkpointing:
         model.enable_gradient_checkpointing(m.gradient_checkpointing)
     if m.compile_blocks:
-        model.compile_blocks(m.compile_backend, m.compile_mode)
+        model.compile_blocks(m.compile_backend, m.compile_mode, m.compile_regions)
     return model
 
 
