@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import gc
 import logging
 import sys
@@ -45,7 +46,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "rollout_gpu.json"
 ACTION_DIM = 4
-MODES = ("full", "stream", "graph", "compile")
+# graph_model: only the model's step captured (the path before issue 19); graph / compile: the history
+# forward and whole DDIM steps (model, guidance, update) captured too
+MODES = ("full", "stream", "graph_model", "graph", "compile")
 logger = logging.getLogger("bench.rollout_gpu")
 
 
@@ -254,6 +257,7 @@ def bench_family(
 
     # ---- one rollout, each path
     single: dict[str, Any] = {}
+    runners: dict[str, FastStreamer] = {}
     for mode in args.modes:
 
         def row(mode: str = mode) -> dict[str, Any]:
@@ -262,6 +266,9 @@ def bench_family(
                 runner, path = None, "full"
             elif mode == "stream":
                 runner, path = FastStreamer(model, bf16), "streaming"
+            elif mode == "graph_model":
+                model_only = dataclasses.replace(graph_cfg, graph_ddim=False, graph_encode=False)
+                runner, path = FastStreamer(model, model_only), "streaming"
             elif mode == "graph":
                 runner, path = FastStreamer(model, graph_cfg), "streaming"
             else:
@@ -280,11 +287,34 @@ def bench_family(
                 r["compile_seconds"] = runner.compile_seconds
             if runner is not None:
                 r["cuda_graphs"] = len(runner._graphs)
+                r["history_graphs"] = len(runner._encode_graphs)
+                runners[mode] = runner
             return r
 
         single[mode] = guarded(f"{family} {mode}", row)
         logger.info("%s %s: %s", family, mode, single[mode])
         out["single_rollout"] = single
+        if on_row is not None:
+            on_row(out)
+
+    # ---- fewer DDIM steps on the fastest path: the same captured graphs (the step's coefficients are a
+    # graph input), so only the step count changes
+    done = {m: r for m, r in single.items() if m in runners and "seconds_per_frame" in r}
+    if done and args.steps_sweep:
+        fastest = min(done, key=lambda m: done[m]["seconds_per_frame"])
+        sweep = {str(args.steps): {"seconds_per_frame": done[fastest]["seconds_per_frame"]}}
+        for steps in args.steps_sweep:
+
+            def srow(steps: int = steps) -> dict[str, Any]:
+                sec, _ = timed_rollout(
+                    model, runners[fastest], argparse.Namespace(**{**vars(args), "steps": steps}), 1,
+                    args.frames, "streaming", device,
+                )  # fmt: skip
+                return {"seconds_per_frame": sec}
+
+            sweep[str(steps)] = guarded(f"{family} {fastest} {steps} steps", srow)
+            logger.info("%s %s at %d steps: %s", family, fastest, steps, sweep[str(steps)])
+        out["steps_sweep"] = {"path": fastest, "rows": sweep}
         if on_row is not None:
             on_row(out)
 
@@ -371,6 +401,8 @@ def main() -> None:
     parser.add_argument("--svd-modes", default="full,stream,graph", help="modes for svd ('' = as --modes)")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps")
     parser.add_argument("--frames", type=int, default=1, help="generated frames per timed rollout")
+    parser.add_argument("--steps-sweep", default="20,10",
+                        help="other DDIM step counts timed on the fastest one-rollout path ('' = none)")
     parser.add_argument("--context", type=int, default=15, help="history frames (window = context + 1)")
     parser.add_argument("--encode-chunk", type=int, default=8, help="encode_history batch chunk")
     parser.add_argument(
@@ -387,6 +419,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.modes = [m for m in args.modes.split(",") if m]
+    args.steps_sweep = [int(n) for n in args.steps_sweep.split(",") if n]
     args.batched_modes = [m for m in args.batched_modes.split(",") if m]
     if args.device == "cpu":  # the CPU smoke test skips inductor (minutes of C++ compiles per shape)
         args.batched_modes = [m for m in args.batched_modes if m != "compile"]
@@ -458,10 +491,14 @@ def write_record(
 
 
 def headline(record: dict[str, Any]) -> dict[str, Any]:
-    """Per family: seconds per frame of one rollout on each path and the fastest; over the batched rows the
-    highest effective TFLOP/s and frames/s (with path and batch) and the largest peak memory; the bf16 fast
-    path's relative L2 against fp32 eager. Rows that failed are left out."""
+    """Issue 19's figures first — ``seconds_per_frame`` (UNet3D, one rollout, the fastest path at the run's
+    steps), ``seconds_per_frame_svd``, ``frames_per_second_at_steps`` (UNet3D, that path, the steps sweep),
+    ``rel_l2_vs_fp32`` (UNet3D bf16 graph path vs fp32 eager), ``device`` — then per family: seconds per
+    frame of one rollout on each path and the fastest; over the batched rows the highest effective
+    TFLOP/s and frames/s (with path and batch) and the largest peak memory; the bf16 fast path's relative
+    L2 against fp32 eager. Rows that failed are left out."""
     out: dict[str, Any] = {"device": record["machine"]["device"], "steps": record["settings"]["steps"]}
+    per_family: dict[str, Any] = {}
     for fam in record["families"]:
         single = {m: r for m, r in fam.get("single_rollout", {}).items() if "seconds_per_frame" in r}
         batched = [(k.removeprefix("batched_"), r) for k, v in fam.items() if k.startswith("batched_")
@@ -472,12 +509,16 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         peaks = [(m, r) for m, r in batched if r.get("peak_gib") is not None]
         peak = max(peaks, key=lambda mr: mr[1]["peak_gib"], default=None)
         agree = fam.get("agreement_bf16_graph_vs_fp32_eager", {})
-        out[fam["family"]] = {
+        sweep = fam.get("steps_sweep", {})
+        per_family[fam["family"]] = {
             "seconds_per_frame": {m: round(r["seconds_per_frame"], 3) for m, r in single.items()},
             "ms_per_step": {m: round(r["ms_per_step"], 1) for m, r in single.items()},
             "compile_seconds": single.get("compile", {}).get("compile_seconds"),
             "fastest_path": best[0] if best else None,
             "fastest_seconds_per_frame": round(best[1]["seconds_per_frame"], 3) if best else None,
+            "frames_per_second_at_steps": {
+                n: round(1 / r["seconds_per_frame"], 2) for n, r in sweep.get("rows", {}).items() if "seconds_per_frame" in r
+            },
             "max_effective_tflops": round(top[1]["effective_tflops"], 1) if top else None,
             "max_effective_tflops_at": f"{top[0]} batch {top[1]['batch']}" if top else None,
             "max_frames_per_second": round(fastest[1]["frames_per_second"], 2) if fastest else None,
@@ -486,6 +527,14 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
             "max_peak_gib_at": f"{peak[0]} batch {peak[1]['batch']}" if peak else None,
             "agreement_rel_l2": agree.get("rel_l2"),
         }
+    unet, svd = per_family.get("unet3d", {}), per_family.get("svd", {})
+    out.update(
+        seconds_per_frame=unet.get("fastest_seconds_per_frame"),
+        seconds_per_frame_svd=svd.get("fastest_seconds_per_frame"),
+        frames_per_second_at_steps=unet.get("frames_per_second_at_steps"),
+        rel_l2_vs_fp32=unet.get("agreement_rel_l2"),
+        **per_family,
+    )
     out["machine"] = machine_summary(record["machine"], f"torch {record['machine']['torch']}")
     return out
 

@@ -196,10 +196,12 @@ def test_cuda_graph_replay_equals_eager() -> None:
     graphed = _rollout(model, runner, "cuda")
     # one graph per history length (the window fills), each a whole DDIM step: model, guidance, update
     assert runner._graphs and all(key[0] == "denoise" for key in runner._graphs), "no CUDA graph was captured"
+    assert runner._encode_graphs and not runner._encode_graph_failed  # the history forward, one per length
     torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-4)
-    model_only = FastStreamer(model, FastPathConfig(cuda_graph=True, graph_ddim=False))
+    model_only = FastStreamer(model, FastPathConfig(cuda_graph=True, graph_ddim=False, graph_encode=False))
     torch.testing.assert_close(_rollout(model, model_only, "cuda"), eager, rtol=1e-4, atol=1e-4)
     assert model_only._graphs and not any(key[0] == "denoise" for key in model_only._graphs)
+    assert not model_only._encode_graphs
 
 
 def test_temporal_cross_attention_runs_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,11 @@ by the CPU launching them (DESIGN §3: 121 ms eager vs 31 ms replayed as a CUDA 
 cache makes the step graph-capturable: its inputs have fixed shapes and the history it reads is a set
 of tensors that :meth:`HistoryCache.copy_` refreshes in place once per generated frame. So:
 
-* :meth:`FastStreamer.encode_history` runs the history forward (eagerly, under autocast) and copies the
-  result into a *static* cache, one per cache shape (the shape changes only while the window fills up);
+* :meth:`FastStreamer.encode_history` runs the history forward under autocast into a *static* cache, one
+  per cache shape (the shape changes only while the window fills up). With ``graph_encode`` the history
+  forward itself is captured as a CUDA graph whose output *is* that static cache, so each generated frame
+  replays it instead of launching the ~thousand kernels of a 15-frame forward (issue 19); otherwise it
+  runs eagerly and its result is copied into the static cache;
 * :meth:`FastStreamer.step_newest` copies its inputs into static buffers and replays a CUDA graph
   captured once per (static cache, input shapes), after warm-up iterations on a side stream;
 * :meth:`FastStreamer.denoise_newest` does the same for a whole DDIM step: the model on both guidance
@@ -64,6 +67,9 @@ class FastPathConfig:
     # Capture guidance and the DDIM update in the step's graph (denoise_newest); False replays the model
     # alone and runs them eagerly (the path before issue 19, kept to measure against).
     graph_ddim: bool = True
+    # Capture the history forward (encode_history) too: one graph per history shape, replayed once per
+    # generated frame. Not with encode_batch_chunk (the chunks are written row by row).
+    graph_encode: bool = True
     # Store 2-D conv weights (and so their activations) channels-last (NHWC): cuDNN's bf16 kernels are
     # NHWC, and on NCHW input it transposes before and after every conv. Changes the model in place.
     channels_last: bool = False
@@ -113,6 +119,9 @@ class FastStreamer:
         self._graphs: dict[tuple[Any, ...], _Graph] = {}
         self._static: dict[tuple[Any, ...], HistoryCache] = {}
         self._graph_failed = False
+        self._encode_graph_failed = False  # a failed history capture leaves the step graphs on
+        self._encode_graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
+        self._encode_inputs: dict[tuple[Any, ...], tuple[torch.Tensor | None, ...]] = {}
         self._pool: Any = None
         self.compile_seconds = 0.0  # wall time of the first call(s) that triggered compilation
         self._forward: Callable[..., torch.Tensor] = model.forward
@@ -132,6 +141,8 @@ class FastStreamer:
         """Forget captured graphs and static caches (frees their memory)."""
         self._graphs.clear()
         self._static.clear()
+        self._encode_graphs.clear()
+        self._encode_inputs.clear()
 
     # ------------------------------------------------------------------ helpers
 
@@ -176,6 +187,17 @@ class FastStreamer:
         batch = x_hist.shape[0]
         chunk = self.config.encode_batch_chunk or batch
         graphs = self._graphs_on(x_hist.device)
+        inputs = (x_hist, t_hist, a_hist, mask_hist)
+        key = _key(*inputs)
+        if graphs and self.config.graph_encode and chunk >= batch and not self._encode_graph_failed:
+            if key not in self._encode_graphs:
+                self._capture_encode(key, inputs)
+            if key in self._encode_graphs:
+                for dst, src in zip(self._encode_inputs[key], inputs, strict=True):
+                    if dst is not None:
+                        dst.copy_(src)
+                self._encode_graphs[key].replay()
+                return self._static[key]  # the graph's output, rewritten in place
         static = self._static.get(_key(x_hist, t_hist, a_hist, mask_hist)) if graphs else None
         with self._autocast(x_hist.device):
             for i in range(0, batch, chunk):
@@ -266,6 +288,36 @@ class FastStreamer:
                 clip_sample_range,
             )
         return self._replay(graph, inputs)
+
+    def _capture_encode(self, key: tuple[Any, ...], inputs: tuple[torch.Tensor | None, ...]) -> None:
+        """Capture ``model.encode_history`` on static copies of ``inputs``; its output cache becomes the static
+        cache of ``key`` (the step graphs read its addresses; each replay rewrites it in place)."""
+        static_in = tuple(None if t is None else t.clone() for t in inputs)
+        x = static_in[0]
+        assert x is not None
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), self._autocast(x.device):
+                for _ in range(max(1, self.config.warmup_iters)):  # validates the inputs too
+                    self.model.encode_history(*static_in)
+            torch.cuda.current_stream().wait_stream(stream)
+            if self._pool is None:
+                self._pool = torch.cuda.graph_pool_handle()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool), self._autocast(x.device):
+                cache = self.model.encode_history(*static_in)
+        except RuntimeError as err:  # an optimisation: encode eagerly from now on, say why
+            logger.warning(
+                "fast path: history capture failed (%s: %s); encoding eagerly", type(err).__name__, err
+            )
+            self._encode_graph_failed = True
+            torch.cuda.synchronize()
+            return
+        self._encode_graphs[key] = graph
+        self._encode_inputs[key] = static_in
+        self._static[key] = cache
+        logger.info("fast path: captured the history forward (%d frames) as a CUDA graph", x.shape[1])
 
     def _capturable(self, x: torch.Tensor, cache: HistoryCache) -> bool:
         """Graphs are on and ``cache`` is one of our static caches (the addresses a graph may read)."""
