@@ -87,8 +87,14 @@ def test_layer_regions_compile_the_layers_and_share_graphs_between_equal_layers(
         model.compile_blocks("aot_eager", regions="layers")  # type: ignore[arg-type]
 
 
-def test_train_local_compiles_from_the_config_and_returns_an_eager_model() -> None:
+@pytest.mark.parametrize("regions", ["block", "layer"])
+def test_train_local_compiles_from_the_config_and_returns_an_eager_model(regions: str) -> None:
+    from torch._dynamo.utils import counters
+
+    from v2w_core.models.checkpointing import layers
+
     torch._dynamo.reset()
+    counters.clear()
     cfg = TrainConfig.from_dict(
         {
             "experiment": "compile",
@@ -96,7 +102,13 @@ def test_train_local_compiles_from_the_config_and_returns_an_eager_model() -> No
             "storage_path": "/tmp/unused",
             "max_steps": 2,
             "micro_batch_per_worker": 2,
-            "model": {"preset": "tiny_unet3d", "compile_blocks": True, "compile_backend": "aot_eager"},
+            "model": {
+                "preset": "tiny_unet3d",
+                "compile_blocks": True,
+                "compile_backend": "aot_eager",
+                "compile_regions": regions,
+                "gradient_checkpointing": regions,  # the two switches together, as at paper size
+            },
         },
         source="test",
     )
@@ -107,9 +119,15 @@ def test_train_local_compiles_from_the_config_and_returns_an_eager_model() -> No
         ClipArrays(frames),
         device="cpu",
         log_every=0,
-        callback=lambda step, m: seen.append(m.compiled_blocks()[0]._compiled_call_impl),
+        callback=lambda step, m: seen.append(
+            [r._compiled_call_impl for r in (*m.compiled_blocks(), *layers(m.compiled_blocks()))]
+        ),
         callback_every=1,
     )
     assert run.step == 2 and all(torch.isfinite(torch.tensor(run.losses)))
-    assert seen == [None, None]  # callbacks (evaluation) see the eager blocks
-    assert all(b._compiled_call_impl is None for b in run.model.compiled_blocks())
+    assert counters["stats"]["unique_graphs"] >= 4  # the training steps ran the compiled regions
+    assert len(seen) == 2 and not any(any(s) for s in seen)  # callbacks (evaluation) see the eager model
+    blocks = run.model.compiled_blocks()
+    assert all(r._compiled_call_impl is None for r in (*blocks, *layers(blocks)))
+    assert run.model.config.gradient_checkpointing == regions
+    assert all("forward" in layer.__dict__ for layer in layers(blocks)) == (regions == "layer")
