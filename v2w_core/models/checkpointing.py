@@ -22,8 +22,11 @@ import functools
 from collections.abc import Callable
 from typing import Any, Literal
 
+import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from v2w_core.models.streaming import StreamState
 
 Granularity = Literal["block", "layer"]
 
@@ -50,14 +53,24 @@ def layers(blocks: list[nn.Module]) -> list[nn.Module]:
     return [layer for block in blocks for name in LAYER_LISTS for layer in getattr(block, name, None) or ()]
 
 
-def wrap_layers(blocks: list[nn.Module], active: Callable[[], bool]) -> None:
-    """Checkpoint each layer of ``blocks`` while ``active()`` (training with gradients) holds."""
+def active(module: nn.Module, state: StreamState) -> bool:
+    """Whether checkpointing applies now: training, with gradients, outside the streaming record/replay
+    phases (rollouts run without gradients; a record phase must not run twice)."""
+    return module.training and torch.is_grad_enabled() and state.phase == "off"
+
+
+def wrap_layers(blocks: list[nn.Module], state: StreamState) -> None:
+    """Checkpoint each layer of ``blocks`` whenever :func:`active` holds for it and the model's ``state``.
+
+    The wrapper holds the layer's bound forward and the model's stream state, nothing else: a deep copy of
+    the model gets wrappers of its own layers and state.
+    """
     for layer in layers(blocks):
         if _ORIGINAL in layer.__dict__:
             continue
         forward = layer.forward  # the bound class method
         setattr(layer, _ORIGINAL, forward)
-        layer.forward = functools.partial(_maybe_checkpointed, forward, active)  # type: ignore[method-assign]
+        layer.forward = functools.partial(_maybe_checkpointed, forward, state)  # type: ignore[method-assign]
 
 
 def unwrap_layers(blocks: list[nn.Module]) -> None:
@@ -68,9 +81,7 @@ def unwrap_layers(blocks: list[nn.Module]) -> None:
             del layer.__dict__[_ORIGINAL]
 
 
-def _maybe_checkpointed(
-    forward: Callable[..., Any], active: Callable[[], bool], *args: Any, **kwargs: Any
-) -> Any:
-    if active():
+def _maybe_checkpointed(forward: Callable[..., Any], state: StreamState, *args: Any, **kwargs: Any) -> Any:
+    if active(forward.__self__, state):  # type: ignore[attr-defined]
         return checkpoint(forward, *args, use_reentrant=False, **kwargs)
     return forward(*args, **kwargs)

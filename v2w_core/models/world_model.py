@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -30,16 +29,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from v2w_core.config import CausalMode, NoiseScheduleConfig, StrictConfig
+from v2w_core.models import checkpointing
 from v2w_core.models.actions import ActionEncoder, ActionSpec, check_action_mask
 from v2w_core.models.causalize import causalize_unet
-from v2w_core.models.checkpointing import (
-    LAYER_LISTS,
-    Granularity,
-    granularity,
-    layers,
-    unwrap_layers,
-    wrap_layers,
-)
+from v2w_core.models.checkpointing import LAYER_LISTS, Granularity, granularity, layers
 from v2w_core.models.streaming import HistoryCache, StreamPhase, StreamState
 from v2w_core.models.weight_transfer import check_causal_mode
 
@@ -246,9 +239,9 @@ class WorldModel(nn.Module):
         ``"block"``), per layer inside the blocks (``"layer"``: less memory, the same recompute), or not."""
         mode = granularity(enabled)
         self.config = self.config.model_copy(update={"gradient_checkpointing": mode or False})
-        unwrap_layers(self.compiled_blocks())
-        if mode == "layer":  # a weak reference: the layers must not keep the model alive
-            wrap_layers(self.compiled_blocks(), functools.partial(_checkpointing_of, weakref.ref(self)))
+        checkpointing.unwrap_layers(self.compiled_blocks())
+        if mode == "layer":
+            checkpointing.wrap_layers(self.compiled_blocks(), self.stream_state)
 
     def compiled_blocks(self) -> list[nn.Module]:
         """The regions :meth:`compile_blocks` compiles: the base's blocks, in the order ``_run_unet`` runs
@@ -400,12 +393,7 @@ class WorldModel(nn.Module):
         return emb
 
     def _checkpointing(self) -> bool:
-        return (
-            self.config.gradient_checkpointing
-            and self.training
-            and torch.is_grad_enabled()
-            and self.stream_state.phase == "off"
-        )
+        return bool(self.config.gradient_checkpointing) and checkpointing.active(self, self.stream_state)
 
     def _call(self, module: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self.config.gradient_checkpointing == "block" and self._checkpointing():
@@ -553,9 +541,3 @@ class WorldModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
-
-
-def _checkpointing_of(model_ref: weakref.ref[WorldModel]) -> bool:
-    """Whether the (weakly referenced) model checkpoints now: the per-layer wrappers' switch."""
-    model = model_ref()
-    return model is not None and model._checkpointing()
