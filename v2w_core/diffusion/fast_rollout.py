@@ -183,7 +183,8 @@ class FastStreamer:
         mask_hist: torch.Tensor | None = None,
     ) -> HistoryCache:
         """``model.encode_history`` under autocast (in batch chunks); with graphs on, written in place into
-        the static cache of these input shapes, whose addresses the captured graphs read."""
+        the static cache of these input shapes, whose addresses the captured graphs read: by replaying the
+        captured history forward (``graph_encode``, unchunked), else by copying an eager result."""
         batch = x_hist.shape[0]
         chunk = self.config.encode_batch_chunk or batch
         graphs = self._graphs_on(x_hist.device)
@@ -198,7 +199,7 @@ class FastStreamer:
                         dst.copy_(src)
                 self._encode_graphs[key].replay()
                 return self._static[key]  # the graph's output, rewritten in place
-        static = self._static.get(_key(x_hist, t_hist, a_hist, mask_hist)) if graphs else None
+        static = self._static.get(key) if graphs else None
         with self._autocast(x_hist.device):
             for i in range(0, batch, chunk):
                 rows = slice(i, i + chunk)
@@ -217,7 +218,7 @@ class FastStreamer:
                 del part
         assert static is not None
         if graphs:  # the first cache of these input shapes stays: the captured graphs read its addresses
-            self._static.setdefault(_key(x_hist, t_hist, a_hist, mask_hist), static)
+            self._static.setdefault(key, static)
         return static
 
     @torch.no_grad()
