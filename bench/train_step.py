@@ -409,9 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         "--grad-ckpt",
         nargs="?",
         const="block",
-        choices=("block", "layer"),
+        choices=("block", "layer", "selective"),
         default=None,
-        help="activation checkpointing per UNet block (bare flag) or per layer inside the blocks",
+        help="activation checkpointing per UNet block (bare flag), per layer inside the blocks, or per layer "
+        "keeping GEMM/conv/attention outputs (selective)",
     )
     p.add_argument(
         "--compile", action="store_true", help="torch.compile the model (engine.compile for DeepSpeed)"

@@ -34,7 +34,8 @@ def _grads(
 
 
 @pytest.mark.parametrize(
-    ("ckpt", "regions"), [(False, "block"), ("block", "block"), ("layer", "block"), ("layer", "layer")]
+    ("ckpt", "regions"),
+    [(False, "block"), ("block", "block"), ("layer", "block"), ("layer", "layer"), ("selective", "layer")],
 )
 def test_compiled_blocks_give_the_eager_loss_and_gradients(ckpt: bool | str, regions: str) -> None:
     from torch._dynamo.utils import counters

@@ -146,7 +146,7 @@ def test_new_action_encoder_leaves_predictions_unchanged() -> None:
 def test_gradient_checkpointing_gives_same_gradients(family: str) -> None:
     batch = clip(frames=3, size=8)
     grads, losses = {}, {}
-    for ckpt in (False, "block", "layer"):
+    for ckpt in (False, "block", "layer", "selective"):
         model = make_model(family)
         causalize(model)
         model.train()
@@ -162,9 +162,11 @@ def test_gradient_checkpointing_gives_same_gradients(family: str) -> None:
         grads[ckpt] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         blocks = len(model.compiled_blocks())
         layers = len(checkpointing.layers(model.compiled_blocks()))
-        assert calls.n == {False: 0, "block": blocks, "layer": layers}[ckpt], ckpt  # it really checkpoints
+        assert calls.n == {False: 0, "block": blocks, "layer": layers, "selective": layers}[ckpt], (
+            ckpt
+        )  # it really checkpoints
     assert layers > blocks
-    for ckpt in ("block", "layer"):
+    for ckpt in ("block", "layer", "selective"):
         assert losses[ckpt] == losses[False]
         assert grads[ckpt].keys() == grads[False].keys()
         for name in grads[False]:
@@ -190,6 +192,35 @@ class _CheckpointCalls:
     def __exit__(self, *exc: object) -> None:
         for mod in (world_model, checkpointing):
             mod.checkpoint = self._orig  # type: ignore[attr-defined]
+
+
+def test_selective_checkpointing_recomputes_no_convolution_or_matmul() -> None:
+    """ "layer" recomputes every layer's forward in backward; "selective" keeps the GEMM/conv/attention
+    outputs, so the forward's convolutions and matmuls run once."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func in checkpointing.SAVED_OPS:
+                self.n += 1
+            return func(*args, **(kwargs or {}))
+
+    batch = clip(frames=3, size=8)
+    counts = {}
+    for ckpt in (False, "layer", "selective"):
+        model = make_model("unet3d")
+        causalize(model)
+        model.train()
+        model.enable_gradient_checkpointing(ckpt)
+        with Count() as count:
+            model(**batch).square().mean().backward()
+        counts[ckpt] = count.n
+    assert counts["layer"] > counts[False]  # the recompute runs the layers' convs and matmuls again
+    assert counts["selective"] == counts[False]  # kept, not recomputed
 
 
 def test_layer_checkpointing_is_off_outside_training_and_undoes() -> None:

@@ -236,12 +236,15 @@ class WorldModel(nn.Module):
 
     def enable_gradient_checkpointing(self, enabled: bool | Granularity = True) -> None:
         """Checkpoint activations while training (``torch.utils.checkpoint``): per UNet block (``True`` or
-        ``"block"``), per layer inside the blocks (``"layer"``: less memory, the same recompute), or not."""
+        ``"block"``), per layer inside the blocks (``"layer"``: less memory, the same recompute), per layer
+        keeping the GEMM/conv/attention outputs (``"selective"``: little recompute), or not."""
         mode = granularity(enabled)
         self.config = self.config.model_copy(update={"gradient_checkpointing": mode or False})
         checkpointing.unwrap_layers(self.compiled_blocks())
-        if mode == "layer":
-            checkpointing.wrap_layers(self.compiled_blocks(), self.stream_state)
+        if mode in ("layer", "selective"):
+            checkpointing.wrap_layers(
+                self.compiled_blocks(), self.stream_state, selective=mode == "selective"
+            )
 
     def compiled_blocks(self) -> list[nn.Module]:
         """The regions :meth:`compile_blocks` compiles: the base's blocks, in the order ``_run_unet`` runs

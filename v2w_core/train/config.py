@@ -34,8 +34,9 @@ class ModelSection(StrictConfig):
     extrapolation_window: int = Field(2, ge=1)
     action_space: dict[str, Any] | None = None
     # Activation checkpointing: false, true / "block" (per UNet block), "layer" (per layer inside the blocks:
-    # the same recompute, a fraction of the memory; what fits batch 8 at paper size on an 80 GB card).
-    gradient_checkpointing: bool | Literal["block", "layer"] = False
+    # the same recompute, a fraction of the memory; what fits batch 8 at paper size on an 80 GB card),
+    # "selective" (per layer, GEMM/conv/attention outputs kept: little recompute, more memory).
+    gradient_checkpointing: bool | Literal["block", "layer", "selective"] = False
     # torch.compile of each UNet block (WorldModel.compile_blocks): the eager step is bound by small
     # kernels (norm statistics, layout copies, pointwise glue) that fusion removes (issue 18).
     compile_blocks: bool = False
