@@ -19,6 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 #: :mod:`v2w_core.models.weight_transfer`; defined here because configs must not import torch.
 CausalMode = Literal["shift", "masked", "extrapolative"]
 CAUSAL_MODES: tuple[CausalMode, ...] = get_args(CausalMode)
+#: Activation checkpointing granularities (v2w_core/models/checkpointing.py says what each keeps).
+CheckpointGranularity = Literal["block", "layer", "selective"]
+#: What WorldModel.compile_blocks compiles as one graph: each UNet block, or each layer inside them.
+CompileRegions = Literal["block", "layer"]
 
 
 class ConfigError(ValueError):

@@ -21,6 +21,21 @@ def make_model(family: str, seed: int = 0, action_space: dict | None = ACTION) -
     return tiny_world_model(family, seed, action_space=action_space)  # type: ignore[arg-type]
 
 
+def training_model(family: str, ckpt: bool | str = False) -> WorldModel:
+    """A causalized tiny model in training mode with dropout off (two runs must give equal gradients) and
+    activation checkpointing ``ckpt``."""
+    from v2w_core.models.causalize import causalize
+
+    model = make_model(family)
+    causalize(model)
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    model.enable_gradient_checkpointing(ckpt)  # type: ignore[arg-type]
+    return model
+
+
 def clip(batch: int = 1, frames: int = 5, size: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {

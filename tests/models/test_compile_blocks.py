@@ -8,8 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.models.conftest import clip, make_model
-from v2w_core.models.causalize import causalize
+from tests.models.conftest import clip, make_model, training_model
 from v2w_core.train.config import TrainConfig
 from v2w_core.train.local import ClipArrays, train_local
 
@@ -19,13 +18,7 @@ def _grads(
 ) -> tuple[float, dict[str, torch.Tensor]]:
     torch._dynamo.reset()
     batch = clip(frames=3, size=8)
-    model = make_model(family)
-    causalize(model)
-    model.train()
-    for m in model.modules():  # dropout would make the runs differ
-        if isinstance(m, torch.nn.Dropout):
-            m.p = 0.0
-    model.enable_gradient_checkpointing(ckpt)
+    model = training_model(family, ckpt)
     if compile_backend is not None:
         model.compile_blocks(compile_backend, regions=regions)  # type: ignore[arg-type]
     loss = model(**batch).square().mean()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers.models.resnet import TemporalConvLayer
 
-from tests.models.conftest import clip, make_model
+from tests.models.conftest import clip, make_model, training_model
 from v2w_core.config import CAUSAL_MODES
 from v2w_core.models import checkpointing, world_model
 from v2w_core.models.causalize import (
@@ -147,13 +147,7 @@ def test_gradient_checkpointing_gives_same_gradients(family: str) -> None:
     batch = clip(frames=3, size=8)
     grads, losses = {}, {}
     for ckpt in (False, "block", "layer", "selective"):
-        model = make_model(family)
-        causalize(model)
-        model.train()
-        for m in model.modules():  # dropout would make the runs differ
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        model.enable_gradient_checkpointing(ckpt)
+        model = training_model(family, ckpt)
         calls = _CheckpointCalls()
         with calls:
             loss = model(**batch).square().mean()
@@ -212,10 +206,7 @@ def test_selective_checkpointing_recomputes_no_convolution_or_matmul() -> None:
     batch = clip(frames=3, size=8)
     counts = {}
     for ckpt in (False, "layer", "selective"):
-        model = make_model("unet3d")
-        causalize(model)
-        model.train()
-        model.enable_gradient_checkpointing(ckpt)
+        model = training_model("unet3d", ckpt)
         with Count() as count:
             model(**batch).square().mean().backward()
         counts[ckpt] = count.n

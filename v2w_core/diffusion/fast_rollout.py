@@ -96,8 +96,8 @@ def enable_compile_cache(cache_dir: str | None = None) -> None:
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    inputs: tuple[torch.Tensor | None, ...]
-    output: torch.Tensor
+    inputs: tuple[torch.Tensor | None, ...]  # static buffers, refilled before each replay
+    output: Any  # a step's tensor, or the history forward's HistoryCache (the static cache)
 
 
 def _key(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
@@ -120,8 +120,7 @@ class FastStreamer:
         self._static: dict[tuple[Any, ...], HistoryCache] = {}
         self._graph_failed = False
         self._encode_graph_failed = False  # a failed history capture leaves the step graphs on
-        self._encode_graphs: dict[tuple[Any, ...], torch.cuda.CUDAGraph] = {}
-        self._encode_inputs: dict[tuple[Any, ...], tuple[torch.Tensor | None, ...]] = {}
+        self._encode_graphs: dict[tuple[Any, ...], _Graph] = {}
         self._pool: Any = None
         self.compile_seconds = 0.0  # wall time of the first call(s) that triggered compilation
         self._forward: Callable[..., torch.Tensor] = model.forward
@@ -142,7 +141,6 @@ class FastStreamer:
         self._graphs.clear()
         self._static.clear()
         self._encode_graphs.clear()
-        self._encode_inputs.clear()
 
     # ------------------------------------------------------------------ helpers
 
@@ -193,12 +191,8 @@ class FastStreamer:
         if graphs and self.config.graph_encode and chunk >= batch and not self._encode_graph_failed:
             if key not in self._encode_graphs:
                 self._capture_encode(key, inputs)
-            if key in self._encode_graphs:
-                for dst, src in zip(self._encode_inputs[key], inputs, strict=True):
-                    if dst is not None:
-                        dst.copy_(src)
-                self._encode_graphs[key].replay()
-                return self._static[key]  # the graph's output, rewritten in place
+            if (graph := self._encode_graphs.get(key)) is not None:
+                return self._load_and_replay(graph, inputs)  # the static cache, rewritten in place
         static = self._static.get(key) if graphs else None
         with self._autocast(x_hist.device):
             for i in range(0, batch, chunk):
@@ -237,14 +231,15 @@ class FastStreamer:
             # Validate once through the checked entry point (also a warm-up), then capture.
             with self._autocast(x_new.device):
                 self.model.step_newest(x_new, t_new, a_new, mask_new, cache)
-            graph = self._capture(key, (x_new, t_new, a_new, mask_new), lambda *ins: self._run(*ins, cache))
+            step = lambda *ins: self._run(*ins, cache)
+            graph = self._capture(key, (x_new, t_new, a_new, mask_new), step, "model step")
         if graph is None:
             if self.config.compile is None:
                 with self._autocast(x_new.device):
                     return self.model.step_newest(x_new, t_new, a_new, mask_new, cache).to(x_new.dtype)
             # Clone: with inductor's own CUDA graphs the output lives in its pool until the next call.
             return self._timed_compile(lambda: self._run(x_new, t_new, a_new, mask_new, cache)).clone()
-        return self._replay(graph, (x_new, t_new, a_new, mask_new))
+        return self._load_and_replay(graph, (x_new, t_new, a_new, mask_new)).clone()
 
     @torch.no_grad()
     def denoise_newest(
@@ -270,67 +265,44 @@ class FastStreamer:
             with self._autocast(x.device):  # validate once through the checked entry point
                 self.model.step_newest(torch.cat([x] * n), t_new, a_new, mask_new, cache)
 
-            def step(*ins: Any) -> torch.Tensor:  # ins: the static copies of ``inputs``
-                xx, tt, aa, mm, coef, z = ins
+            def step(xx: Any, tt: Any, aa: Any, mm: Any, coef: Any, z: Any) -> torch.Tensor:  # static copies
                 return denoise_newest(self._run, xx, tt, aa, mm, cache, coef, z, guidance, clip_sample_range)
 
-            graph = self._capture(key, inputs, step)
+            graph = self._capture(key, inputs, step, "whole DDIM step")
         if graph is None:
-            return denoise_newest(
-                self.step_newest,
-                x,
-                t_new,
-                a_new,
-                mask_new,
-                cache,
-                coefficients,
-                noise,
-                guidance,
-                clip_sample_range,
-            )
-        return self._replay(graph, inputs)
+            args = (x, t_new, a_new, mask_new, cache, coefficients, noise, guidance, clip_sample_range)
+            return denoise_newest(self.step_newest, *args)
+        return self._load_and_replay(graph, inputs).clone()
 
     def _capture_encode(self, key: tuple[Any, ...], inputs: tuple[torch.Tensor | None, ...]) -> None:
-        """Capture ``model.encode_history`` on static copies of ``inputs``; its output cache becomes the static
-        cache of ``key`` (the step graphs read its addresses; each replay rewrites it in place)."""
-        static_in = tuple(None if t is None else t.clone() for t in inputs)
-        x = static_in[0]
-        assert x is not None
-        try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream), self._autocast(x.device):
-                for _ in range(max(1, self.config.warmup_iters)):  # validates the inputs too
-                    self.model.encode_history(*static_in)
-            torch.cuda.current_stream().wait_stream(stream)
-            if self._pool is None:
-                self._pool = torch.cuda.graph_pool_handle()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool), self._autocast(x.device):
-                cache = self.model.encode_history(*static_in)
-        except RuntimeError as err:  # an optimisation: encode eagerly from now on, say why
-            logger.warning(
-                "fast path: history capture failed (%s: %s); encoding eagerly", type(err).__name__, err
-            )
+        """Capture ``model.encode_history``; its output cache becomes the static cache of ``key`` (the step
+        graphs read its addresses; each replay rewrites it in place). A failure encodes eagerly from now on
+        and leaves the step graphs on."""
+        device = inputs[0].device  # type: ignore[union-attr]
+
+        def encode(*static_in: Any) -> HistoryCache:
+            with self._autocast(device):
+                return self.model.encode_history(*static_in)
+
+        graph = self._record(inputs, encode, "history forward")
+        if graph is None:
             self._encode_graph_failed = True
-            torch.cuda.synchronize()
             return
         self._encode_graphs[key] = graph
-        self._encode_inputs[key] = static_in
-        self._static[key] = cache
-        logger.info("fast path: captured the history forward (%d frames) as a CUDA graph", x.shape[1])
+        self._static[key] = graph.output
 
     def _capturable(self, x: torch.Tensor, cache: HistoryCache) -> bool:
         """Graphs are on and ``cache`` is one of our static caches (the addresses a graph may read)."""
         return self._graphs_on(x.device) and any(c is cache for c in self._static.values())
 
     @staticmethod
-    def _replay(graph: _Graph, inputs: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+    def _load_and_replay(graph: _Graph, inputs: tuple[torch.Tensor | None, ...]) -> Any:
+        """Copy ``inputs`` into the graph's static buffers, replay, return its output (not a copy)."""
         for dst, src in zip(graph.inputs, inputs, strict=True):
             if dst is not None:
                 dst.copy_(src)
         graph.graph.replay()
-        return graph.output.clone()
+        return graph.output
 
     def _timed_compile(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
         first = self.compile_seconds == 0.0
@@ -346,14 +318,31 @@ class FastStreamer:
         key: tuple[Any, ...],
         inputs: tuple[torch.Tensor | None, ...],
         fn: Callable[..., torch.Tensor],
+        what: str,
     ) -> _Graph | None:
-        """Capture ``fn(*static copies of inputs)`` as a CUDA graph (after warm-up on a side stream)."""
+        """A step graph of ``fn`` under ``key`` (its first warm-up call timed as compilation); a failure
+        turns graphs off."""
+        graph = self._record(inputs, fn, what, timed=True)
+        if graph is None:
+            self._graph_failed = True
+            return None
+        self._graphs[key] = graph
+        return graph
+
+    def _record(
+        self, inputs: tuple[torch.Tensor | None, ...], fn: Callable[..., Any], what: str, timed: bool = False
+    ) -> _Graph | None:
+        """Capture ``fn(*static copies of inputs)`` as a CUDA graph in the shared pool, after
+        ``warmup_iters`` calls on a side stream; None (with a warning) if the capture fails."""
         static_in = tuple(None if t is None else t.clone() for t in inputs)
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                self._timed_compile(lambda: fn(*static_in))
+                if timed:
+                    self._timed_compile(lambda: fn(*static_in))
+                else:
+                    fn(*static_in)
                 for _ in range(max(0, self.config.warmup_iters - 1)):
                     fn(*static_in)
             torch.cuda.current_stream().wait_stream(stream)
@@ -364,11 +353,11 @@ class FastStreamer:
                 out = fn(*static_in)
         except RuntimeError as err:  # capture is an optimisation: fall back to eager, say why
             logger.warning(
-                "fast path: CUDA graph capture failed (%s: %s); running eagerly", type(err).__name__, err
-            )
-            self._graph_failed = True
+                "fast path: CUDA graph capture of the %s failed (%s: %s); running it eagerly",
+                what, type(err).__name__, err,
+            )  # fmt: skip
             torch.cuda.synchronize()
             return None
-        self._graphs[key] = _Graph(graph, static_in, out)
-        logger.info("fast path: captured a CUDA graph (%s) for batch %d", key[0], inputs[0].shape[0])
-        return self._graphs[key]
+        batch = inputs[0].shape[0]  # type: ignore[union-attr]
+        logger.info("fast path: captured a CUDA graph of the %s for batch %d", what, batch)
+        return _Graph(graph, static_in, out)

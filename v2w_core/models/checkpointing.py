@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
+from v2w_core.config import CheckpointGranularity
 from v2w_core.models.streaming import StreamState
-
-Granularity = Literal["block", "layer", "selective"]
 
 #: The per-layer module lists of the diffusers blocks of both families (UNet3D: all four; SVD's
 #: spatio-temporal blocks: resnets and attentions).
@@ -41,7 +40,7 @@ LAYER_LISTS = ("resnets", "temp_convs", "attentions", "temp_attentions")
 _ORIGINAL = "_v2w_unwrapped_forward"
 
 
-def granularity(setting: bool | str) -> Granularity | None:
+def granularity(setting: bool | str) -> CheckpointGranularity | None:
     """The config value (``false``, ``true`` = ``"block"``, ``"block"``, ``"layer"``, ``"selective"``)."""
     if setting is False:
         return None

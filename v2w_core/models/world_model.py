@@ -28,11 +28,17 @@ from pydantic import Field
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from v2w_core.config import CausalMode, NoiseScheduleConfig, StrictConfig
+from v2w_core.config import (
+    CausalMode,
+    CheckpointGranularity,
+    CompileRegions,
+    NoiseScheduleConfig,
+    StrictConfig,
+)
 from v2w_core.models import checkpointing
 from v2w_core.models.actions import ActionEncoder, ActionSpec, check_action_mask
 from v2w_core.models.causalize import causalize_unet
-from v2w_core.models.checkpointing import LAYER_LISTS, Granularity, granularity, layers
+from v2w_core.models.checkpointing import LAYER_LISTS, granularity, layers
 from v2w_core.models.streaming import HistoryCache, StreamPhase, StreamState
 from v2w_core.models.weight_transfer import check_causal_mode
 
@@ -64,9 +70,9 @@ class WorldModelConfig(StrictConfig):
     extrapolation_window: int = Field(2, ge=1)
     context_tokens: int = Field(1, ge=1)
     added_time_ids: tuple[float, ...] = (6.0, 127.0, 0.02)
-    #: Activation checkpointing while training: ``false``, ``"block"`` (``true``) or ``"layer"``
-    #: (:mod:`v2w_core.models.checkpointing` says what each holds in memory).
-    gradient_checkpointing: bool | Granularity = False
+    #: Activation checkpointing while training: ``false``, ``"block"`` (``true``), ``"layer"`` or
+    #: ``"selective"`` (:mod:`v2w_core.models.checkpointing` says what each holds in memory).
+    gradient_checkpointing: bool | CheckpointGranularity = False
     #: What the network's output means. "v": the output is the v-prediction (the paper's, and every
     #: pretrained base's). "x0": the output is read as the clean frame and converted to v inside
     #: :meth:`WorldModel.forward` (``v = (√ᾱ·x_t − x̂0) / max(√(1−ᾱ), X0_MIN_SIGMA)``), so losses, samplers,
@@ -75,9 +81,6 @@ class WorldModelConfig(StrictConfig):
     #: into every x0 estimate; predicting x0 does not (bench/denoiser_probe.py; JiT, Li & He 2025).
     network_output: Literal["v", "x0"] = "v"
 
-
-#: What :meth:`WorldModel.compile_blocks` compiles as one graph: each block, or each layer inside them.
-CompileRegions = Literal["block", "layer"]
 
 #: Floor of √(1−ᾱ) in the x0 → v conversion: at the last few timesteps √(1−ᾱ) → 0.03 and an x0 error would
 #: be amplified 30× in v (JiT clips the same denominator at 0.05).
@@ -234,7 +237,7 @@ class WorldModel(nn.Module):
     def is_causal(self) -> bool:
         return self.config.causal_mode != "none"
 
-    def enable_gradient_checkpointing(self, enabled: bool | Granularity = True) -> None:
+    def enable_gradient_checkpointing(self, enabled: bool | CheckpointGranularity = True) -> None:
         """Checkpoint activations while training (``torch.utils.checkpoint``): per UNet block (``True`` or
         ``"block"``), per layer inside the blocks (``"layer"``: less memory, the same recompute), per layer
         keeping the GEMM/conv/attention outputs (``"selective"``: little recompute), or not."""

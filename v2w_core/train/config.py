@@ -12,7 +12,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, model_validator
 
-from v2w_core.config import CausalMode, StrictConfig
+from v2w_core.config import CausalMode, CheckpointGranularity, CompileRegions, StrictConfig
 
 Mode = Literal["pretrain", "finetune"]
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -36,7 +36,7 @@ class ModelSection(StrictConfig):
     # Activation checkpointing: false, true / "block" (per UNet block), "layer" (per layer inside the blocks:
     # the same recompute, a fraction of the memory; what fits batch 8 at paper size on an 80 GB card),
     # "selective" (per layer, GEMM/conv/attention outputs kept: little recompute, more memory).
-    gradient_checkpointing: bool | Literal["block", "layer", "selective"] = False
+    gradient_checkpointing: bool | CheckpointGranularity = False
     # torch.compile of each UNet block (WorldModel.compile_blocks): the eager step is bound by small
     # kernels (norm statistics, layout copies, pointwise glue) that fusion removes (issue 18).
     compile_blocks: bool = False
@@ -44,7 +44,7 @@ class ModelSection(StrictConfig):
     compile_mode: str | None = None
     # One graph per UNet block, or per layer inside the blocks ("layer": layers of one shape share a graph,
     # so a cold compile of the paper-size UNet3D is several times shorter; WorldModel.compile_blocks).
-    compile_regions: Literal["block", "layer"] = "block"
+    compile_regions: CompileRegions = "block"
 
 
 class DataSection(StrictConfig):

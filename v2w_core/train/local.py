@@ -169,14 +169,14 @@ def train_local(
     from v2w_core.diffusion.losses import bidirectional_pretrain_loss, diffusion_forcing_loss
     from v2w_core.diffusion.schedule import NoiseSchedule
     from v2w_core.train.deepspeed_config import param_groups
-    from v2w_core.train.loop import Ema, build_model
+    from v2w_core.train.loop import Ema, build_model, compile_as_configured
 
     device = torch.device(device)
     torch.manual_seed(cfg.seed)
     if model is None:
         model = build_model(cfg)  # compiles the blocks when cfg.model.compile_blocks
     elif cfg.model.compile_blocks:  # a model the caller built: the same switch
-        model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode, cfg.model.compile_regions)
+        compile_as_configured(model, cfg.model)
     model = model.to(device).train()
     if cfg.mode == "finetune" and clips.actions is None:
         raise ValueError("finetune mode needs clips with actions")
@@ -272,6 +272,8 @@ def train_local(
 def _eager_blocks(model: Any, cfg: TrainConfig) -> Iterator[None]:
     """Run the body with the blocks' eager forwards when training compiled them, then compile again
     (``torch.compile`` finds its cached graphs for the same modules)."""
+    from v2w_core.train.loop import compile_as_configured
+
     if not cfg.model.compile_blocks:
         yield
         return
@@ -279,7 +281,7 @@ def _eager_blocks(model: Any, cfg: TrainConfig) -> Iterator[None]:
     try:
         yield
     finally:
-        model.compile_blocks(cfg.model.compile_backend, cfg.model.compile_mode, cfg.model.compile_regions)
+        compile_as_configured(model, cfg.model)
 
 
 __all__ = ["ClipArrays", "LocalRun", "lr_factor", "random_batches", "train_local"]

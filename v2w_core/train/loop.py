@@ -34,7 +34,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from v2w_core.train.config import TrainConfig
+from v2w_core.train.config import ModelSection, TrainConfig
 from v2w_core.train.deepspeed_config import (
     build_deepspeed_config,
     build_torch_optimizer,
@@ -99,8 +99,13 @@ def build_model(cfg: TrainConfig) -> Any:
     if m.gradient_checkpointing:
         model.enable_gradient_checkpointing(m.gradient_checkpointing)
     if m.compile_blocks:
-        model.compile_blocks(m.compile_backend, m.compile_mode, m.compile_regions)
+        compile_as_configured(model, m)
     return model
+
+
+def compile_as_configured(model: Any, m: ModelSection) -> None:
+    """The recipe's regional ``torch.compile`` (``model.compile_backend/compile_mode/compile_regions``)."""
+    model.compile_blocks(m.compile_backend, m.compile_mode, m.compile_regions)
 
 
 def export_model(engine: Any, rank: int, dest_dir: Path) -> Path | None:
