@@ -187,6 +187,21 @@ def test_bf16_autocast_stays_close_to_fp32(causal_model: WorldModel, plain: torc
     assert rel < 5e-2, f"bf16 fast path deviates by {rel:.3%}"
 
 
+@pytest.mark.parametrize("compile_encode", [True, False])
+def test_compiled_path_runs_the_history_forward_through_the_compiled_forward(
+    causal_model: WorldModel, plain: torch.Tensor, monkeypatch: pytest.MonkeyPatch, compile_encode: bool
+) -> None:
+    """With compile on, the history forward goes through the compiled forward in the record phase (not the
+    model's eager encode_history) unless compile_encode is off; the frames are the plain path's."""
+    model = copy.deepcopy(causal_model)
+    eager_encodes: list[int] = []
+    original = model.encode_history
+    monkeypatch.setattr(model, "encode_history", lambda *a: eager_encodes.append(1) or original(*a))
+    config = FastPathConfig(compile="default", compile_backend="aot_eager", compile_encode=compile_encode)
+    torch.testing.assert_close(_rollout(model, FastStreamer(model, config)), plain, rtol=1e-5, atol=1e-5)
+    assert (len(eager_encodes) == 0) == compile_encode, f"{len(eager_encodes)} eager history forwards"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_replay_equals_eager() -> None:
@@ -202,6 +217,9 @@ def test_cuda_graph_replay_equals_eager() -> None:
     torch.testing.assert_close(_rollout(model, model_only, "cuda"), eager, rtol=1e-4, atol=1e-4)
     assert model_only._graphs and not any(key[0] == "denoise" for key in model_only._graphs)
     assert not model_only._encode_graphs
+    compiled = FastStreamer(model, FastPathConfig(compile="default", compile_backend="aot_eager"))
+    torch.testing.assert_close(_rollout(model, compiled, "cuda"), eager, rtol=1e-4, atol=1e-4)
+    assert compiled._encode_graphs and not compiled._encode_graph_failed  # compiled history forward, captured
 
 
 def test_temporal_cross_attention_runs_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,7 +17,8 @@ of tensors that :meth:`HistoryCache.copy_` refreshes in place once per generated
   :func:`~v2w_core.diffusion.schedule.ddim_table`) and η-noise as static inputs, so one graph serves
   every step and the update's ~20 small kernels are replayed instead of launched (``graph_ddim``).
 
-``torch.compile`` (optional) wraps the model's forward; with ``mode="max-autotune-no-cudagraphs"`` the
+``torch.compile`` (optional) wraps the model's forward, for the step and (``compile_encode``) the history
+forward, which then fills its cache from compiled code (:meth:`WorldModel.recording`); with ``mode="max-autotune-no-cudagraphs"`` the
 graph capture here is still ours, with ``"reduce-overhead"`` inductor captures its own graphs and ours is
 skipped. Compiled artefacts go to inductor's FX-graph cache (on by default in recent torch; we set
 ``TORCHINDUCTOR_FX_GRAPH_CACHE=1`` and, if given, ``TORCHINDUCTOR_CACHE_DIR``) so a second process with
@@ -57,6 +58,9 @@ class FastPathConfig:
     cuda_graph: bool = True
     compile: CompileMode | None = None
     compile_cache_dir: str | None = None
+    # torch.compile's backend: inductor on a GPU; "aot_eager" traces the same graphs without code
+    # generation (the CPU tests' way of checking what the compiled path computes).
+    compile_backend: str = "inductor"
     # torch.compile's ``dynamic``: False compiles each batch size on its own (fastest kernels, one compile
     # per shape); None lets dynamo recompile once with a symbolic batch on the second size it sees.
     compile_dynamic: bool | None = False
@@ -70,6 +74,9 @@ class FastPathConfig:
     # Capture the history forward (encode_history) too: one graph per history shape, replayed once per
     # generated frame. Not with encode_batch_chunk (the chunks are written row by row).
     graph_encode: bool = True
+    # With ``compile`` set, run the history forward through the compiled forward as well (its own graph:
+    # the record phase and the history length are guarded on); False keeps it eager, as before issue 19.
+    compile_encode: bool = True
     # Store 2-D conv weights (and so their activations) channels-last (NHWC): cuDNN's bf16 kernels are
     # NHWC, and on NCHW input it transposes before and after every conv. Changes the model in place.
     channels_last: bool = False
@@ -122,7 +129,8 @@ class FastStreamer:
         self._encode_graph_failed = False  # a failed history capture leaves the step graphs on
         self._encode_graphs: dict[tuple[Any, ...], _Graph] = {}
         self._pool: Any = None
-        self.compile_seconds = 0.0  # wall time of the first call(s) that triggered compilation
+        # wall time of the calls that compiled: each capture's first call, or the first uncaptured step
+        self.compile_seconds = 0.0
         self._forward: Callable[..., torch.Tensor] = model.forward
         if self.config.channels_last:
             set_conv_memory_format(model, torch.channels_last)
@@ -132,9 +140,10 @@ class FastStreamer:
             model.stream_state.few_query_kernel = kernel
         if self.config.compile is not None:
             enable_compile_cache(self.config.compile_cache_dir)
-            self._forward = torch.compile(
-                model.forward, mode=self.config.compile, dynamic=self.config.compile_dynamic
-            )
+            options: dict[str, Any] = {"backend": self.config.compile_backend}
+            if self.config.compile_backend == "inductor":
+                options["mode"] = self.config.compile  # modes are inductor's
+            self._forward = torch.compile(model.forward, dynamic=self.config.compile_dynamic, **options)
 
     def reset(self) -> None:
         """Forget captured graphs and static caches (frees their memory)."""
@@ -170,6 +179,21 @@ class FastStreamer:
         ):
             return self._forward(x, t, a, m).to(x.dtype)
 
+    def _encode(
+        self, x: torch.Tensor, t: torch.Tensor, a: torch.Tensor | None, m: torch.Tensor | None
+    ) -> HistoryCache:
+        """One history forward under autocast: the model's checked ``encode_history``, or the compiled
+        forward in the model's record phase (``compile_encode``)."""
+        with self._autocast(x.device):
+            if self.config.compile is None or not self.config.compile_encode:
+                return self.model.encode_history(x, t, a, m)
+            if x.ndim != 5:
+                raise ValueError(f"x_hist must be (B, F, C, H, W), got shape {tuple(x.shape)}")
+            cache = HistoryCache(batch_size=x.shape[0], num_frames=x.shape[1])
+            with torch.no_grad(), self.model.recording(cache):
+                self._forward(x, t, a, m)
+            return cache
+
     # ------------------------------------------------------------------ the runner interface
 
     @torch.no_grad()
@@ -194,22 +218,21 @@ class FastStreamer:
             if (graph := self._encode_graphs.get(key)) is not None:
                 return self._load_and_replay(graph, inputs)  # the static cache, rewritten in place
         static = self._static.get(key) if graphs else None
-        with self._autocast(x_hist.device):
-            for i in range(0, batch, chunk):
-                rows = slice(i, i + chunk)
-                part = self.model.encode_history(
-                    x_hist[rows],
-                    t_hist[rows],
-                    None if a_hist is None else a_hist[rows],
-                    None if mask_hist is None else mask_hist[rows],
-                )
-                if chunk >= batch:
-                    static = static.copy_(part) if static is not None else part
-                    break
-                if static is None:
-                    static = HistoryCache.allocate_like(part, batch)
-                static.write_rows_(part, i)  # in place, chunk by chunk: no second whole cache
-                del part
+        for i in range(0, batch, chunk):
+            rows = slice(i, i + chunk)
+            part = self._encode(
+                x_hist[rows],
+                t_hist[rows],
+                None if a_hist is None else a_hist[rows],
+                None if mask_hist is None else mask_hist[rows],
+            )
+            if chunk >= batch:
+                static = static.copy_(part) if static is not None else part
+                break
+            if static is None:
+                static = HistoryCache.allocate_like(part, batch)
+            static.write_rows_(part, i)  # in place, chunk by chunk: no second whole cache
+            del part
         assert static is not None
         if graphs:  # the first cache of these input shapes stays: the captured graphs read its addresses
             self._static.setdefault(key, static)
@@ -278,13 +301,7 @@ class FastStreamer:
         """Capture ``model.encode_history``; its output cache becomes the static cache of ``key`` (the step
         graphs read its addresses; each replay rewrites it in place). A failure encodes eagerly from now on
         and leaves the step graphs on."""
-        device = inputs[0].device  # type: ignore[union-attr]
-
-        def encode(*static_in: Any) -> HistoryCache:
-            with self._autocast(device):
-                return self.model.encode_history(*static_in)
-
-        graph = self._record(inputs, encode, "history forward")
+        graph = self._record(inputs, self._encode, "history forward")
         if graph is None:
             self._encode_graph_failed = True
             return
@@ -322,7 +339,7 @@ class FastStreamer:
     ) -> _Graph | None:
         """A step graph of ``fn`` under ``key`` (its first warm-up call timed as compilation); a failure
         turns graphs off."""
-        graph = self._record(inputs, fn, what, timed=True)
+        graph = self._record(inputs, fn, what)
         if graph is None:
             self._graph_failed = True
             return None
@@ -330,19 +347,21 @@ class FastStreamer:
         return graph
 
     def _record(
-        self, inputs: tuple[torch.Tensor | None, ...], fn: Callable[..., Any], what: str, timed: bool = False
+        self, inputs: tuple[torch.Tensor | None, ...], fn: Callable[..., Any], what: str
     ) -> _Graph | None:
         """Capture ``fn(*static copies of inputs)`` as a CUDA graph in the shared pool, after
-        ``warmup_iters`` calls on a side stream; None (with a warning) if the capture fails."""
+        ``warmup_iters`` calls on a side stream (the first one's time, compilation included, is added to
+        ``compile_seconds`` when compiling); None (with a warning) if the capture fails."""
         static_in = tuple(None if t is None else t.clone() for t in inputs)
         try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                if timed:
-                    self._timed_compile(lambda: fn(*static_in))
-                else:
-                    fn(*static_in)
+                t0 = time.perf_counter()
+                fn(*static_in)  # compiles here, if anything does
+                if self.config.compile is not None:
+                    torch.cuda.current_stream().synchronize()
+                    self.compile_seconds += time.perf_counter() - t0
                 for _ in range(max(0, self.config.warmup_iters - 1)):
                     fn(*static_in)
             torch.cuda.current_stream().wait_stream(stream)

@@ -500,7 +500,7 @@ class WorldModel(nn.Module):
         if x_hist.ndim != 5:
             raise ValueError(f"x_hist must be (B, F, C, H, W), got shape {tuple(x_hist.shape)}")
         cache = HistoryCache(batch_size=x_hist.shape[0], num_frames=x_hist.shape[1])
-        with self._streaming("record", cache, 1):
+        with self.recording(cache):
             self.forward(x_hist, t_hist, a_hist, mask_hist)
         logger.debug("encoded history: %d frames, %.1f MiB", cache.num_frames, cache.nbytes() / 2**20)
         return cache
@@ -535,6 +535,15 @@ class WorldModel(nn.Module):
             )
         with self.replaying(cache, x_new.shape[0] // cache.batch_size):
             return self.forward(x_new, t_new, a_new, mask_new)
+
+    def recording(self, cache: HistoryCache) -> contextlib.AbstractContextManager[None]:
+        """Context in which ``forward`` over a history fills ``cache`` (what ``encode_history`` does).
+
+        For callers that wrap ``forward`` themselves: the fast path runs the history through its
+        ``torch.compile``d forward this way, so the history forward is compiled too.
+        """
+        self._require_causal("recording")
+        return self._streaming("record", cache, 1)
 
     def replaying(self, cache: HistoryCache, repeats: int) -> contextlib.AbstractContextManager[None]:
         """Context in which ``forward`` on (repeats·B, 1, ...) newest frames replays ``cache``.
