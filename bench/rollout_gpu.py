@@ -234,7 +234,7 @@ def bench_family(
         return FastPathConfig(
             autocast=bf16.autocast, cuda_graph=True, compile=args.compile_mode,
             compile_cache_dir=args.compile_cache, channels_last=cl, few_query_kernel=kernel,
-            encode_batch_chunk=args.encode_chunk, **kw,
+            encode_batch_chunk=args.encode_chunk, compile_encode=args.compile_encode, **kw,
         )
 
     # ---- agreement: bf16 fast path vs. fp32 eager streaming, same noise, one frame
@@ -411,6 +411,8 @@ def main() -> None:
         help="torch.compile mode; our CUDA graph wraps it unless inductor graphs itself (reduce-overhead). "
         "max-autotune-no-cudagraphs autotunes every GEMM/conv shape (many minutes at paper size)",
     )
+    parser.add_argument("--no-compile-encode", dest="compile_encode", action="store_false",
+                        help="compile only the step, keep the history forward eager (the path before 2026-12-07)")
     parser.add_argument("--no-channels-last", dest="channels_last", action="store_false",
                         help="keep NCHW 2-D conv weights (default: channels-last, cuDNN's native bf16 layout)")
     parser.add_argument("--compile-cache", default=str(Path.home() / ".cache" / "v2w_inductor"))
@@ -477,6 +479,7 @@ def write_record(
             "guidance_rescale": 0.7,
             "precision": "bf16 weights + bf16 autocast (DDIM in fp32)" if device.type == "cuda" else "fp32",
             "compile_mode": args.compile_mode,
+            "compile_encode": args.compile_encode,
             "few_query_kernel": args.few_query_kernel,
             "encode_batch_chunk": args.encode_chunk,
             "channels_last": args.channels_last,
