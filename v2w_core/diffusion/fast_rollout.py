@@ -18,9 +18,9 @@ of tensors that :meth:`HistoryCache.copy_` refreshes in place once per generated
   every step and the update's ~20 small kernels are replayed instead of launched (``graph_ddim``).
 
 ``torch.compile`` (optional) wraps the model's forward, for the step and (``compile_encode``) the history
-forward, which then fills its cache from compiled code (:meth:`WorldModel.recording`); with ``mode="max-autotune-no-cudagraphs"`` the
-graph capture here is still ours, with ``"reduce-overhead"`` inductor captures its own graphs and ours is
-skipped. Compiled artefacts go to inductor's FX-graph cache (on by default in recent torch; we set
+forward, which then fills its cache from compiled code (:meth:`WorldModel.recording`). With
+``mode="max-autotune-no-cudagraphs"`` the graph capture here is still ours, with ``"reduce-overhead"``
+inductor captures its own graphs and ours is skipped. Compiled artefacts go to inductor's FX-graph cache (on by default in recent torch; we set
 ``TORCHINDUCTOR_FX_GRAPH_CACHE=1`` and, if given, ``TORCHINDUCTOR_CACHE_DIR``) so a second process with
 the same model and shapes skips most of the compile time.
 
