@@ -18,7 +18,7 @@ of tensors that :meth:`HistoryCache.copy_` refreshes in place once per generated
   every step and the update's ~20 small kernels are replayed instead of launched (``graph_ddim``).
 
 ``torch.compile`` (optional) wraps the model's forward, for the step and (``compile_encode``) the history
-forward, which then fills its cache from compiled code (:meth:`WorldModel.recording`). With
+forward, which then fills its cache from compiled code (``encode_history(forward=…)``). With
 ``mode="max-autotune-no-cudagraphs"`` the graph capture here is still ours, with ``"reduce-overhead"``
 inductor captures its own graphs and ours is skipped. Compiled artefacts go to inductor's FX-graph cache (on by default in recent torch; we set
 ``TORCHINDUCTOR_FX_GRAPH_CACHE=1`` and, if given, ``TORCHINDUCTOR_CACHE_DIR``) so a second process with
@@ -182,17 +182,11 @@ class FastStreamer:
     def _encode(
         self, x: torch.Tensor, t: torch.Tensor, a: torch.Tensor | None, m: torch.Tensor | None
     ) -> HistoryCache:
-        """One history forward under autocast: the model's checked ``encode_history``, or the compiled
-        forward in the model's record phase (``compile_encode``)."""
+        """One history forward under autocast: ``model.encode_history``, through the compiled forward
+        when compiling (``compile_encode``; without compile ``_forward`` is the model's own)."""
         with self._autocast(x.device):
-            if self.config.compile is None or not self.config.compile_encode:
-                return self.model.encode_history(x, t, a, m)
-            if x.ndim != 5:
-                raise ValueError(f"x_hist must be (B, F, C, H, W), got shape {tuple(x.shape)}")
-            cache = HistoryCache(batch_size=x.shape[0], num_frames=x.shape[1])
-            with torch.no_grad(), self.model.recording(cache):
-                self._forward(x, t, a, m)
-            return cache
+            forward = self._forward if self.config.compile_encode else None
+            return self.model.encode_history(x, t, a, m, forward=forward)
 
     # ------------------------------------------------------------------ the runner interface
 

@@ -490,18 +490,22 @@ class WorldModel(nn.Module):
         t_hist: torch.Tensor,
         a_hist: torch.Tensor | None = None,
         mask_hist: torch.Tensor | None = None,
+        *,
+        forward: Callable[..., torch.Tensor] | None = None,
     ) -> HistoryCache:
         """Run the history (B, F_h, C, H, W) once and cache what the newest frame needs from it.
 
         Cached per causal layer: temporal-conv inputs (last L-1 frames) and temporal-attention keys and
         values. Valid for every denoising step of the next frame as long as the history is unchanged.
+        ``forward`` runs the pass instead of ``self.forward`` (the fast path's ``torch.compile``d forward,
+        which fills the cache from compiled code).
         """
         self._require_causal("encode_history")
         if x_hist.ndim != 5:
             raise ValueError(f"x_hist must be (B, F, C, H, W), got shape {tuple(x_hist.shape)}")
         cache = HistoryCache(batch_size=x_hist.shape[0], num_frames=x_hist.shape[1])
-        with self.recording(cache):
-            self.forward(x_hist, t_hist, a_hist, mask_hist)
+        with self._streaming("record", cache, 1):
+            (forward or self.forward)(x_hist, t_hist, a_hist, mask_hist)
         logger.debug("encoded history: %d frames, %.1f MiB", cache.num_frames, cache.nbytes() / 2**20)
         return cache
 
@@ -535,15 +539,6 @@ class WorldModel(nn.Module):
             )
         with self.replaying(cache, x_new.shape[0] // cache.batch_size):
             return self.forward(x_new, t_new, a_new, mask_new)
-
-    def recording(self, cache: HistoryCache) -> contextlib.AbstractContextManager[None]:
-        """Context in which ``forward`` over a history fills ``cache`` (what ``encode_history`` does).
-
-        For callers that wrap ``forward`` themselves: the fast path runs the history through its
-        ``torch.compile``d forward this way, so the history forward is compiled too.
-        """
-        self._require_causal("recording")
-        return self._streaming("record", cache, 1)
 
     def replaying(self, cache: HistoryCache, repeats: int) -> contextlib.AbstractContextManager[None]:
         """Context in which ``forward`` on (repeats·B, 1, ...) newest frames replays ``cache``.
