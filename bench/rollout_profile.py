@@ -158,6 +158,13 @@ VARIANTS = {
                                "kernel": "reduce", "dynamic": None},
     "compile_max_autotune": {"cudnn_benchmark": True, "channels_last": True,
                              "compile": "max-autotune-no-cudagraphs"},
+    # issue 19: inductor freezing (parameter-only work folded: FastPathConfig.freeze), and inductor's
+    # GEMM/conv template autotuning + coordinate-descent tuning of its reductions
+    "compile_reduce_frozen": {"cudnn_benchmark": True, "channels_last": True, "compile": "default",
+                              "kernel": "reduce", "freeze": True},
+    "compile_max_autotune_reduce_frozen": {"cudnn_benchmark": True, "channels_last": True,
+                                           "compile": "max-autotune-no-cudagraphs", "kernel": "reduce",
+                                           "freeze": True},
 }
 
 
@@ -165,7 +172,7 @@ def variant_config(name: str, args, device: torch.device, cuda_graph: bool) -> F
     opts = VARIANTS[name]
     return FastPathConfig(autocast="bfloat16" if device.type == "cuda" else None,
                           cuda_graph=cuda_graph and device.type == "cuda", compile=opts.get("compile"),
-                          compile_dynamic=opts.get("dynamic", False),
+                          compile_dynamic=opts.get("dynamic", False), freeze=bool(opts.get("freeze")),
                           few_query_kernel=opts.get("kernel", "gemm"),
                           channels_last=bool(opts.get("channels_last")),
                           compile_cache_dir=args.compile_cache, encode_batch_chunk=8)

@@ -203,6 +203,31 @@ def test_compiled_path_runs_the_history_forward_through_the_compiled_forward(
     assert (len(eager_forwards) == 0) == compile_encode, f"{len(eager_forwards)} eager history forwards"
 
 
+def test_freezing_keeps_the_modes_own_inductor_options() -> None:
+    """torch.compile takes ``mode=`` or ``options=``, not both: with ``freeze`` the mode's options travel
+    in the dict (max-autotune keeps its autotuning) next to ``freezing``."""
+    from torch._inductor import list_mode_options
+
+    from v2w_core.diffusion.fast_rollout import inductor_options
+
+    assert inductor_options("default", freeze=False) == {"mode": "default"}
+    frozen = inductor_options("max-autotune-no-cudagraphs", freeze=True)
+    assert frozen == {"options": {**list_mode_options("max-autotune-no-cudagraphs"), "freezing": True}}
+    assert frozen["options"]["max_autotune"] is True
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_frozen_inductor_compile_equals_eager() -> None:
+    """Freezing folds parameters into the compiled code; the history cache must stay an input (a frozen
+    cache would replay the first window's history for every later frame: the sliding window catches it)."""
+    model = make_causal_model().cuda()
+    eager = _rollout(model, None, "cuda")
+    runner = FastStreamer(model, FastPathConfig(compile="default", freeze=True))
+    torch.testing.assert_close(_rollout(model, runner, "cuda"), eager, rtol=1e-3, atol=1e-3)
+    assert runner._encode_graphs and runner._graphs and runner.compile_seconds > 0
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_graph_replay_equals_eager() -> None:

@@ -61,6 +61,11 @@ class FastPathConfig:
     # torch.compile's backend: inductor on a GPU; "aot_eager" traces the same graphs without code
     # generation (the CPU tests' way of checking what the compiled path computes).
     compile_backend: str = "inductor"
+    # Inductor freezing: parameters become constants of the compiled code, so parameter-only work folds
+    # at compile time (the cross-attention K/V of the fixed null context in every transformer block) and
+    # convolution weights are laid out for their kernels once. Weights must not change afterwards
+    # (an in-place update is not seen): for serving and benchmarks, not for a model still training.
+    freeze: bool = False
     # torch.compile's ``dynamic``: False compiles each batch size on its own (fastest kernels, one compile
     # per shape); None lets dynamo recompile once with a symbolic batch on the second size it sees.
     compile_dynamic: bool | None = False
@@ -91,6 +96,16 @@ def set_conv_memory_format(model: torch.nn.Module, memory_format: torch.memory_f
     for module in model.modules():
         if isinstance(module, torch.nn.Conv2d):
             module.to(memory_format=memory_format)
+
+
+def inductor_options(mode: CompileMode, freeze: bool) -> dict[str, Any]:
+    """``torch.compile`` keyword arguments for inductor: ``mode=``, or, with freezing, the mode's own
+    options plus ``freezing`` (torch.compile takes a mode or an options dict, not both)."""
+    if not freeze:
+        return {"mode": mode}
+    from torch._inductor import list_mode_options
+
+    return {"options": {**list_mode_options(mode), "freezing": True}}
 
 
 def enable_compile_cache(cache_dir: str | None = None) -> None:
@@ -142,7 +157,7 @@ class FastStreamer:
             enable_compile_cache(self.config.compile_cache_dir)
             options: dict[str, Any] = {"backend": self.config.compile_backend}
             if self.config.compile_backend == "inductor":
-                options["mode"] = self.config.compile  # modes are inductor's
+                options.update(inductor_options(self.config.compile, self.config.freeze))
             self._forward = torch.compile(model.forward, dynamic=self.config.compile_dynamic, **options)
 
     def reset(self) -> None:
