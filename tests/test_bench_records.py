@@ -63,6 +63,7 @@ def test_script_appends_a_record_with_headline(script: Path):
 
 #: The benches with a run of a few seconds on a CPU (tiny model, 2 DDIM steps, 3 context frames).
 TINY_RUNS = {
+    "action_signal": "--episodes 2 --option episode_length=8",
     "rollout": "--context 3 --steps 2 --frames 1 --batches 1 --repeats 1",
     "rollout_gpu": "--preset tiny --device cpu --families unet3d --modes full,stream --batches 1 --steps 2 "
     "--context 3",

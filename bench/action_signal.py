@@ -1,0 +1,143 @@
+"""How strongly each action moves the frames of a source: is there action signal for a world model to learn?
+
+Before blaming a model for ignoring its actions, check that the data's actions change what is seen. For
+every transition frame t → t+1 (the result of ``actions[t]``, the Episode contract) of ``--episodes``
+recorded episodes, grouped by the action taken:
+
+* ``dx`` / ``dy``: the image translation between the two frames, by phase correlation of the grey frames
+  (numpy's FFT; integer pixels, + = content moved right / down). A first-person turn is a horizontal
+  translation of most of the view;
+* ``abs_diff``: mean absolute pixel change (0–255), what any other effect (walking, doors) shows up in.
+
+    python bench/action_signal.py                                   # ViZDoom as the demo records it
+    python bench/action_signal.py --source vizdoom --option sticky=0.0 --episodes 48
+
+Prints a table per action and appends one record to bench/results/action_signal.json (``bench/_record.py``)
+with ``headline``: the source, transitions, and per action name the mean ``dx`` of transitions where that
+button alone was pressed (multi-hot) or that class was taken (discrete), and the no-op's mean ``abs_diff``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._record import append_record, format_table, machine_summary, new_record
+from v2w_core.data.sources import get_source
+
+RESULTS = ROOT / "bench" / "results" / "action_signal.json"
+
+
+def translation(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """(dx, dy) with ``b ≈ a`` shifted by (dx, dy) pixels, by phase correlation of two grey frames."""
+    fa, fb = np.fft.fft2(a - a.mean()), np.fft.fft2(b - b.mean())
+    cross = fb * np.conj(fa)
+    corr = np.fft.ifft2(cross / (np.abs(cross) + 1e-6)).real
+    dy, dx = np.unravel_index(int(corr.argmax()), corr.shape)
+    h, w = corr.shape
+    return int(dx - w if dx > w // 2 else dx), int(dy - h if dy > h // 2 else dy)
+
+
+def action_key(action: np.ndarray) -> tuple[int, ...]:
+    return tuple(round(float(x)) for x in np.atleast_1d(action))
+
+
+def measure(episodes: Any) -> tuple[dict[tuple[int, ...], list[tuple[int, int, float]]], Any]:
+    """Per action taken: (dx, dy, mean |Δ|) of every transition it caused; and the action space."""
+    rows: dict[tuple[int, ...], list[tuple[int, int, float]]] = defaultdict(list)
+    space = None
+    for ep in episodes:
+        space = ep.action_space
+        grey = ep.frames.astype(np.float32).mean(-1)
+        for t in range(len(grey) - 1):
+            dx, dy = translation(grey[t], grey[t + 1])
+            rows[action_key(ep.actions[t])].append((dx, dy, float(np.abs(grey[t + 1] - grey[t]).mean())))
+    return rows, space
+
+
+def summarise(rows: dict[tuple[int, ...], list[tuple[int, int, float]]]) -> list[dict[str, Any]]:
+    out = []
+    for key, vals in sorted(rows.items()):
+        v = np.asarray(vals, dtype=np.float64)
+        out.append({"action": list(key), "transitions": len(v), "dx": v[:, 0].mean(), "abs_dx": np.abs(v[:, 0]).mean(),
+                    "dy": v[:, 1].mean(), "abs_diff": v[:, 2].mean()})  # fmt: skip
+    return out
+
+
+def headline(
+    per_action: list[dict[str, Any]], space: Any, source: str, record: dict[str, Any]
+) -> dict[str, Any]:
+    """Mean dx per named action (that button alone, or that class), and the no-op's frame change."""
+    names = list(getattr(space, "names", None) or [])
+    single: dict[str, float] = {}
+    noop = None
+    for row in per_action:
+        key = row["action"]
+        if getattr(space, "type", None) == "discrete":
+            label = names[key[0]] if key[0] < len(names) else str(key[0])
+            single[label] = round(row["dx"], 2)
+        elif sum(key) == 1 and len(key) == len(names):
+            single[names[key.index(1)]] = round(row["dx"], 2)
+        if sum(key) == 0:
+            noop = round(row["abs_diff"], 2)
+    return {
+        "source": source,
+        "transitions": sum(r["transitions"] for r in per_action),
+        "mean_dx_px_by_action": single,
+        "noop_abs_diff": noop,
+        "machine": machine_summary(record["machine"]),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--source", default="vizdoom")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="source option")
+    p.add_argument("--episodes", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    options: dict[str, Any] = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--option {item!r}: expected KEY=VALUE")
+        options[key] = _value(value)
+    t0 = time.perf_counter()
+    rows, space = measure(get_source(args.source, **options).episodes(args.episodes, seed=args.seed))
+    per_action = summarise(rows)
+    record = new_record("action_signal", settings={"source": args.source, "options": options,
+                                                   "episodes": args.episodes, "seed": args.seed},
+                        action_names=list(getattr(space, "names", None) or []), per_action=per_action)  # fmt: skip
+    record["seconds"] = time.perf_counter() - t0
+    record["headline"] = headline(per_action, space, args.source, record)
+    append_record(args.out, record)
+    print(f"action_signal: {args.source} {options or ''}, {args.episodes} episodes, actions "
+          f"{record['action_names'] or '(unnamed)'}")  # fmt: skip
+    print(format_table(per_action, ["action", "transitions", "dx", "abs_dx", "dy", "abs_diff"],
+                       ["action", "transitions", "mean dx px", "mean |dx| px", "mean dy px", "mean |Δ| (0–255)"]))  # fmt: skip
+    print(f"appended to {args.out}")
+    return 0
+
+
+def _value(text: str) -> Any:
+    """A source option's value: int, float, true/false, or the string."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
