@@ -125,6 +125,28 @@ def inputs(model: WorldModel, batch: int, context: int, frames: int, device: tor
     return ctx, acts
 
 
+class TimedHistory:
+    """A runner whose ``encode_history`` calls are timed (synchronised before and after), so a row can
+    split a frame's time into the history forward and the denoising steps; everything else is the
+    runner's own (``denoise_newest`` included, so the rollout takes the same path)."""
+
+    def __init__(self, runner: Any, device: torch.device) -> None:
+        self.runner, self.device = runner, device
+        self.seconds, self.calls = 0.0, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.runner, name)
+
+    def encode_history(self, *args: Any) -> Any:
+        sync(self.device)
+        t0 = time.perf_counter()
+        out = self.runner.encode_history(*args)
+        sync(self.device)
+        self.seconds += time.perf_counter() - t0
+        self.calls += 1
+        return out
+
+
 def timed_rollout(
     model: WorldModel,
     runner: Any,
@@ -290,6 +312,11 @@ def bench_family(
                 "ms_per_step": 1000 * sec / args.steps,
                 "peak_gib": peak_gib(device),
             }
+            if runner is not None:  # the same rollout again, its history forwards timed on their own
+                timed = TimedHistory(runner, device)
+                timed_rollout(model, timed, args, 1, args.frames, path, device)
+                r["history_ms_per_frame"] = 1000 * timed.seconds / args.frames
+                r["denoise_ms_per_step"] = (1000 * sec - r["history_ms_per_frame"]) / args.steps
             if mode in COMPILED:
                 r["compile_seconds"] = runner.compile_seconds
             if runner is not None:
@@ -511,7 +538,8 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
     """Issue 19's figures first — ``seconds_per_frame`` (UNet3D, one rollout, the fastest path at the run's
     steps), ``seconds_per_frame_svd``, ``frames_per_second_at_steps`` (UNet3D, that path, the steps sweep),
     ``rel_l2_vs_fp32`` (UNet3D bf16 graph path vs fp32 eager), ``device`` — then per family: seconds per
-    frame of one rollout on each path and the fastest; over the batched rows the highest effective
+    frame of one rollout on each path (and its split: history forward ms per frame, denoising ms per
+    step) and the fastest; over the batched rows the highest effective
     TFLOP/s and frames/s (with path and batch) and the largest peak memory; the bf16 fast path's relative
     L2 against fp32 eager. Rows that failed are left out."""
     out: dict[str, Any] = {"device": record["machine"]["device"], "steps": record["settings"]["steps"]}
@@ -530,6 +558,10 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         per_family[fam["family"]] = {
             "seconds_per_frame": {m: round(r["seconds_per_frame"], 3) for m, r in single.items()},
             "ms_per_step": {m: round(r["ms_per_step"], 1) for m, r in single.items()},
+            "history_ms_per_frame": {m: round(r["history_ms_per_frame"], 1) for m, r in single.items()
+                                     if "history_ms_per_frame" in r},
+            "denoise_ms_per_step": {m: round(r["denoise_ms_per_step"], 2) for m, r in single.items()
+                                    if "denoise_ms_per_step" in r},
             "compile_seconds": {m: round(r["compile_seconds"]) for m, r in single.items() if m in COMPILED},
             "fastest_path": best[0] if best else None,
             "fastest_seconds_per_frame": round(best[1]["seconds_per_frame"], 3) if best else None,
