@@ -33,18 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench._record import append_record, format_table, machine_summary, new_record
 from v2w_core.data.sources import get_source
+from v2w_core.eval.motion import translation
 
 RESULTS = ROOT / "bench" / "results" / "action_signal.json"
-
-
-def translation(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
-    """(dx, dy) with ``b ≈ a`` shifted by (dx, dy) pixels, by phase correlation of two grey frames."""
-    fa, fb = np.fft.fft2(a - a.mean()), np.fft.fft2(b - b.mean())
-    cross = fb * np.conj(fa)
-    corr = np.fft.ifft2(cross / (np.abs(cross) + 1e-6)).real
-    dy, dx = np.unravel_index(int(corr.argmax()), corr.shape)
-    h, w = corr.shape
-    return int(dx - w if dx > w // 2 else dx), int(dy - h if dy > h // 2 else dy)
 
 
 def action_key(action: np.ndarray) -> tuple[int, ...]:

@@ -102,7 +102,8 @@ def _score(model: Any, chunks: list[Any], protocol: Any, device: str) -> dict[st
                            "copy_last_psnr": m["copy_last_psnr_mean"], "copy_last_ssim": m["copy_last_ssim_mean"],
                            "saturated_frac": m["gen_saturated_frac"],
                            "psnr_per_step": [round(v, 3) for v in report.drift["psnr"]]}
-    for key in ("ctrl_psnr_gain_db", "ctrl_rollout_diff", "fvd", "copy_last_fvd", "fid", "copy_last_fid"):
+    for key in ("ctrl_psnr_gain_db", "ctrl_rollout_diff", "fvd", "copy_last_fvd", "fid", "copy_last_fid",
+                "motion_dx_corr", "motion_dx_abs", "motion_dx_truth_abs"):
         if key in m:
             out[key] = m[key]
     if "lpips_mean" in m:

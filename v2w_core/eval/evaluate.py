@@ -11,7 +11,8 @@ Metric keys (all in the [0, 1] frame convention of :mod:`v2w_core.eval.metrics`)
   ``fvd`` — Fréchet distance of clip features (generated vs ground-truth futures);
   ``drift_<m>`` — per horizon step j (1…N), averaged over chunks (the drift curve, ``result.drift[m]``;
   logged as the MLflow metric history of ``drift_<m>`` with step = j, and drawn in a PNG);
-  ``ctrl_*`` — see :mod:`v2w_core.eval.controllability`.
+  ``ctrl_*`` — see :mod:`v2w_core.eval.controllability`;
+  ``motion_*`` — does the generated view move (turn) as the recorded one did: see :mod:`v2w_core.eval.motion`.
 A metric that cannot be computed is absent from ``metrics`` and present in ``unavailable`` with its reason.
 
 Baselines, on the same chunks and with the same metrics (DESIGN §2.5):
@@ -53,6 +54,7 @@ from v2w_core.eval import features as fe
 from v2w_core.eval.config import EvalConfig
 from v2w_core.eval.controllability import controllability
 from v2w_core.eval.metrics import frechet_distance_from_features, psnr, ssim, to_unit
+from v2w_core.eval.motion import motion_agreement
 from v2w_core.eval.nets.i3d import ARCH as I3D_ARCH
 from v2w_core.eval.nets.i3d import FVD_FRAMES
 from v2w_core.eval.rollouts import (
@@ -297,6 +299,11 @@ def _compute_metrics(
                 fe.video_features(fvd_net, clip(pred)), vb
             )
         report.weights["fvd"] = f"{fvd_net.uri} (sha256 {fvd_net.sha256[:16]})"
+
+    motion, no_corr = motion_agreement(copy[:, 0], gt, gen)  # copy[:, 0]: each chunk's last context frame
+    report.metrics.update(motion)
+    if no_corr is not None:
+        report.unavailable["motion_dx_corr"] = no_corr
 
     with_alt = [i for i, r in enumerate(results) if r.shuffled is not None]
     if config.controllability and with_alt:
