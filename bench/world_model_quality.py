@@ -249,6 +249,9 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
                 "copy_last_psnr": m.get("copy_last_psnr_mean"), "copy_last_ssim": m.get("copy_last_ssim_mean"),
                 "untrained_psnr": demo["baseline_metrics"].get("psnr_mean"),
                 "ctrl_psnr_gain_db": m.get("ctrl_psnr_gain_db"), "horizon": demo["horizon"],
+                "motion_dx_corr": m.get("motion_dx_corr"), "motion_dx_abs": m.get("motion_dx_abs"),
+                "motion_dx_truth_abs": m.get("motion_dx_truth_abs"),
+                "untrained_motion_dx_abs": demo["baseline_metrics"].get("motion_dx_abs"),
                 "fvd": m.get("fvd"), "copy_last_fvd": m.get("copy_last_fvd"),
                 "untrained_fvd": demo["baseline_metrics"].get("fvd"),
                 "fid": m.get("fid"), "copy_last_fid": m.get("copy_last_fid"),
@@ -259,6 +262,8 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
     return {"psnr": last["psnr"], "ssim": last["ssim"], "copy_last_psnr": curve["copy_last"]["psnr"],
             "copy_last_ssim": curve["copy_last"]["ssim"], "untrained_psnr": curve["untrained"]["psnr"],
             "ctrl_psnr_gain_db": last.get("ctrl_psnr_gain_db"), "horizon": record["horizon"],
+            "motion_dx_corr": last.get("motion_dx_corr"), "motion_dx_abs": last.get("motion_dx_abs"),
+            "motion_dx_truth_abs": last.get("motion_dx_truth_abs"),
             "fvd": last.get("fvd"), "copy_last_fvd": last.get("copy_last_fvd"), "fid": last.get("fid"),
             "lpips": last.get("lpips"), "demo_minutes": None, "source": "curve (one process)",
             "machine": machine_summary(record["machine"])}
