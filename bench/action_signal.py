@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._record import append_record, format_table, machine_summary, new_record
+from v2w_core.config import ConfigError
+from v2w_core.data.converters import parse_options
 from v2w_core.data.sources import get_source
-from v2w_core.eval.motion import translation
+from v2w_core.eval.motion import frame_shifts
 
 RESULTS = ROOT / "bench" / "results" / "action_signal.json"
 
@@ -48,10 +50,10 @@ def measure(episodes: Any) -> tuple[dict[tuple[int, ...], list[tuple[int, int, f
     space = None
     for ep in episodes:
         space = ep.action_space
-        grey = ep.frames.astype(np.float32).mean(-1)
-        for t in range(len(grey) - 1):
-            dx, dy = translation(grey[t], grey[t + 1])
-            rows[action_key(ep.actions[t])].append((dx, dy, float(np.abs(grey[t + 1] - grey[t]).mean())))
+        shifts = frame_shifts(ep.frames.transpose(0, 3, 1, 2))  # (T - 1, 2)
+        change = np.abs(np.diff(ep.frames.astype(np.float32).mean(-1), axis=0)).mean(axis=(1, 2))
+        for t, ((dx, dy), diff) in enumerate(zip(shifts, change, strict=True)):
+            rows[action_key(ep.actions[t])].append((int(dx), int(dy), float(diff)))
     return rows, space
 
 
@@ -92,17 +94,21 @@ def headline(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--source", default="vizdoom")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="source option")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="source option (value parsed as YAML)",
+    )
     p.add_argument("--episodes", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    options: dict[str, Any] = {}
-    for item in args.option:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--option {item!r}: expected KEY=VALUE")
-        options[key] = _value(value)
+    try:
+        options = parse_options(args.option, flag="--option")
+    except ConfigError as err:
+        p.error(str(err))
     t0 = time.perf_counter()
     rows, space = measure(get_source(args.source, **options).episodes(args.episodes, seed=args.seed))
     per_action = summarise(rows)
@@ -118,16 +124,6 @@ def main(argv: list[str] | None = None) -> int:
                        ["action", "transitions", "mean dx px", "mean |dx| px", "mean dy px", "mean |Δ| (0–255)"]))  # fmt: skip
     print(f"appended to {args.out}")
     return 0
-
-
-def _value(text: str) -> Any:
-    """A source option's value: int, float, true/false, or the string."""
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(text.lower(), text)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,10 @@ of tensors that :meth:`HistoryCache.copy_` refreshes in place once per generated
 ``torch.compile`` (optional) wraps the model's forward, for the step and (``compile_encode``) the history
 forward, which then fills its cache from compiled code (``encode_history(forward=…)``). With
 ``mode="max-autotune-no-cudagraphs"`` the graph capture here is still ours, with ``"reduce-overhead"``
-inductor captures its own graphs and ours is skipped. Compiled artefacts go to inductor's FX-graph cache (on by default in recent torch; we set
-``TORCHINDUCTOR_FX_GRAPH_CACHE=1`` and, if given, ``TORCHINDUCTOR_CACHE_DIR``) so a second process with
-the same model and shapes skips most of the compile time.
+inductor captures its own graphs and ours is skipped. Compiled artefacts go to inductor's FX-graph cache
+(on by default in recent torch; we set ``TORCHINDUCTOR_FX_GRAPH_CACHE=1`` and, if given,
+``TORCHINDUCTOR_CACHE_DIR``) so a second process with the same model and shapes skips most of the compile
+time.
 
 Everything degrades to eager: no CUDA device, a capture that fails (e.g. a data-dependent check in
 the forward) or ``cuda_graph=False`` all run :meth:`WorldModel.step_newest` under the same autocast.

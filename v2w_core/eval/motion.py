@@ -34,13 +34,18 @@ def translation(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
     return int(dx - w if dx > w // 2 else dx), int(dy - h if dy > h // 2 else dy)
 
 
-def horizontal_shifts(frames: torch.Tensor | np.ndarray) -> np.ndarray:
-    """dx between consecutive frames of (..., T, C, H, W) (any value range): shape (..., T - 1)."""
+def frame_shifts(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """(dx, dy) between consecutive frames of (..., T, C, H, W) (any value range): shape (..., T - 1, 2)."""
     grey = np.asarray(frames, dtype=np.float64).mean(axis=-3)  # (..., T, H, W)
     grey = np.nan_to_num(grey, nan=0.0, posinf=0.0, neginf=0.0)  # degenerate outputs are output_health's
     flat = grey.reshape(-1, *grey.shape[-3:])
-    out = np.array([[translation(clip[t], clip[t + 1])[0] for t in range(len(clip) - 1)] for clip in flat])
-    return out.reshape(*grey.shape[:-3], grey.shape[-3] - 1)
+    out = np.array([[translation(clip[t], clip[t + 1]) for t in range(len(clip) - 1)] for clip in flat])
+    return out.reshape(*grey.shape[:-3], grey.shape[-3] - 1, 2)
+
+
+def horizontal_shifts(frames: torch.Tensor | np.ndarray) -> np.ndarray:
+    """dx between consecutive frames of (..., T, C, H, W): shape (..., T - 1)."""
+    return frame_shifts(frames)[..., 0]
 
 
 def motion_agreement(
@@ -67,4 +72,4 @@ def motion_agreement(
     return out, None
 
 
-__all__ = ["horizontal_shifts", "motion_agreement", "translation"]
+__all__ = ["frame_shifts", "horizontal_shifts", "motion_agreement", "translation"]

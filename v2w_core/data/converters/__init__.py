@@ -130,11 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_options(items: list[str]) -> dict[str, Any]:
+def parse_options(items: list[str], flag: str = "--opt") -> dict[str, Any]:
+    """``key=value`` command-line options, values parsed as YAML (``3`` → 3, ``true`` → True)."""
     options: dict[str, Any] = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--opt {item!r} must look like key=value")
+            raise ConfigError(f"{flag} {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         options[key.strip()] = yaml.safe_load(raw)
     return options
