@@ -61,26 +61,33 @@ def _parse_variant(text: str) -> tuple[str, dict[str, Any]]:
     return name, changes
 
 
-def _rollout_batch(model: Any, chunks: list[Any], protocol: Any, device: str, *, shuffled: bool) -> Any:
+def _rollout_batch(model: Any, chunks: list[Any], protocol: Any, device: str, *, shuffled: bool = False,
+                   probe: Any = None) -> Any:
     """All chunks as one batch (one generator): the curve evaluates often, and batch-1 rollouts
     (the eval stage's reproducible-per-chunk path) would dominate its time. Same seed for the
-    recorded and the shuffled run, so the two differ only through the actions."""
+    recorded, the shuffled and every probe's run, so they differ only through the actions. ``probe``:
+    a steering probe action held for ``protocol.steering.horizon`` frames instead of the recorded future."""
     import numpy as np
     import torch
 
     from v2w_core.data.clips import normalize_frames
     from v2w_core.diffusion.rollout import rollout
     from v2w_core.eval.rollouts import chunk_seed, shuffled_actions
+    from v2w_core.eval.steering import held_actions
 
     k = protocol.context_frames
+    horizon = protocol.horizon if probe is None else protocol.steering.horizon
     context = torch.stack([normalize_frames(torch.from_numpy(c.frames[:k]).permute(0, 3, 1, 2)).float()
                            for c in chunks]).to(device)
-    acts = [shuffled_actions(c.actions, k, chunk_seed(protocol.seed, c.chunk_id)) if shuffled else c.actions
-            for c in chunks]
+    if probe is not None:
+        acts = [held_actions(c.actions, k, probe, horizon) for c in chunks]
+    else:
+        acts = [shuffled_actions(c.actions, k, chunk_seed(protocol.seed, c.chunk_id)) if shuffled else c.actions
+                for c in chunks]
     actions = torch.from_numpy(np.stack(acts)).to(device)
     gen = torch.Generator(device="cpu").manual_seed(protocol.seed)
     with torch.no_grad():
-        out = rollout(model, context, actions, protocol.horizon, protocol.rollout, generator=gen)
+        out = rollout(model, context, actions, horizon, protocol.rollout, generator=gen)
     return out.float().cpu()
 
 
@@ -88,13 +95,17 @@ def _score(model: Any, chunks: list[Any], protocol: Any, device: str) -> dict[st
     """The eval stage's own metrics (:func:`v2w_core.eval.compute_metrics`: PSNR/SSIM, copy-last-frame,
     controllability, saturation) of batched rollouts, under the point's short keys."""
     from v2w_core.eval import compute_metrics
-    from v2w_core.eval.rollouts import RolloutResult
+    from v2w_core.eval.rollouts import RolloutResult, steering_probes
 
     gen = _rollout_batch(model, chunks, protocol, device, shuffled=False).clamp(-1, 1).numpy()
     alt = None
     if protocol.controllability and model.action_encoder is not None:
         alt = _rollout_batch(model, chunks, protocol, device, shuffled=True).clamp(-1, 1).numpy()
-    results = [RolloutResult(c.chunk_id, c.episode_id, gen[i], None if alt is None else alt[i])
+    probes = steering_probes(model, protocol)
+    steered = {name: _rollout_batch(model, chunks, protocol, device, probe=a).clamp(-1, 1).numpy()
+               for name, a in probes.items()}
+    results = [RolloutResult(c.chunk_id, c.episode_id, gen[i], None if alt is None else alt[i],
+                             steered={name: v[i] for name, v in steered.items()}, probes=probes)
                for i, c in enumerate(chunks)]
     report = compute_metrics(chunks, results, protocol)
     m = report.metrics
@@ -106,6 +117,7 @@ def _score(model: Any, chunks: list[Any], protocol: Any, device: str) -> dict[st
                 "motion_dx_corr", "motion_dx_abs", "motion_dx_truth_abs"):
         if key in m:
             out[key] = m[key]
+    out.update({key: v for key, v in m.items() if key.startswith("steer_")})
     if "lpips_mean" in m:
         out["lpips"], out["copy_last_lpips"] = m["lpips_mean"], m["copy_last_lpips_mean"]
     return out
@@ -192,8 +204,9 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
             t = time.perf_counter()
             score = _score(model, chunks, vprotocol, args.device)
             points.append({"step": step, **score})
-            log.info("[%s] step %d: psnr %.2f ssim %.3f ctrl %.2f dB sat %.3f (%.0f s)", name, step,
-                     score["psnr"], score["ssim"], score.get("ctrl_psnr_gain_db", float("nan")),
+            log.info("[%s] step %d: psnr %.2f ssim %.3f ctrl %.2f dB steer gain %.2f %s sat %.3f (%.0f s)",
+                     name, step, score["psnr"], score["ssim"], score.get("ctrl_psnr_gain_db", float("nan")),
+                     score.get("steer_dx_gain", float("nan")), _by_probe(score, "steer_dx_"),
                      score["saturated_frac"], time.perf_counter() - t)
 
         torch.manual_seed(tcfg.seed)
@@ -241,6 +254,12 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ main
+def _by_probe(metrics: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Per steering probe: ``steer_dx_<probe>`` (or ``steer_dx_truth_<probe>``) as {probe: px}."""
+    skip = ("steer_dx_truth_", "steer_dx_gain") if prefix == "steer_dx_" else ()
+    return {k[len(prefix):]: round(v, 2) for k, v in metrics.items() if k.startswith(prefix) and not k.startswith(skip)}
+
+
 def headline(record: dict[str, Any]) -> dict[str, Any]:
     demo, curve = record.get("demo"), record.get("curve")
     if demo:
@@ -252,6 +271,9 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
                 "motion_dx_corr": m.get("motion_dx_corr"), "motion_dx_abs": m.get("motion_dx_abs"),
                 "motion_dx_truth_abs": m.get("motion_dx_truth_abs"),
                 "untrained_motion_dx_abs": demo["baseline_metrics"].get("motion_dx_abs"),
+                "steer_dx_gain": m.get("steer_dx_gain"), "steer_dx": _by_probe(m, "steer_dx_"),
+                "steer_dx_truth": _by_probe(m, "steer_dx_truth_"),
+                "untrained_steer_dx_gain": demo["baseline_metrics"].get("steer_dx_gain"),
                 "fvd": m.get("fvd"), "copy_last_fvd": m.get("copy_last_fvd"),
                 "untrained_fvd": demo["baseline_metrics"].get("fvd"),
                 "fid": m.get("fid"), "copy_last_fid": m.get("copy_last_fid"),
@@ -264,6 +286,8 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
             "ctrl_psnr_gain_db": last.get("ctrl_psnr_gain_db"), "horizon": record["horizon"],
             "motion_dx_corr": last.get("motion_dx_corr"), "motion_dx_abs": last.get("motion_dx_abs"),
             "motion_dx_truth_abs": last.get("motion_dx_truth_abs"),
+            "steer_dx_gain": last.get("steer_dx_gain"), "steer_dx": _by_probe(last, "steer_dx_"),
+            "steer_dx_truth": _by_probe(last, "steer_dx_truth_"),
             "fvd": last.get("fvd"), "copy_last_fvd": last.get("copy_last_fvd"), "fid": last.get("fid"),
             "lpips": last.get("lpips"), "demo_minutes": None, "source": "curve (one process)",
             "machine": machine_summary(record["machine"])}

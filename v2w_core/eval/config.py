@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from v2w_core.config import StrictConfig
 from v2w_core.diffusion.rollout import RolloutConfig
+from v2w_core.eval.steering import SteeringConfig
 
 
 class MetricWeights(StrictConfig):
@@ -48,6 +49,9 @@ class EvalConfig(StrictConfig):
     #: the rollout actors finished; None = every core of the machine (a Ray task would otherwise get 1).
     metric_threads: int | None = Field(None, ge=1)
     controllability: bool = True
+    #: The steering probe (:mod:`v2w_core.eval.steering`): per probe action held for ``horizon`` frames,
+    #: does the view move as the recorded one does under that action? Costs probes × horizon frames a chunk.
+    steering: SteeringConfig = SteeringConfig()
     #: Latent-space models: the VAE (diffusers from_pretrained dir, local or s3://) that encodes the context
     #: frames and decodes the rollout, so metrics and videos stay in pixel space.
     vae_uri: str | None = None

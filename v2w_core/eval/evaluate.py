@@ -12,7 +12,9 @@ Metric keys (all in the [0, 1] frame convention of :mod:`v2w_core.eval.metrics`)
   ``drift_<m>`` — per horizon step j (1…N), averaged over chunks (the drift curve, ``result.drift[m]``;
   logged as the MLflow metric history of ``drift_<m>`` with step = j, and drawn in a PNG);
   ``ctrl_*`` — see :mod:`v2w_core.eval.controllability`;
-  ``motion_*`` — does the generated view move (turn) as the recorded one did: see :mod:`v2w_core.eval.motion`.
+  ``motion_*`` — does the generated view move (turn) as the recorded one did: see :mod:`v2w_core.eval.motion`;
+  ``steer_*`` — does holding an action move the view as that action moves it in the data: see
+  :mod:`v2w_core.eval.steering`.
 A metric that cannot be computed is absent from ``metrics`` and present in ``unavailable`` with its reason.
 
 Baselines, on the same chunks and with the same metrics (DESIGN §2.5):
@@ -65,6 +67,7 @@ from v2w_core.eval.rollouts import (
     run_parallel_rollouts,
     split_fingerprint,
 )
+from v2w_core.eval.steering import recorded_shifts, steering_response
 from v2w_core.eval.videos import plot_drift, rollout_strip, side_by_side, write_video
 from v2w_core.output_health import degenerate_reason, output_health
 
@@ -305,6 +308,8 @@ def _compute_metrics(
     if no_corr is not None:
         report.unavailable["motion_dx_corr"] = no_corr
 
+    _steering(report, chunks, results, copy[:, 0])
+
     with_alt = [i for i, r in enumerate(results) if r.shuffled is not None]
     if config.controllability and with_alt:
         alt = torch.stack([to_unit(_tensor(results[i].shuffled)) for i in with_alt])
@@ -320,6 +325,23 @@ def _compute_metrics(
         report.unavailable["ctrl"] = "model has no action encoder (action-free model): nothing to control"
     report.per_chunk = per_chunk
     return report
+
+
+def _steering(
+    report: MetricsReport, chunks: list[EvalChunk], results: list[RolloutResult], last_context: torch.Tensor
+) -> None:
+    """``steer_*`` keys from the probe rollouts (every chunk rolled out the same probes, or none)."""
+    probes = results[0].probes if results else {}
+    if not probes:
+        return
+    if any(r.probes.keys() != probes.keys() for r in results):
+        raise ValueError("steering: chunks were rolled out with different probe actions")
+    steered = {name: np.stack([to_unit(_tensor(r.steered[name])).numpy() for r in results]) for name in probes}
+    truth = recorded_shifts([c.frames for c in chunks], [c.actions for c in chunks], probes)
+    metrics, no_gain = steering_response(last_context.numpy(), steered, truth)
+    report.metrics.update(metrics)
+    if no_gain is not None:
+        report.unavailable["steer_dx_gain"] = no_gain
 
 
 def write_artifacts(

@@ -5,7 +5,8 @@ actions. Each chunk is rolled out alone (batch 1) with a ``torch.Generator`` see
 ``(config.seed, chunk_id)`` (:func:`chunk_seed`), so which actor runs it, and in which order, cannot change
 its frames. With controllability on, the same chunk is rolled out a second time from the *same* seed with
 its future-steering actions permuted (:func:`shuffled_actions`): the two rollouts then differ only through
-the actions.
+the actions. With the steering probe on, it is rolled out once more per probe action, from the same seed,
+for ``steering.horizon`` frames with that action held (:mod:`v2w_core.eval.steering`).
 
 Actors (:class:`RolloutWorker` wrapped by ``ray.remote``) load the model once; chunks are handed out by a
 ``ray.util.ActorPool`` as actors free up. On a GPU cluster each actor takes ``gpus_per_actor`` of a GPU; on
@@ -27,6 +28,7 @@ import torch
 
 from v2w_core.data.manifest import Manifest
 from v2w_core.eval.config import EvalConfig
+from v2w_core.eval.steering import held_actions, probe_actions
 
 #: How a rollout actor loads the model: ``load(uri, device=...)`` → world model. Default
 #: :func:`v2w_core.models.io.load_stored_model` (local, ``s3://``, ``asset://``); pass
@@ -49,7 +51,8 @@ class EvalChunk:
 
 @dataclass
 class RolloutResult:
-    """Generated futures in model space ([-1, 1]), (N, C, H, W) float32; ``shuffled`` for controllability."""
+    """Generated futures in model space ([-1, 1]), (N, C, H, W) float32; ``shuffled`` for controllability;
+    ``steered``: per steering probe, the (S, C, H, W) frames generated with ``probes[name]`` held."""
 
     chunk_id: str
     episode_id: str
@@ -57,6 +60,8 @@ class RolloutResult:
     shuffled: np.ndarray | None = None
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    steered: dict[str, np.ndarray] = field(default_factory=dict)
+    probes: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def chunk_seed(seed: int, chunk_id: str) -> int:
@@ -156,10 +161,12 @@ def rollout_chunk(
     config: EvalConfig,
     *,
     actions: np.ndarray | None = None,
+    horizon: int | None = None,
     device: torch.device | str = "cpu",
     codec: Any = None,
 ) -> np.ndarray:
-    """Roll one chunk out: K context frames + actions → N frames (N, C, H, W) float32 in [-1, 1].
+    """Roll one chunk out: K context frames + actions → N frames (N, C, H, W) float32 in [-1, 1]
+    (N = ``horizon``, default the protocol's).
 
     ``codec`` (a :class:`~v2w_core.models.vae.LatentCodec`, for latent-space models) encodes the context
     and decodes the generated latents, so the result is in pixel space either way."""
@@ -175,7 +182,8 @@ def rollout_chunk(
     acts = chunk.actions if actions is None else actions
     act_t = torch.from_numpy(np.array(acts))[None].to(device) if model.action_encoder is not None else None
     gen = torch.Generator(device="cpu").manual_seed(chunk_seed(config.seed, chunk.chunk_id))
-    out = rollout(model, context, act_t, config.horizon, config.rollout, generator=gen)[0].float()
+    n = config.horizon if horizon is None else horizon
+    out = rollout(model, context, act_t, n, config.rollout, generator=gen)[0].float()
     if codec is not None:
         out = codec.decode(out)
     return out.clamp(-1.0, 1.0).cpu().numpy()
@@ -189,6 +197,7 @@ def rollout_chunks(
         from v2w_core.models.vae import LatentCodec
 
         codec = LatentCodec.load(config.vae_uri, device=device)
+    probes = steering_probes(model, config)
     results = []
     for chunk in chunks:
         t0 = time.perf_counter()
@@ -199,11 +208,27 @@ def rollout_chunks(
                 chunk.actions, config.context_frames, chunk_seed(config.seed, chunk.chunk_id)
             )
             shuffled = rollout_chunk(model, chunk, config, actions=alt, device=device, codec=codec)
-        results.append(
-            RolloutResult(chunk.chunk_id, chunk.episode_id, generated, shuffled, time.perf_counter() - t0)
-        )
+        result = RolloutResult(chunk.chunk_id, chunk.episode_id, generated, shuffled)
+        if probes:
+            h = config.steering.horizon
+            result.probes = probes
+            result.steered = {
+                name: rollout_chunk(model, chunk, config, device=device, codec=codec, horizon=h,
+                                    actions=held_actions(chunk.actions, config.context_frames, action, h))
+                for name, action in probes.items()
+            }  # fmt: skip
+        result.seconds = time.perf_counter() - t0
+        results.append(result)
         logger.info("rolled out %s in %.1f s", chunk.chunk_id, results[-1].seconds)
     return results
+
+
+def steering_probes(model: Any, config: EvalConfig) -> dict[str, np.ndarray]:
+    """The steering probe actions of ``model``'s action space (none when the probe is off, the model is
+    action-free, or a continuous space names no probes)."""
+    if not config.steering.enabled or model.action_encoder is None:
+        return {}
+    return probe_actions(model.action_encoder.spec, config.steering)
 
 
 class RolloutWorker:
@@ -278,4 +303,5 @@ __all__ = [
     "run_parallel_rollouts",
     "shuffled_actions",
     "split_fingerprint",
+    "steering_probes",
 ]
