@@ -273,7 +273,6 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
                 "untrained_motion_dx_abs": demo["baseline_metrics"].get("motion_dx_abs"),
                 "steer_dx_gain": m.get("steer_dx_gain"), "steer_dx": _by_probe(m, "steer_dx_"),
                 "steer_dx_truth": _by_probe(m, "steer_dx_truth_"),
-                "untrained_steer_dx_gain": demo["baseline_metrics"].get("steer_dx_gain"),
                 "fvd": m.get("fvd"), "copy_last_fvd": m.get("copy_last_fvd"),
                 "untrained_fvd": demo["baseline_metrics"].get("fvd"),
                 "fid": m.get("fid"), "copy_last_fid": m.get("copy_last_fid"),

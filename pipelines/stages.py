@@ -275,9 +275,10 @@ def evaluate_model(cfg: EvaluateStageConfig, model: str, eval_manifest: str, *,
 
     base = base_run_id = None
     if baseline_model is not None:
-        # The untrained action encoder outputs exactly zero: its shuffled-action rollouts would equal the
-        # recorded ones, so the baseline skips them (a third of the stage's rollouts on the demo).
-        base = evaluate(baseline_model, eval_manifest, protocol.updated(controllability=False))
+        # The untrained action encoder outputs exactly zero: its shuffled-action and steering-probe rollouts
+        # would equal the recorded ones, so the baseline skips them (a third of the stage's rollouts on the demo).
+        blind = protocol.updated(controllability=False, steering=protocol.steering.updated(enabled=False))
+        base = evaluate(baseline_model, eval_manifest, blind)
         base_run_id = logged(base, "eval:baseline", {"v2w.baseline": "untrained-causal-base"})
     result = evaluate(model, eval_manifest, protocol, baseline=base)
     run_id = logged(result, run_name, baseline_run_id=base_run_id)

@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.eval.eval_helpers import eval_config, make_model, write_dataset
-from v2w_core.eval.evaluate import compute_metrics
+from tests.eval.eval_helpers import eval_config, make_model, save_model, write_dataset
+from v2w_core.eval.evaluate import compute_metrics, evaluate
 from v2w_core.eval.metrics import to_unit
 from v2w_core.eval.rollouts import load_chunks, rollout_chunks
 from v2w_core.eval.steering import (
@@ -58,9 +58,9 @@ def test_default_and_named_probes() -> None:
 @pytest.mark.parametrize(
     ("space", "actions", "match"),
     [
-        (("multi_hot", 3), {"left": [1, 0]}, "steering.actions.left: .* 3 values"),
-        (("discrete", 4), {"fire": 4}, r"steering.actions.fire: .* \[0, 4\)"),
-        (("discrete", 4), {"a b": 1}, "probe name 'a b'"),
+        (("multi_hot", 3), {"left": [1, 0]}, "steering.actions.left: .* give a list of 3 numbers"),
+        (("discrete", 4), {"fire": 4}, r"steering.actions.fire: .* give an id in \[0, 4\)"),
+        (("discrete", 4), {"a b": 1}, "probe name 'a b': use letters"),
     ],
 )
 def test_a_probe_that_does_not_fit_the_action_space_is_named(space, actions, match) -> None:
@@ -142,3 +142,10 @@ def test_probe_rollouts_through_the_eval(tmp_path) -> None:
 
     off = rollout_chunks(steering_model, chunks[:1], eval_config(steering={"enabled": False}))[0]
     assert off.steered == {} and off.probes == {}
+
+
+def test_evaluate_names_a_probe_that_does_not_fit_before_rolling_out(tmp_path) -> None:
+    model_uri = save_model(tmp_path / "model")  # continuous, 2 values
+    bad = eval_config(steering={"actions": {"left": [1, 0, 0]}})
+    with pytest.raises(ValueError, match=r"^steering.actions.left: \[1, 0, 0\] .* give a list of 2 numbers$"):
+        evaluate(model_uri, str(tmp_path / "no-data" / "manifest.parquet"), bad)  # fails before reading data

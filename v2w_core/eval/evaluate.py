@@ -67,7 +67,7 @@ from v2w_core.eval.rollouts import (
     run_parallel_rollouts,
     split_fingerprint,
 )
-from v2w_core.eval.steering import recorded_shifts, steering_response
+from v2w_core.eval.steering import probe_actions, recorded_shifts, steering_response
 from v2w_core.eval.videos import plot_drift, rollout_strip, side_by_side, write_video
 from v2w_core.output_health import degenerate_reason, output_health
 
@@ -409,6 +409,7 @@ def evaluate(
     """
     config = config or EvalConfig()
     t0 = time.perf_counter()
+    _check_probes(model_uri, config)
     if isinstance(manifest, str):
         manifest = Manifest.read(manifest)
     chunks = load_chunks(manifest, config)
@@ -454,6 +455,19 @@ def evaluate(
         weights=report.weights,
         protocol=config.model_dump(mode="json"),
     )
+
+
+def _check_probes(model_uri: str, config: EvalConfig) -> None:
+    """Named steering probes that do not fit the model's action space fail here, in one line, before any
+    rollout (an actor would fail on its first chunk). MLflow URIs are checked by the actors only."""
+    from v2w_core import assets
+    from v2w_core.models.io import model_kind, read_world_model_config
+
+    if not config.steering.enabled or config.steering.actions is None or model_uri.startswith(("runs:/", "models:/")):
+        return
+    uri = assets.resolve(model_uri)
+    if model_kind(uri) == "world_model" and (spec := read_world_model_config(uri).action_space) is not None:
+        probe_actions(spec, config.steering)
 
 
 def _merge_untrained(report: MetricsReport, baseline: EvalResult) -> None:

@@ -61,15 +61,17 @@ def probe_actions(spec: Any, config: SteeringConfig) -> dict[str, np.ndarray]:
         out = {}
         for name, value in config.actions.items():
             if not re.fullmatch(r"[A-Za-z0-9_]+", str(name)):
-                raise ValueError(f"steering.actions: probe name {name!r} must be letters, digits or _")
+                raise ValueError(f"steering.actions: probe name {name!r}: use letters, digits and _ only")
             arr = np.asarray(value)
             if kind == "discrete":
                 if arr.ndim != 0 or not float(arr).is_integer() or not 0 <= int(arr) < dim:
-                    raise ValueError(f"steering.actions.{name}: {value!r} is not an action id in [0, {dim})")
+                    raise ValueError(f"steering.actions.{name}: {value!r} is not a discrete action: give an id in [0, {dim})")
                 out[name] = np.asarray(int(arr), dtype=np.int64)
             else:
                 if arr.shape != (dim,):
-                    raise ValueError(f"steering.actions.{name}: {value!r} is not a {kind} action of {dim} values")
+                    raise ValueError(
+                        f"steering.actions.{name}: {value!r} is not a {kind} action: give a list of {dim} numbers"
+                    )
                 out[name] = arr.astype(np.float32)
         return out
     if kind == "discrete":
