@@ -49,8 +49,17 @@ ACTION_DIM = 4
 # graph_model: only the model's step captured (the path before issue 19); graph / compile: the history
 # forward and whole DDIM steps (model, guidance, update) captured too; compile_frozen: compile with
 # inductor freezing (parameters as constants: parameter-only work folded at compile time)
-MODES = ("full", "stream", "graph_model", "graph", "compile", "compile_frozen")
-COMPILED = ("compile", "compile_frozen")
+# compile_<knob>: compile with extra inductor config (FastPathConfig.inductor_config), one mode per knob so
+# a run sets each against plain compile (issue 19): coordinate-descent tuning of the generated reduction and
+# pointwise kernels' block sizes; GEMM template autotuning with epilogue fusion (max-autotune's options);
+# combo kernels (horizontal fusion of independent small kernels, the step being ~1,600 of them)
+TUNED_INDUCTOR: dict[str, dict[str, Any]] = {
+    "compile_cdt": {"coordinate_descent_tuning": True},
+    "compile_autotune": {"max_autotune": True, "coordinate_descent_tuning": True},
+    "compile_combo": {"combo_kernels": True},
+}
+MODES = ("full", "stream", "graph_model", "graph", "compile", "compile_frozen", *TUNED_INDUCTOR)
+COMPILED = ("compile", "compile_frozen", *TUNED_INDUCTOR)
 logger = logging.getLogger("bench.rollout_gpu")
 
 
@@ -300,7 +309,8 @@ def bench_family(
             elif mode == "graph":
                 runner, path = FastStreamer(model, graph_cfg), "streaming"
             else:
-                runner, path = FastStreamer(model, compile_cfg(freeze=mode == "compile_frozen")), "streaming"
+                cfg = compile_cfg(freeze=mode == "compile_frozen", inductor_config=TUNED_INDUCTOR.get(mode))
+                runner, path = FastStreamer(model, cfg), "streaming"
             if mode == "full" and device.type == "cuda":  # bf16 autocast for the reference path too
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     sec, _ = timed_rollout(model, runner, args, 1, args.frames, path, device)
@@ -313,6 +323,7 @@ def bench_family(
             }
             if mode in COMPILED:
                 r["compile_seconds"] = runner.compile_seconds
+                r["inductor_config"] = TUNED_INDUCTOR.get(mode, {})
             if runner is not None:
                 timed = TimedHistory(runner, device)  # the same rollout again, history forwards timed alone
                 timed_rollout(model, timed, args, 1, args.frames, path, device)

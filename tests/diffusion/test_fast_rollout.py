@@ -216,6 +216,9 @@ def test_freezing_keeps_the_modes_own_inductor_options() -> None:
     frozen = inductor_options("max-autotune-no-cudagraphs", freeze=True)
     assert frozen == {"options": {**list_mode_options("max-autotune-no-cudagraphs"), "freezing": True}}
     assert frozen["options"]["max_autotune"] is True
+    # extra config entries (the tuned bench mode) also travel in the dict, on top of the mode's own
+    tuned = inductor_options("default", freeze=False, extra={"coordinate_descent_tuning": True})
+    assert tuned == {"options": {**list_mode_options("default"), "coordinate_descent_tuning": True}}
 
 
 @contextlib.contextmanager

@@ -68,6 +68,10 @@ class FastPathConfig:
     # (an in-place update is not seen): for serving and benchmarks, not for a model still training.
     # Measured on an H100 (paper-size UNet3D): 0.601 → 0.599 s per frame, 60 s more compile; off by default.
     freeze: bool = False
+    # Extra inductor config entries (``torch._inductor.config`` names, e.g. ``coordinate_descent_tuning``,
+    # ``combo_kernels``) on top of the mode's own: the knobs issue 19's profile asks about, measured one by
+    # one by ``bench/rollout_gpu.py --modes compile_tuned --inductor …`` rather than guessed.
+    inductor_config: dict[str, Any] | None = None
     # torch.compile's ``dynamic``: False compiles each batch size on its own (fastest kernels, one compile
     # per shape); None lets dynamo recompile once with a symbolic batch on the second size it sees.
     compile_dynamic: bool | None = False
@@ -100,14 +104,17 @@ def set_conv_memory_format(model: torch.nn.Module, memory_format: torch.memory_f
             module.to(memory_format=memory_format)
 
 
-def inductor_options(mode: CompileMode, freeze: bool) -> dict[str, Any]:
-    """``torch.compile`` keyword arguments for inductor: ``mode=``, or, with freezing, the mode's own
-    options plus ``freezing`` (torch.compile takes a mode or an options dict, not both)."""
-    if not freeze:
+def inductor_options(mode: CompileMode, freeze: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``torch.compile`` keyword arguments for inductor: ``mode=``, or, with freezing or ``extra`` config
+    entries, the mode's own options plus those (torch.compile takes a mode or an options dict, not both)."""
+    if not freeze and not extra:
         return {"mode": mode}
     from torch._inductor import list_mode_options
 
-    return {"options": {**list_mode_options(mode), "freezing": True}}
+    options = {**list_mode_options(mode), **(extra or {})}
+    if freeze:
+        options["freezing"] = True
+    return {"options": options}
 
 
 def enable_compile_cache(cache_dir: str | None = None) -> None:
@@ -159,7 +166,9 @@ class FastStreamer:
             enable_compile_cache(self.config.compile_cache_dir)
             options: dict[str, Any] = {"backend": self.config.compile_backend}
             if self.config.compile_backend == "inductor":
-                options.update(inductor_options(self.config.compile, self.config.freeze))
+                options.update(
+                    inductor_options(self.config.compile, self.config.freeze, self.config.inductor_config)
+                )
             self._forward = torch.compile(model.forward, dynamic=self.config.compile_dynamic, **options)
 
     def reset(self) -> None:
