@@ -33,6 +33,7 @@ Use it as ``rollout(model, ..., runner=FastStreamer(model, FastPathConfig(...)))
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import time
@@ -206,13 +207,18 @@ class FastStreamer:
             return self._forward(x, t, a, m).to(x.dtype)
 
     def _encode(
-        self, x: torch.Tensor, t: torch.Tensor, a: torch.Tensor | None, m: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        a: torch.Tensor | None,
+        m: torch.Tensor | None,
+        appendable: bool = False,
     ) -> HistoryCache:
         """One history forward under autocast: ``model.encode_history``, through the compiled forward
         when compiling (``compile_encode``; without compile ``_forward`` is the model's own)."""
         with self._autocast(x.device):
             forward = self._forward if self.config.compile_encode else None
-            return self.model.encode_history(x, t, a, m, forward=forward)
+            return self.model.encode_history(x, t, a, m, forward=forward, appendable=appendable)
 
     # ------------------------------------------------------------------ the runner interface
 
@@ -223,18 +229,21 @@ class FastStreamer:
         t_hist: torch.Tensor,
         a_hist: torch.Tensor | None = None,
         mask_hist: torch.Tensor | None = None,
+        *,
+        appendable: bool = False,
     ) -> HistoryCache:
         """``model.encode_history`` under autocast (in batch chunks); with graphs on, written in place into
         the static cache of these input shapes, whose addresses the captured graphs read: by replaying the
-        captured history forward (``graph_encode``, unchunked), else by copying an eager result."""
+        captured history forward (``graph_encode``, unchunked), else by copying an eager result.
+        ``appendable``: a cache that :meth:`append_history` can extend (the incremental mode)."""
         batch = x_hist.shape[0]
         chunk = self.config.encode_batch_chunk or batch
         graphs = self._graphs_on(x_hist.device)
         inputs = (x_hist, t_hist, a_hist, mask_hist)
-        key = _key(*inputs)
+        key = (*_key(*inputs), appendable)
         if graphs and self.config.graph_encode and chunk >= batch and not self._encode_graph_failed:
             if key not in self._encode_graphs:
-                self._capture_encode(key, inputs)
+                self._capture_encode(key, inputs, appendable)
             if (graph := self._encode_graphs.get(key)) is not None:
                 return self._load_and_replay(graph, inputs)  # the static cache, rewritten in place
         static = self._static.get(key) if graphs else None
@@ -245,6 +254,7 @@ class FastStreamer:
                 t_hist[rows],
                 None if a_hist is None else a_hist[rows],
                 None if mask_hist is None else mask_hist[rows],
+                appendable,
             )
             if chunk >= batch:
                 static = static.copy_(part) if static is not None else part
@@ -256,6 +266,35 @@ class FastStreamer:
         assert static is not None
         if graphs:  # the first cache of these input shapes stays: the captured graphs read its addresses
             self._static.setdefault(key, static)
+        return static
+
+    @torch.no_grad()
+    def append_history(
+        self,
+        cache: HistoryCache,
+        x_new: torch.Tensor,
+        t_new: torch.Tensor,
+        a_new: torch.Tensor | None,
+        mask_new: torch.Tensor | None,
+        *,
+        max_frames: int,
+    ) -> HistoryCache:
+        """``model.append_history`` under autocast (through the compiled forward with ``compile_encode``);
+        with graphs on, the result is copied into the static cache of its shapes (one per history length,
+        so the step graphs captured on it stay valid). Not captured itself: one single-frame forward per
+        generated frame, against the window re-encode it replaces."""
+        with self._autocast(x_new.device):
+            forward = self._forward if self.config.compile is not None and self.config.compile_encode else None
+            new = self.model.append_history(cache, x_new, t_new, a_new, mask_new, max_frames=max_frames,
+                                            forward=forward)  # fmt: skip
+        if not self._graphs_on(x_new.device):
+            return new
+        key = ("append", new.signature())
+        static = self._static.get(key)
+        if static is None:
+            self._static[key] = static = new
+        else:  # ``new`` is fresh tensors (the forward is done reading ``cache``, which may be ``static``)
+            static.copy_(new)
         return static
 
     @torch.no_grad()
@@ -317,11 +356,14 @@ class FastStreamer:
             return denoise_newest(self.step_newest, *args)
         return self._load_and_replay(graph, inputs).clone()
 
-    def _capture_encode(self, key: tuple[Any, ...], inputs: tuple[torch.Tensor | None, ...]) -> None:
+    def _capture_encode(
+        self, key: tuple[Any, ...], inputs: tuple[torch.Tensor | None, ...], appendable: bool = False
+    ) -> None:
         """Capture ``model.encode_history``; its output cache becomes the static cache of ``key`` (the step
         graphs read its addresses; each replay rewrites it in place). A failure encodes eagerly from now on
         and leaves the step graphs on."""
-        graph = self._record(inputs, self._encode, "history forward")
+        encode = functools.partial(self._encode, appendable=appendable)
+        graph = self._record(inputs, encode, "history forward")
         if graph is None:
             self._encode_graph_failed = True
             return

@@ -67,6 +67,11 @@ class RolloutConfig(StrictConfig):
     guidance_scale: float | None = 2.5
     guidance_rescale: float = Field(0.7, ge=0.0, le=1.0)
     mode: Literal["streaming", "full"] = "streaming"
+    # recompute: re-encode the whole window for every generated frame (exact w.r.t. a full forward over
+    # it); incremental: encode the context once, then extend the cache by each generated frame (one
+    # single-frame forward instead of a window's). Equal while the window fills; an approximation once it
+    # slides (kept frames remember dropped ones; docs/streaming.md has the measured difference). Streaming only.
+    history_encoding: Literal["recompute", "incremental"] = "recompute"
     schedule: NoiseScheduleConfig = NoiseScheduleConfig()
 
     @model_validator(mode="after")
@@ -75,6 +80,10 @@ class RolloutConfig(StrictConfig):
             raise ValueError(
                 "history_noise='per_step' redraws the history at every step, which invalidates the streaming "
                 "cache; use mode='full' with it, or history_noise='per_frame' with streaming"
+            )
+        if self.history_encoding == "incremental" and self.mode != "streaming":
+            raise ValueError(
+                "history_encoding='incremental' extends the streaming cache; use it with mode='streaming'"
             )
         return self
 
@@ -240,21 +249,28 @@ def rollout(
     was_training = bool(getattr(model, "training", False))
     model.eval()
     stream = runner if runner is not None else model
+    incremental = cfg.history_encoding == "incremental"
+    if incremental and not hasattr(stream, "append_history"):
+        raise ValueError(f"history_encoding='incremental' needs a runner with append_history, not {type(stream).__name__}")
     history = context[:, -(cfg.window - 1) :]
     outputs: list[torch.Tensor] = []
+    cache = None
     try:
         for j in range(num_frames):
             new_index = k + j  # global index of the frame being generated
             fh = history.shape[1]
             acts = _window_actions(aligned, keep, new_index - fh, new_index, guided)
             t_hist = torch.full((b, fh), cfg.history_noise_level, dtype=torch.long, device=device)
-            x_hist = _noised(schedule, history, t_hist, generator)
-            x = _randn((b, 1, *context.shape[2:]), context, generator)
-            cache = (
-                stream.encode_history(x_hist, t_hist, acts.hist, acts.hist_mask)
-                if cfg.mode == "streaming"
-                else None
-            )
+            if cfg.mode == "streaming" and (cache is None or not incremental):
+                x_hist = _noised(schedule, history, t_hist, generator)
+                x = _randn((b, 1, *context.shape[2:]), context, generator)
+                extra = {"appendable": True} if incremental else {}
+                cache = stream.encode_history(x_hist, t_hist, acts.hist, acts.hist_mask, **extra)
+            elif cfg.mode == "streaming":  # incremental: the cache already holds this window
+                x = _randn((b, 1, *context.shape[2:]), context, generator)
+            else:
+                x_hist = _noised(schedule, history, t_hist, generator)
+                x = _randn((b, 1, *context.shape[2:]), context, generator)
 
             for step, t in enumerate(timesteps):
                 t_new = torch.full((n * b, 1), t, dtype=torch.long, device=device)
@@ -273,6 +289,13 @@ def rollout(
                 x = guided_update(v, x, table[step], z, guidance, clip)
             outputs.append(x)
             history = torch.cat([history, x], dim=1)[:, -(cfg.window - 1) :]
+            if incremental and j + 1 < num_frames:  # the new frame joins the cache at the history level
+                t_one = t_hist[:, :1]
+                x_one = _noised(schedule, x, t_one, generator)
+                a_one = m_one = None
+                if aligned is not None and keep is not None:
+                    a_one, m_one = aligned[:, new_index : new_index + 1], keep[:, new_index : new_index + 1]
+                cache = stream.append_history(cache, x_one, t_one, a_one, m_one, max_frames=cfg.window - 1)
             logger.debug("rollout: generated frame %d/%d (window %d)", j + 1, num_frames, fh + 1)
     finally:
         if was_training:

@@ -100,22 +100,38 @@ class CausalTemporalConv(nn.Conv3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = self.kernel_size[0] - 1
-        if self.stream.phase == "replay":
-            return self._replay(x)
+        if self.stream.reads_history:
+            y = self._replay(x)
+            if self.stream.phase == "append":
+                self._append(x)
+            return y
         x = F.pad(x, (0, 0, 0, 0, pad, 0))
         if self.stream.phase == "record":
             # What the newest frame needs from the history is fixed for all its denoising steps: the past
             # taps applied to the last L-1 inputs (plus the bias). Computing it once here leaves a 1×1 conv
-            # of the newest frame per step, and nothing to concatenate.
+            # of the newest frame per step, and nothing to concatenate. An appendable cache keeps the
+            # inputs as well, to redo this term once a frame is appended.
             past = x[:, :, x.shape[2] - pad :]
-            self.stream.record(self.stream_key, F.conv3d(past, self.weight[:, :, :pad], self.bias))
+            term = F.conv3d(past, self.weight[:, :, :pad], self.bias)
+            self.stream.record(self.stream_key, term, *((past,) if self.stream.keeps_inputs else ()))
         return self._conv_forward(x, self.weight, self.bias)
+
+    def _append(self, x: torch.Tensor) -> None:
+        """Incremental mode: the appended frame's input joins the last L-1 inputs (the oldest leaves) and
+        the history term is recomputed from them, as a record over the longer history would give."""
+        entry = self.stream.history(self.stream_key)
+        if len(entry) != 2:
+            raise ValueError(
+                f"{self.stream_key}: append_history needs a cache from encode_history(appendable=True)"
+            )
+        past = torch.cat([entry[1], x.to(entry[1].dtype)], dim=2)[:, :, 1:]
+        self.stream.record(self.stream_key, F.conv3d(past, self.weight[:, :, :-1], self.bias), past)
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
         """Newest frame(s) (n·B, C, 1, H, W): last tap on the new input + the cached history term."""
         if x.shape[2] != 1:
             raise ValueError(f"{self.stream_key}: streaming replays one new frame, got {x.shape[2]}")
-        (hist,) = self.stream.history(self.stream_key)
+        hist = self.stream.history(self.stream_key)[0]
         n = self.stream.repeats
         y = F.conv3d(x, self.weight[:, :, -1:])
         # Row i·B + b continues history row b: broadcast over the n branches instead of tiling copies.
@@ -204,7 +220,7 @@ class CausalTemporalAttnProcessor:
         if attn.norm_k is not None:
             k = attn.norm_k(k)
 
-        if self.stream.phase == "replay":
+        if self.stream.reads_history:
             if q.shape[2] != 1:
                 raise ValueError(f"{self.stream_key}: streaming replays one new frame, got {q.shape[2]}")
             # The n branches are n queries of the same row against one shared history (never tiled):
@@ -223,6 +239,11 @@ class CausalTemporalAttnProcessor:
                 kernel=self.stream.few_query_kernel,
             )
             out = rearrange(out, "m h r d -> (r m) h 1 d")
+            if self.stream.phase == "append":  # one branch: the frame's K/V join the history's
+                keep = self.stream.max_frames
+                k_all = torch.cat([k_hist, k.to(k_hist.dtype)], dim=2)[:, :, -keep:]
+                v_all = torch.cat([v_hist, v.to(v_hist.dtype)], dim=2)[:, :, -keep:]
+                self.stream.record(self.stream_key, k_all, v_all)
         else:
             self.stream.record(self.stream_key, k, v)
             out = chunked_rows(F.scaled_dot_product_attention, q, k, v, is_causal=True, scale=attn.scale)

@@ -30,8 +30,9 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-#: What a forward does with the history cache: nothing (a full forward), fill it, or read it.
-StreamPhase = Literal["off", "record", "replay"]
+#: What a forward does with the history cache: nothing (a full forward), fill it, read it, or read it and
+#: write the cache extended by the forward's one frame (the incremental history mode).
+StreamPhase = Literal["off", "record", "replay", "append"]
 #: How the replay attention contracts the history (``attention_kernels.few_query_attention``): batched GEMMs,
 #: a broadcast reduction that ``torch.compile`` fuses into one pass over K/V, or "auto" (the reduction
 #: inside torch.compile, GEMMs otherwise; see that function for the measurements).
@@ -52,11 +53,16 @@ class HistoryCache:
 
     For CUDA graphs the cache's tensors must stay at fixed addresses across generated frames:
     :meth:`copy_` writes a new history of the same shapes into an existing cache in place.
+
+    ``appendable`` caches (``encode_history(..., appendable=True)``) also keep each causal conv's last
+    L-1 *inputs*, so :meth:`~v2w_core.models.world_model.WorldModel.append_history` can extend them by one
+    frame without re-running the history (the incremental mode, docs/streaming.md).
     """
 
     batch_size: int
     num_frames: int
     entries: dict[str, tuple[torch.Tensor, ...]] = field(default_factory=dict)
+    appendable: bool = False
 
     def put(self, key: str, *tensors: torch.Tensor) -> None:
         if key in self.entries:
@@ -79,6 +85,7 @@ class HistoryCache:
         return (
             self.batch_size,
             self.num_frames,
+            self.appendable,
             tuple(
                 (k, tuple((tuple(t.shape), t.dtype, t.device) for t in ts)) for k, ts in self.entries.items()
             ),
@@ -114,7 +121,7 @@ class HistoryCache:
         ``encode_history`` can run in batch chunks that :meth:`write_rows_` puts in place: the memory
         peak is the whole cache plus one chunk's, not two whole caches as with a concatenation.
         """
-        out = cls(batch_size=batch_size, num_frames=part.num_frames)
+        out = cls(batch_size=batch_size, num_frames=part.num_frames, appendable=part.appendable)
         for key, ts in part.entries.items():
             out.entries[key] = tuple(
                 t.new_empty((t.shape[0] // part.batch_size * batch_size, *t.shape[1:])) for t in ts
@@ -135,6 +142,10 @@ class StreamState:
     def __init__(self) -> None:
         self.phase: StreamPhase = "off"
         self.cache: HistoryCache | None = None
+        # "append" phase: the cache being built (the old one extended by the forward's frame) and how many
+        # frames it keeps (the oldest beyond that are dropped, as the rollout window drops them).
+        self.next_cache: HistoryCache | None = None
+        self.max_frames: int = 0
         # Newest-frame batch / history batch (guidance branches); the causal layers broadcast over it.
         self.repeats: int = 1
         self.few_query_kernel: FewQueryKernel = "auto"
@@ -142,15 +153,29 @@ class StreamState:
     @property
     def frame_offset(self) -> int:
         """Index of the first frame of the current forward within the whole window."""
-        if self.phase == "replay" and self.cache is not None:
+        if self.phase in ("replay", "append") and self.cache is not None:
             return self.cache.num_frames
         return 0
 
+    @property
+    def reads_history(self) -> bool:
+        """The forward runs newest frames against the cache ("replay", and "append", which also extends it)."""
+        return self.phase in ("replay", "append")
+
+    @property
+    def keeps_inputs(self) -> bool:
+        """Causal convs must record their last L-1 inputs too (an appendable cache is being recorded)."""
+        return self.phase == "record" and self.cache is not None and self.cache.appendable
+
     def record(self, key: str, *tensors: torch.Tensor) -> None:
+        """Store a layer's entry: into the cache being recorded, or (append) into the extended cache."""
         if self.phase == "record":
             assert self.cache is not None
             self.cache.put(key, *tensors)
+        elif self.phase == "append":
+            assert self.next_cache is not None
+            self.next_cache.put(key, *tensors)
 
     def history(self, key: str) -> tuple[torch.Tensor, ...]:
-        assert self.phase == "replay" and self.cache is not None
+        assert self.reads_history and self.cache is not None
         return self.cache.get(key)

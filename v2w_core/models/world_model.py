@@ -466,15 +466,24 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------ streaming
 
     @contextlib.contextmanager
-    def _streaming(self, phase: StreamPhase, cache: HistoryCache, repeats: int) -> Iterator[None]:
+    def _streaming(
+        self,
+        phase: StreamPhase,
+        cache: HistoryCache,
+        repeats: int,
+        next_cache: HistoryCache | None = None,
+    ) -> Iterator[None]:
         state = self.stream_state
         if state.phase != "off":
             raise RuntimeError("a streaming forward is already running on this model")
         state.phase, state.cache, state.repeats = phase, cache, repeats
+        if next_cache is not None:
+            state.next_cache, state.max_frames = next_cache, next_cache.num_frames
         try:
             yield
         finally:
             state.phase, state.cache, state.repeats = "off", None, 1
+            state.next_cache, state.max_frames = None, 0
 
     def _require_causal(self, what: str) -> None:
         if not self.is_causal:
@@ -492,18 +501,20 @@ class WorldModel(nn.Module):
         mask_hist: torch.Tensor | None = None,
         *,
         forward: Callable[..., torch.Tensor] | None = None,
+        appendable: bool = False,
     ) -> HistoryCache:
         """Run the history (B, F_h, C, H, W) once and cache what the newest frame needs from it.
 
         Cached per causal layer: temporal-conv inputs (last L-1 frames) and temporal-attention keys and
         values. Valid for every denoising step of the next frame as long as the history is unchanged.
         ``forward`` runs the pass instead of ``self.forward`` (the fast path's ``torch.compile``d forward,
-        which fills the cache from compiled code).
+        which fills the cache from compiled code). ``appendable`` also keeps what
+        :meth:`append_history` needs to extend the cache by a frame (the convs' last inputs).
         """
         self._require_causal("encode_history")
         if x_hist.ndim != 5:
             raise ValueError(f"x_hist must be (B, F, C, H, W), got shape {tuple(x_hist.shape)}")
-        cache = HistoryCache(batch_size=x_hist.shape[0], num_frames=x_hist.shape[1])
+        cache = HistoryCache(batch_size=x_hist.shape[0], num_frames=x_hist.shape[1], appendable=appendable)
         with self._streaming("record", cache, 1):
             (forward or self.forward)(x_hist, t_hist, a_hist, mask_hist)
         logger.debug("encoded history: %d frames, %.1f MiB", cache.num_frames, cache.nbytes() / 2**20)
@@ -539,6 +550,46 @@ class WorldModel(nn.Module):
             )
         with self.replaying(cache, x_new.shape[0] // cache.batch_size):
             return self.forward(x_new, t_new, a_new, mask_new)
+
+    @torch.no_grad()
+    def append_history(
+        self,
+        cache: HistoryCache,
+        x_new: torch.Tensor,
+        t_new: torch.Tensor,
+        a_new: torch.Tensor | None,
+        mask_new: torch.Tensor | None,
+        *,
+        max_frames: int,
+        forward: Callable[..., torch.Tensor] | None = None,
+    ) -> HistoryCache:
+        """The history cache extended by one frame (B, 1, C, H, W), keeping its newest ``max_frames``.
+
+        The incremental history mode: one single-frame forward against ``cache`` (its output is not
+        needed) instead of re-encoding the whole window. While the history still fits ``max_frames`` the
+        result equals ``encode_history`` over the longer history (same noised frames), up to reduction
+        order. Once frames are dropped it is not: the kept frames' activations still reflect the dropped
+        ones (and keep their original frame indices), where a re-encode would start the window afresh —
+        docs/streaming.md measures the difference. ``cache`` must come from ``encode_history(...,
+        appendable=True)`` (or an earlier append); it is left unchanged.
+        """
+        self._require_causal("append_history")
+        if not isinstance(cache, HistoryCache) or not cache.appendable:
+            raise ValueError("append_history needs a cache from encode_history(..., appendable=True)")
+        if x_new.ndim != 5 or x_new.shape[1] != 1 or x_new.shape[0] != cache.batch_size:
+            raise ValueError(
+                f"x_new must be (B, 1, C, H, W) with B = {cache.batch_size}, got shape {tuple(x_new.shape)}"
+            )
+        if max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+        out = HistoryCache(
+            batch_size=cache.batch_size, num_frames=min(cache.num_frames + 1, max_frames), appendable=True
+        )
+        with self._streaming("append", cache, 1, out):
+            (forward or self.forward)(x_new, t_new, a_new, mask_new)
+        if missing := cache.entries.keys() - out.entries.keys():
+            raise RuntimeError(f"append_history: layers {sorted(missing)} did not extend their cache entries")
+        return out
 
     def replaying(self, cache: HistoryCache, repeats: int) -> contextlib.AbstractContextManager[None]:
         """Context in which ``forward`` on (repeats·B, 1, ...) newest frames replays ``cache``.
