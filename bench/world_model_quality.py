@@ -138,14 +138,32 @@ def _save_strip(model: Any, chunks: list[Any], protocol: Any, device: str, path:
     Image.fromarray(strip).save(path)
 
 
+def eval_chunks(cfg: Any, protocol: Any, workers: int) -> tuple[list[Any], list[Any], list[Any]]:
+    """The config's episodes (recorded in process), its train split, and the held-out chunks of
+    ``protocol`` — the eval stage's chunks, without the object store."""
+    from v2w_core.data.inmemory import record_episodes, split_episodes
+    from v2w_core.eval.rollouts import chunks_from_episodes
+
+    t0 = time.perf_counter()
+    episodes = record_episodes(cfg.data.source, cfg.data.source_options, seed=cfg.data.seed,
+                               indices=range(cfg.data.episodes), workers=workers)
+    train_eps, eval_eps = split_episodes(episodes, cfg.data.writer.eval_fraction)
+    chunks = chunks_from_episodes([e for e in eval_eps if e.length >= protocol.chunk_length], protocol)
+    if protocol.max_episodes is not None:
+        keep = sorted({c.episode_id for c in chunks})[: protocol.max_episodes]
+        chunks = [c for c in chunks if c.episode_id in keep]
+    log.info("data: %d train / %d eval episodes, %d eval chunks (%.0f s)", len(train_eps), len(eval_eps),
+             len(chunks), time.perf_counter() - t0)
+    return episodes, train_eps, chunks
+
+
 def run_curve(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     from pipelines.config import PipelineConfig
     from v2w_core import assets
-    from v2w_core.data.inmemory import episode_clips, record_episodes, split_episodes
+    from v2w_core.data.inmemory import episode_clips
     from v2w_core.eval.config import EvalConfig
-    from v2w_core.eval.rollouts import chunks_from_episodes
     from v2w_core.models.causalize import causalize
     from v2w_core.tracking import load_model
     from v2w_core.train.config import TrainConfig
@@ -153,17 +171,9 @@ def run_curve(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = PipelineConfig.from_yaml(args.config, args.set)
     base_uri = assets.resolve(args.base or cfg.base.pretrained_uri or "")
-    t0 = time.perf_counter()
-    episodes = record_episodes(cfg.data.source, cfg.data.source_options, seed=cfg.data.seed,
-                               indices=range(cfg.data.episodes), workers=args.workers)
-    train_eps, eval_eps = split_episodes(episodes, cfg.data.writer.eval_fraction)
     protocol = cfg.evaluate.protocol
-    chunks = chunks_from_episodes([e for e in eval_eps if e.length >= protocol.chunk_length], protocol)
-    if protocol.max_episodes is not None:
-        keep = sorted({c.episode_id for c in chunks})[: protocol.max_episodes]
-        chunks = [c for c in chunks if c.episode_id in keep]
-    log.info("data: %d train / %d eval episodes, %d eval chunks (%.0f s)", len(train_eps), len(eval_eps),
-             len(chunks), time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    episodes, train_eps, chunks = eval_chunks(cfg, protocol, args.workers)
     space = {"type": episodes[0].action_space.type, "dim": episodes[0].action_space.dim}
 
     def fresh_causal() -> Any:

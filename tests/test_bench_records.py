@@ -65,7 +65,7 @@ def test_script_appends_a_record_with_headline(script: Path):
 TINY_RUNS = {
     "action_signal": "--episodes 2 --option episode_length=8",
     "rollout": "--context 3 --steps 2 --frames 1 --batches 1 --repeats 1",
-    "rollout_gpu": "--preset tiny --device cpu --families unet3d --modes full,stream --batches 1 --steps 2 "
+    "rollout_gpu": "--preset tiny --device cpu --families unet3d --modes full,stream,stream_incremental --batches 1 --steps 2 "
     "--context 3",
     "rollout_profile": "--preset tiny --device cpu --variants channels_last --batches 1 "
     "--batch-variant channels_last --iters 1 --steps 2 --context 3",
