@@ -384,31 +384,36 @@ def bench_family(
             on_row(out)
 
     # ---- fewer DDIM steps on the fastest path: the same captured graphs (the step's coefficients are a
-    # graph input), so only the step count changes
+    # graph input), so only the step count changes. The exact paths and the incremental-cache paths (an
+    # approximation once the window slides) are swept, agreed and reported apart.
     done = {m: r for m, r in single.items() if m in runners and "seconds_per_frame" in r}
-    if done and args.steps_sweep:
-        fastest = min(done, key=lambda m: done[m]["seconds_per_frame"])
-        sweep = {str(args.steps): {"seconds_per_frame": done[fastest]["seconds_per_frame"]}}
+    for suffix, group in (("", {m: r for m, r in done.items() if encoding_of(m) == "recompute"}),
+                          ("_incremental", {m: r for m, r in done.items() if encoding_of(m) == "incremental"})):
+        if not group or not args.steps_sweep:
+            continue
+        fastest = min(group, key=lambda m: group[m]["seconds_per_frame"])
+        encoding = encoding_of(fastest)
+        sweep = {str(args.steps): {"seconds_per_frame": group[fastest]["seconds_per_frame"]}}
         for steps in args.steps_sweep:
 
-            def srow(steps: int = steps) -> dict[str, Any]:
+            def srow(steps: int = steps, fastest: str = fastest, encoding: str = encoding) -> dict[str, Any]:
                 at = argparse.Namespace(**{**vars(args), "steps": steps})
-                encoding = encoding_of(fastest)
                 sec, _ = timed_rollout(model, runners[fastest], at, 1, args.frames, "streaming", device, encoding)
                 if encoding == "incremental":  # the steady state, as in the row
-                    sec = history_split(model, runners[fastest], at, sec, "streaming", device, encoding)["seconds_per_frame"]
+                    sec = history_split(model, runners[fastest], at, sec, "streaming", device, encoding)
+                    sec = sec["seconds_per_frame"]
                 return {"seconds_per_frame": sec}
 
             sweep[str(steps)] = guarded(f"{family} {fastest} {steps} steps", srow)
             logger.info("%s %s at %d steps: %s", family, fastest, steps, sweep[str(steps)])
-        out["steps_sweep"] = {"path": fastest, "rows": sweep}
+        out[f"steps_sweep{suffix}"] = {"path": fastest, "rows": sweep}
         if reference:  # the fastest path against the fp32 frame: what the headline's speed costs
 
-            def fastest_agreement() -> dict[str, Any]:
-                fast = timed_rollout(model, runners[fastest], args, 1, 1, "streaming", device, encoding_of(fastest))[1]
+            def fastest_agreement(fastest: str = fastest, encoding: str = encoding) -> dict[str, Any]:
+                fast = timed_rollout(model, runners[fastest], args, 1, 1, "streaming", device, encoding)[1]
                 return {"path": fastest, **agree(fast)}
 
-            out["agreement_fastest_vs_fp32_eager"] = guarded("fastest agreement", fastest_agreement)
+            out[f"agreement_fastest{suffix}_vs_fp32_eager"] = guarded("fastest agreement", fastest_agreement)
         if on_row is not None:
             on_row(out)
 
@@ -588,9 +593,11 @@ def write_record(
 
 
 def headline(record: dict[str, Any]) -> dict[str, Any]:
-    """Issue 19's figures first — ``seconds_per_frame`` (UNet3D, one rollout, the fastest path at the run's
-    steps), ``seconds_per_frame_svd``, ``frames_per_second_at_steps`` (UNet3D, that path, the steps sweep),
-    ``rel_l2_vs_fp32`` (UNet3D bf16 graph path vs fp32 eager), ``device`` — then per family: seconds per
+    """Issue 19's figures first — ``seconds_per_frame`` (UNet3D, one rollout, the fastest exact path at the
+    run's steps), ``seconds_per_frame_svd``, ``frames_per_second_at_steps`` (UNet3D, that path, the steps
+    sweep), ``rel_l2_vs_fp32`` (UNet3D bf16 graph path vs fp32 eager), ``device``; the same two figures for
+    the fastest incremental-history path (``*_incremental``: an approximation once the window slides,
+    never the headline's exact figure) — then per family: seconds per
     frame of one rollout on each path (and its split: history forward ms per frame, denoising ms per
     step) and the fastest; over the batched rows the highest effective
     TFLOP/s and frames/s (with path and batch) and the largest peak memory; the bf16 fast path's relative
@@ -601,13 +608,21 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         single = {m: r for m, r in fam.get("single_rollout", {}).items() if "seconds_per_frame" in r}
         batched = [(k.removeprefix("batched_"), r) for k, v in fam.items() if k.startswith("batched_")
                    for r in v if "effective_tflops" in r]  # fmt: skip
-        best = min(single.items(), key=lambda kv: kv[1]["seconds_per_frame"], default=None)
+        exact = [(m, r) for m, r in single.items() if encoding_of(m) == "recompute"]
+        best = min(exact, key=lambda kv: kv[1]["seconds_per_frame"], default=None)
+        incremental = [(m, r) for m, r in single.items() if encoding_of(m) == "incremental"]
+        best_inc = min(incremental, key=lambda kv: kv[1]["seconds_per_frame"], default=None)
         top = max(batched, key=lambda mr: mr[1]["effective_tflops"], default=None)
         fastest = max(batched, key=lambda mr: mr[1]["frames_per_second"], default=None)
         peaks = [(m, r) for m, r in batched if r.get("peak_gib") is not None]
         peak = max(peaks, key=lambda mr: mr[1]["peak_gib"], default=None)
         agree = fam.get("agreement_bf16_graph_vs_fp32_eager", {})
-        sweep = fam.get("steps_sweep", {})
+        sweep, sweep_inc = fam.get("steps_sweep", {}), fam.get("steps_sweep_incremental", {})
+
+        def fps(sweep: dict[str, Any]) -> dict[str, float]:
+            return {n: round(1 / r["seconds_per_frame"], 2) for n, r in sweep.get("rows", {}).items()
+                    if "seconds_per_frame" in r}  # fmt: skip
+
         per_family[fam["family"]] = {
             "seconds_per_frame": {m: round(r["seconds_per_frame"], 3) for m, r in single.items()},
             "ms_per_step": {m: round(r["ms_per_step"], 1) for m, r in single.items()},
@@ -618,9 +633,11 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
             "compile_seconds": {m: round(r["compile_seconds"]) for m, r in single.items() if m in COMPILED},
             "fastest_path": best[0] if best else None,
             "fastest_seconds_per_frame": round(best[1]["seconds_per_frame"], 3) if best else None,
-            "frames_per_second_at_steps": {
-                n: round(1 / r["seconds_per_frame"], 2) for n, r in sweep.get("rows", {}).items() if "seconds_per_frame" in r
-            },
+            "frames_per_second_at_steps": fps(sweep),
+            # the incremental history cache (an approximation once the window slides), apart
+            "fastest_incremental_path": best_inc[0] if best_inc else None,
+            "fastest_incremental_seconds_per_frame": round(best_inc[1]["seconds_per_frame"], 3) if best_inc else None,
+            "frames_per_second_at_steps_incremental": fps(sweep_inc),
             "max_effective_tflops": round(top[1]["effective_tflops"], 1) if top else None,
             "max_effective_tflops_at": f"{top[0]} batch {top[1]['batch']}" if top else None,
             "max_frames_per_second": round(fastest[1]["frames_per_second"], 2) if fastest else None,
@@ -629,6 +646,9 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
             "max_peak_gib_at": f"{peak[0]} batch {peak[1]['batch']}" if peak else None,
             "agreement_rel_l2": agree.get("rel_l2"),
             "fastest_agreement_rel_l2": fam.get("agreement_fastest_vs_fp32_eager", {}).get("rel_l2"),
+            "fastest_incremental_agreement_rel_l2": fam.get("agreement_fastest_incremental_vs_fp32_eager", {}).get(
+                "rel_l2"
+            ),
         }
     unet, svd = per_family.get("unet3d", {}), per_family.get("svd", {})
     out.update(
@@ -637,6 +657,8 @@ def headline(record: dict[str, Any]) -> dict[str, Any]:
         frames_per_second_at_steps=unet.get("frames_per_second_at_steps"),
         rel_l2_vs_fp32=unet.get("agreement_rel_l2"),
         rel_l2_fastest_vs_fp32=unet.get("fastest_agreement_rel_l2"),
+        seconds_per_frame_incremental=unet.get("fastest_incremental_seconds_per_frame"),
+        frames_per_second_at_steps_incremental=unet.get("frames_per_second_at_steps_incremental"),
         **per_family,
     )
     out["machine"] = machine_summary(record["machine"], f"torch {record['machine']['torch']}")
