@@ -284,7 +284,7 @@ class FastStreamer:
         so the step graphs captured on it stay valid). Not captured itself: one single-frame forward per
         generated frame, against the window re-encode it replaces."""
         with self._autocast(x_new.device):
-            forward = self._forward if self.config.compile is not None and self.config.compile_encode else None
+            forward = self._forward if self.config.compile_encode else None
             new = self.model.append_history(cache, x_new, t_new, a_new, mask_new, max_frames=max_frames,
                                             forward=forward)  # fmt: skip
         if not self._graphs_on(x_new.device):

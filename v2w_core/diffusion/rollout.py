@@ -261,16 +261,13 @@ def rollout(
             fh = history.shape[1]
             acts = _window_actions(aligned, keep, new_index - fh, new_index, guided)
             t_hist = torch.full((b, fh), cfg.history_noise_level, dtype=torch.long, device=device)
-            if cfg.mode == "streaming" and (cache is None or not incremental):
+            reencode = cache is None or not incremental  # incremental: the cache already holds this window
+            if reencode:
                 x_hist = _noised(schedule, history, t_hist, generator)
-                x = _randn((b, 1, *context.shape[2:]), context, generator)
+            x = _randn((b, 1, *context.shape[2:]), context, generator)
+            if cfg.mode == "streaming" and reencode:
                 extra = {"appendable": True} if incremental else {}
                 cache = stream.encode_history(x_hist, t_hist, acts.hist, acts.hist_mask, **extra)
-            elif cfg.mode == "streaming":  # incremental: the cache already holds this window
-                x = _randn((b, 1, *context.shape[2:]), context, generator)
-            else:
-                x_hist = _noised(schedule, history, t_hist, generator)
-                x = _randn((b, 1, *context.shape[2:]), context, generator)
 
             for step, t in enumerate(timesteps):
                 t_new = torch.full((n * b, 1), t, dtype=torch.long, device=device)

@@ -119,12 +119,8 @@ class CausalTemporalConv(nn.Conv3d):
     def _append(self, x: torch.Tensor) -> None:
         """Incremental mode: the appended frame's input joins the last L-1 inputs (the oldest leaves) and
         the history term is recomputed from them, as a record over the longer history would give."""
-        entry = self.stream.history(self.stream_key)
-        if len(entry) != 2:
-            raise ValueError(
-                f"{self.stream_key}: append_history needs a cache from encode_history(appendable=True)"
-            )
-        past = torch.cat([entry[1], x.to(entry[1].dtype)], dim=2)[:, :, 1:]
+        _, inputs = self.stream.history(self.stream_key)  # appendable: append_history checked it
+        past = torch.cat([inputs, x.to(inputs.dtype)], dim=2)[:, :, 1:]
         self.stream.record(self.stream_key, F.conv3d(past, self.weight[:, :, :-1], self.bias), past)
 
     def _replay(self, x: torch.Tensor) -> torch.Tensor:
@@ -240,7 +236,8 @@ class CausalTemporalAttnProcessor:
             )
             out = rearrange(out, "m h r d -> (r m) h 1 d")
             if self.stream.phase == "append":  # one branch: the frame's K/V join the history's
-                keep = self.stream.max_frames
+                assert self.stream.next_cache is not None
+                keep = self.stream.next_cache.num_frames
                 k_all = torch.cat([k_hist, k.to(k_hist.dtype)], dim=2)[:, :, -keep:]
                 v_all = torch.cat([v_hist, v.to(v_hist.dtype)], dim=2)[:, :, -keep:]
                 self.stream.record(self.stream_key, k_all, v_all)

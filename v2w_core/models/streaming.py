@@ -142,10 +142,9 @@ class StreamState:
     def __init__(self) -> None:
         self.phase: StreamPhase = "off"
         self.cache: HistoryCache | None = None
-        # "append" phase: the cache being built (the old one extended by the forward's frame) and how many
-        # frames it keeps (the oldest beyond that are dropped, as the rollout window drops them).
+        # "append" phase: the cache being built (the old one extended by the forward's frame); its
+        # num_frames is how many frames it keeps (the oldest beyond are dropped, as the window drops them).
         self.next_cache: HistoryCache | None = None
-        self.max_frames: int = 0
         # Newest-frame batch / history batch (guidance branches); the causal layers broadcast over it.
         self.repeats: int = 1
         self.few_query_kernel: FewQueryKernel = "auto"
@@ -153,7 +152,7 @@ class StreamState:
     @property
     def frame_offset(self) -> int:
         """Index of the first frame of the current forward within the whole window."""
-        if self.phase in ("replay", "append") and self.cache is not None:
+        if self.reads_history and self.cache is not None:
             return self.cache.num_frames
         return 0
 

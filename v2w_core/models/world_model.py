@@ -476,14 +476,11 @@ class WorldModel(nn.Module):
         state = self.stream_state
         if state.phase != "off":
             raise RuntimeError("a streaming forward is already running on this model")
-        state.phase, state.cache, state.repeats = phase, cache, repeats
-        if next_cache is not None:
-            state.next_cache, state.max_frames = next_cache, next_cache.num_frames
+        state.phase, state.cache, state.repeats, state.next_cache = phase, cache, repeats, next_cache
         try:
             yield
         finally:
-            state.phase, state.cache, state.repeats = "off", None, 1
-            state.next_cache, state.max_frames = None, 0
+            state.phase, state.cache, state.repeats, state.next_cache = "off", None, 1, None
 
     def _require_causal(self, what: str) -> None:
         if not self.is_causal:
