@@ -18,6 +18,7 @@ from v2w_core.eval.controllability import controllability
 from v2w_core.eval.evaluate import compute_metrics
 from v2w_core.eval.metrics import (
     PSNR_CAP_DB,
+    feature_stats,
     frechet_distance,
     frechet_distance_from_features,
     gaussian_window,
@@ -145,6 +146,45 @@ def test_frechet_of_samples_approaches_closed_form() -> None:
     x = rng.normal(0.0, 1.0, size=(20000, 3))
     y = rng.normal(1.0, 1.5, size=(20000, 3))
     assert frechet_distance_from_features(x, y) == pytest.approx(3 * 1.0 + 3 * 0.5**2, rel=0.05)
+
+
+@pytest.mark.parametrize("na,nb,d", [(32, 32, 2048), (14, 9, 400), (5, 40, 64), (80, 80, 16)])
+def test_frechet_from_features_in_sample_space_equals_the_covariance_form(na, nb, d) -> None:
+    """Fewer samples than features: the sample-space trace (an SVD of A₂A₁ᵀ) gives the D×D form's value;
+    (80, 80, 16) is the covariance form itself."""
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(na, d))
+    b = rng.normal(0.3, 1.2, size=(nb, d)) @ rng.normal(size=(d, d)) / np.sqrt(d)  # correlated features
+    expected = frechet_distance(*feature_stats(a), *feature_stats(b))
+    assert frechet_distance_from_features(a, b) == pytest.approx(expected, rel=1e-6)
+
+
+def test_frechet_from_features_of_a_scaled_copy_is_exact() -> None:
+    """b = 2a (32 samples of 2048 features, FID's size): Σ_b = 4Σ_a, so the distance is exactly
+    ‖μ‖² + tr Σ_a. The D×D eigendecompositions of a rank-31 covariance miss it by ≈ 1e-3 (6e-7 relative);
+    the sample-space form does not."""
+    a = np.random.default_rng(4).normal(size=(32, 2048))
+    mu, sigma = feature_stats(a)
+    expected = float(mu @ mu + np.trace(sigma))
+    assert frechet_distance_from_features(a, 2.0 * a) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_from_features_decomposes_no_feature_sized_matrix_when_samples_are_fewer(monkeypatch) -> None:
+    import v2w_core.eval.metrics as metrics_mod
+
+    calls: list[tuple[int, ...]] = []
+    real = metrics_mod._sqrt_psd
+    monkeypatch.setattr(metrics_mod, "_sqrt_psd", lambda m: calls.append(m.shape) or real(m))
+    rng = np.random.default_rng(5)
+    frechet_distance_from_features(rng.normal(size=(16, 400)), rng.normal(size=(300, 400)))
+    assert calls == []  # 16 < 400: sample space
+    frechet_distance_from_features(rng.normal(size=(40, 8)), rng.normal(size=(30, 8)))
+    assert calls == [(8, 8), (8, 8)]  # enough samples on both sides: the covariance form
+    nan = rng.normal(size=(16, 400))
+    nan[3, 7] = np.nan  # a degenerate model's frames: no distance, as the covariance form gave
+    assert math.isnan(frechet_distance_from_features(nan, rng.normal(size=(16, 400))))
+    with pytest.raises(ValueError, match="feature sizes differ"):
+        frechet_distance_from_features(rng.normal(size=(4, 8)), rng.normal(size=(4, 9)))
 
 
 # ---------------------------------------------------------------------------- unavailable metric nets
