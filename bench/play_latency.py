@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", default="2,10", help="denoising-step counts to measure")
     p.add_argument("--headline-steps", type=int, default=10)
     p.add_argument("--frames", type=int, default=40)
+    p.add_argument("--history-encoding", choices=["recompute", "incremental"], default="recompute",
+                   help="the sessions' history mode (v2w-play --history-encoding)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--port", type=int, default=8690)
     p.add_argument("--out", default=str(OUT))
@@ -198,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model_dir, vae_dir, label = build_preset(args.preset, Path(tempfile.mkdtemp(prefix="v2w-play-bench-")))
     settings = PlaySettings(model_dir=model_dir, vae_uri=vae_dir, label=label, device=args.device,
-                            steps=args.headline_steps, max_steps=max([*steps_list, args.headline_steps]))  # fmt: skip
+                            steps=args.headline_steps, max_steps=max([*steps_list, args.headline_steps]),
+                            history_encoding=args.history_encoding)  # fmt: skip
     machine = machine_info(["ray", "torch"], torch_threads=torch.get_num_threads(), device=args.device)
     t0 = time.perf_counter()
     running = None
@@ -217,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop(running)
     where = "in process (no HTTP)" if args.in_process else f"through {running.url}"
 
-    print(f"v2w-play {where} ({label}, {args.device}); start {startup_s:.1f} s")
+    print(f"v2w-play {where} ({label}, {args.device}, history {args.history_encoding}); start {startup_s:.1f} s")
     print(f"{'steps':>5} {'fps':>6} {'p50 ms':>7} {'p95 ms':>7} {'model ms':>8} {'overhead ms':>11}")
     for r in rows:
         print(f"{r['steps']:>5} {r['fps']:>6} {r['latency_ms_p50']:>7} {r['latency_ms_p95']:>7} "
@@ -232,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         settings={"model": args.model or label, "preset": None if args.model else args.preset,
                   "vae": bool(vae_dir), "device": args.device, "steps": steps_list, "frames_per_measure": args.frames,
                   "window_filled_first": info["window"],
-                  "warmup": args.warmup, "clients": 1, "path": "in-process" if args.in_process else "served",
+                  "warmup": args.warmup, "clients": 1, "history_encoding": args.history_encoding, "path": "in-process" if args.in_process else "served",
                   "start_s": round(startup_s, 1), "context": "blank", "frame_size": info["frame"],
                   "what": "sequential steps of one session; latency = the caller's round trip"},
         results=rows,
@@ -240,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     record["headline"] = {
         "steps": main_row["steps"],
         "path": "in-process" if args.in_process else "served",
+        "history_encoding": args.history_encoding,
         "fps_cpu_tiny": main_row["fps"] if cpu and not args.model and args.preset == "tiny" else None,
         "fps_cpu_tiny_2_steps": by_steps[2]["fps"] if cpu and not args.model and args.preset == "tiny"
         and 2 in by_steps else None,

@@ -11,7 +11,7 @@ import torch
 from diffusion_tiny import ACTION_DIM, SIZE
 
 from v2w_core.diffusion.fast_rollout import FastPathConfig, FastStreamer
-from v2w_core.diffusion.rollout import RolloutConfig, rollout
+from v2w_core.diffusion.rollout import RolloutCarry, RolloutConfig, rollout
 from v2w_core.models.world_model import WorldModel
 
 TOL = {"rtol": 1e-4, "atol": 1e-4}
@@ -74,6 +74,33 @@ def test_fast_streamer_runs_the_incremental_mode(causal_model: WorldModel) -> No
     runner = FastStreamer(causal_model, FastPathConfig())
     fast = _run(causal_model, runner, window=3, history_encoding="incremental")
     torch.testing.assert_close(fast, _run(causal_model, window=3, history_encoding="incremental"), **TOL)
+
+
+def test_a_carry_continues_the_rollout_one_frame_per_call(causal_model: WorldModel) -> None:
+    """A play session's calls: one frame each, the context the newest ``window`` frames so far. With a
+    RolloutCarry they equal one N-frame incremental rollout (same draws), past the window's slide, with one
+    history encode in all (the last call appends its frame for a next one)."""
+    context, actions = _inputs()
+    config = RolloutConfig(num_inference_steps=3, window=3, history_encoding="incremental")
+    whole = rollout(causal_model, context, actions, N, config, generator=torch.Generator().manual_seed(0))
+    counting, carry, g = _Counting(causal_model), RolloutCarry(), torch.Generator().manual_seed(0)
+    frames = context
+    for _ in range(N):
+        lo = max(0, frames.shape[1] - config.window)
+        acts = actions[:, lo : frames.shape[1]]  # taken at the context's frames; the last one leads to the new
+        new = rollout(causal_model, frames[:, lo:], acts, 1, config, generator=g, runner=counting, carry=carry)
+        assert torch.equal(carry.last_frame, new[:, 0])
+        frames = torch.cat([frames, new], dim=1)
+    torch.testing.assert_close(frames[:, K:], whole, **TOL)
+    assert (counting.encodes, counting.appends) == (1, N)
+
+    # a context that does not end with the carried frame (a reset, another episode) is encoded afresh
+    rollout(causal_model, context, actions, 1, config, generator=g, runner=counting, carry=carry)
+    assert counting.encodes == 2 and carry.cache.num_frames == K
+    # re-encoding every frame leaves nothing to carry
+    recompute = config.model_copy(update={"history_encoding": "recompute"})
+    rollout(causal_model, context, actions, 1, recompute, generator=g, runner=counting, carry=carry)
+    assert carry.cache is None and carry.last_frame is None
 
 
 def test_incremental_config_errors(causal_model: WorldModel) -> None:

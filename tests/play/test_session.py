@@ -29,14 +29,35 @@ def _context(k: int = 3, seed: int = 0) -> Context:
     return Context("ctx", frames, rng.integers(0, 2, (k, 3)).astype(np.float32))
 
 
-def test_steps_equal_one_offline_streaming_rollout(model) -> None:
+class _CountingEncodes:
+    """The model as a rollout runner, counting window encodes."""
+
+    def __init__(self, model) -> None:  # type: ignore[no-untyped-def]
+        self.model, self.encodes = model, 0
+
+    def encode_history(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.encodes += 1
+        return self.model.encode_history(*args, **kwargs)
+
+    def append_history(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return self.model.append_history(*args, **kwargs)
+
+    def step_newest(self, *args):  # type: ignore[no-untyped-def]
+        return self.model.step_newest(*args)
+
+
+@pytest.mark.parametrize("encoding", ["recompute", "incremental"])
+def test_steps_equal_one_offline_streaming_rollout(model, encoding: str) -> None:
     """N single-frame steps = rollout(num_frames=N) with the same actions and seed, past the window (up to
-    float reassociation: a value on a rounding boundary may land one uint8 level apart)."""
-    cfg = RolloutConfig(num_inference_steps=2, window=4)
+    float reassociation: a value on a rounding boundary may land one uint8 level apart). Incremental: the
+    session carries the history cache between key presses, so the window is encoded once, not per step."""
+    cfg = RolloutConfig(num_inference_steps=2, window=4, history_encoding=encoding)
     ctx = _context(3)
     keys = np.random.default_rng(1).integers(0, 2, (5, 3)).astype(np.float32)
     session = PlaySession(ctx, window=cfg.window, seed=7)
-    stepped = np.stack([session.step(model, a, cfg) for a in keys])
+    runner = _CountingEncodes(model)
+    stepped = np.stack([session.step(model, a, cfg, runner=runner) for a in keys])
+    assert runner.encodes == (1 if encoding == "incremental" else len(keys))
     # offline: recorded actions a_0..a_{K+N-2}: the context's first K-1, then the player's N keys
     actions = torch.from_numpy(np.concatenate([ctx.actions[:2], keys]))[None]
     frames = normalize_frames(torch.from_numpy(ctx.frames).permute(0, 3, 1, 2))[None]

@@ -42,3 +42,23 @@ def test_a_good_model_resolves(play_model_dir: Path, play_manifest: str) -> None
     src = resolve_source(str(play_model_dir), episodes=play_manifest)
     assert src.config["action_space"] == {"type": "multi_hot", "dim": 3}
     assert src.eval_manifest == play_manifest and src.rollout is None
+
+
+def test_history_encoding_reaches_the_sessions(play_model_dir: Path, play_manifest: str) -> None:
+    """``--history-encoding incremental``: the engine's rollout config carries it (info says so) and a
+    session keeps its window's cache between key presses; no flag keeps the registered config's."""
+    from v2w_core.play.cli import build_parser, settings_from_args
+    from v2w_core.play.engine import PlayEngine
+
+    argv = ["--model", str(play_model_dir), "--episodes", play_manifest, "--device", "cpu", "--steps", "2"]
+    assert settings_from_args(build_parser().parse_args(argv)).history_encoding is None
+    settings = settings_from_args(build_parser().parse_args([*argv, "--history-encoding", "incremental"]))
+    engine = PlayEngine(settings)
+    assert engine.info()["history_encoding"] == "incremental"
+    sid = engine.new_session(b"{}")["session"]
+    for _ in range(2):
+        engine.step(sid, b'{"action": [1, 0, 0]}')
+    carry = engine.sessions.get(sid)._carry
+    assert carry.cache is not None and carry.cache.appendable
+    with pytest.raises(SystemExit):  # argparse: one line naming the choices, exit 2
+        build_parser().parse_args([*argv, "--history-encoding", "sometimes"])

@@ -297,6 +297,28 @@ class FastStreamer:
             static.copy_(new)
         return static
 
+    def attach_history(self, cache: HistoryCache) -> HistoryCache:
+        """A cache carried between rollouts (``RolloutCarry``) into the static cache of its shapes, which the
+        step graphs read (with graphs off: the cache itself)."""
+        if not self._graphs_on(self._device(cache)):
+            return cache
+        key = ("append", cache.signature())
+        static = self._static.get(key)
+        if static is None:
+            self._static[key] = static = cache.clone()
+        elif static is not cache:
+            static.copy_(cache)
+        return static
+
+    def detach_history(self, cache: HistoryCache) -> HistoryCache:
+        """A copy of ``cache`` that this runner's next history write cannot reach: a static cache is
+        shared by every rollout of its shapes (another play session's frame would overwrite it)."""
+        return cache.clone() if any(c is cache for c in self._static.values()) else cache
+
+    @staticmethod
+    def _device(cache: HistoryCache) -> torch.device:
+        return next(t.device for ts in cache.entries.values() for t in ts)
+
     @torch.no_grad()
     def step_newest(
         self,

@@ -31,9 +31,16 @@ Two paths compute the same thing:
     noised copy differs from one generated frame to the next. Streaming vs. ``full`` with
     ``per_step`` noise differs by design (that is the paper's sampler, which cannot be cached).
 
+Continuing a rollout (a play session's key presses, one frame per call): with ``history_encoding=
+"incremental"`` a :class:`RolloutCarry` passed as ``carry=`` keeps the history cache extended by the last
+generated frame, and the next call whose context ends with that frame starts from it instead of
+re-encoding its window. N such calls draw and compute what one ``rollout(..., num_frames=N)`` does.
+
 Random draws, both paths, in this order per generated frame: history noise (B, F_h, …) if the level is
 > 0, the new frame's initial noise (B, 1, …), then per DDIM step [history noise again if per_step]
-and the η-noise (B, 1, …) if η > 0. Same generator state → same frames on either path.
+and the η-noise (B, 1, …) if η > 0; incremental: the history noise only for the first frame (or a
+re-encode), and the generated frame's own history noise (B, 1, …) after its steps, when it joins the
+cache. Same generator state → same frames on either path.
 """
 
 from __future__ import annotations
@@ -86,6 +93,37 @@ class RolloutConfig(StrictConfig):
                 "history_encoding='incremental' extends the streaming cache; use it with mode='streaming'"
             )
         return self
+
+
+@dataclass
+class RolloutCarry:
+    """What an incremental streaming rollout hands to its continuation (``rollout(..., carry=…)``).
+
+    After a call with ``history_encoding="incremental"``: ``cache``, the history cache extended by the
+    last generated frame (noised to the history level, with the action that led to it), and
+    ``last_frame`` (B, C, H, W), that frame. A later call whose context ends with exactly that frame, with
+    as many history frames as the cache holds, starts from the cache: no window re-encode. Any other
+    call (a reset session, another context, ``recompute``) encodes afresh and replaces the carry.
+    """
+
+    cache: Any = None
+    last_frame: torch.Tensor | None = None
+
+    def continues(self, context: torch.Tensor, history_frames: int) -> bool:
+        """Whether ``context`` (B, K, C, H, W) continues the rollout this carry was left by."""
+        last = self.last_frame
+        return (
+            self.cache is not None
+            and last is not None
+            and self.cache.batch_size == context.shape[0]
+            and self.cache.num_frames == history_frames
+            and last.shape == context[:, -1].shape
+            and last.device == context.device
+            and torch.equal(last, context[:, -1])
+        )
+
+    def clear(self) -> None:
+        self.cache = self.last_frame = None
 
 
 def _randn(shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -212,6 +250,7 @@ def rollout(
     *,
     generator: torch.Generator | None = None,
     runner: Any | None = None,
+    carry: RolloutCarry | None = None,
 ) -> torch.Tensor:
     """Generate ``num_frames`` frames after ``context`` (B, K, C, H, W) → (B, num_frames, C, H, W).
 
@@ -225,6 +264,11 @@ def rollout(
     CUDA graphs and ``torch.compile``; a runner with a ``denoise_newest`` (the signature of
     :func:`denoise_newest` without its first argument) runs whole DDIM steps, guidance and update
     included. The noise draws are the rollout's either way.
+
+    ``carry`` (incremental history only; ignored and cleared otherwise): continue from the cache a previous
+    call left in it when ``context`` ends with that call's last frame, and leave this call's there (its
+    last frame appended). A runner may provide ``attach_history(cache)`` (a carried cache into the
+    buffers its captured graphs read) and ``detach_history(cache)`` (a copy its next write cannot reach).
     """
     cfg = config or RolloutConfig()
     _check_inputs(model, context, actions, num_frames)
@@ -255,6 +299,8 @@ def rollout(
     history = context[:, -(cfg.window - 1) :]
     outputs: list[torch.Tensor] = []
     cache = None
+    if carry is not None and incremental and carry.continues(context, history.shape[1]):
+        cache = getattr(stream, "attach_history", _same)(carry.cache)
     try:
         for j in range(num_frames):
             new_index = k + j  # global index of the frame being generated
@@ -286,7 +332,7 @@ def rollout(
                 x = guided_update(v, x, table[step], z, guidance, clip)
             outputs.append(x)
             history = torch.cat([history, x], dim=1)[:, -(cfg.window - 1) :]
-            if incremental and j + 1 < num_frames:  # the new frame joins the cache at the history level
+            if incremental and (j + 1 < num_frames or carry is not None):  # the frame joins the cache
                 t_one = t_hist[:, :1]
                 x_one = _noised(schedule, x, t_one, generator)
                 a_one = m_one = None
@@ -297,4 +343,13 @@ def rollout(
     finally:
         if was_training:
             model.train()
+    if carry is not None:
+        carry.clear()
+        if incremental and cache is not None:
+            carry.cache = getattr(stream, "detach_history", _same)(cache)
+            carry.last_frame = outputs[-1][:, 0].clone()
     return torch.cat(outputs, dim=1)
+
+
+def _same(cache: Any) -> Any:
+    return cache

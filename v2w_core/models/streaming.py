@@ -128,6 +128,10 @@ class HistoryCache:
             )
         return out
 
+    def clone(self) -> HistoryCache:
+        """A copy with its own tensors (a carried cache that a runner's next write must not reach)."""
+        return HistoryCache.allocate_like(self, self.batch_size).copy_(self)
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for ts in self.entries.values() for t in ts)
 

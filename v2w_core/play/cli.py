@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="default denoising steps per frame (default: the registered "
                    "rollout config's, else 10); the page's slider changes it per session")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=50, help="the slider's upper end")
+    p.add_argument("--history-encoding", choices=["recompute", "incremental"],
+                   help="recompute: re-encode the window per frame (exact; the registered rollout config's "
+                   "default); incremental: carry each session's history cache between key presses (faster, "
+                   "approximate once the window slides: docs/streaming.md)")  # fmt: skip
     p.add_argument("--context-frames", type=int, default=8, help="frames of the picked episode to start from")
     p.add_argument("--max-sessions", type=int, default=8)
     p.add_argument("--idle-timeout-s", type=float, default=600.0, help="a session idle this long is dropped")
@@ -71,7 +75,8 @@ def settings_from_args(args: argparse.Namespace):
     steps = args.steps if args.steps is not None else (None if src.rollout else DEFAULT_STEPS)
     return PlaySettings(
         model_dir=src.model_dir, label=src.label, rollout=src.rollout, eval_manifest=src.eval_manifest,
-        vae_uri=src.vae_uri, device=args.device, steps=steps, max_steps=args.max_steps, max_sessions=args.max_sessions,
+        vae_uri=src.vae_uri, device=args.device, steps=steps, history_encoding=args.history_encoding,
+        max_steps=args.max_steps, max_sessions=args.max_sessions,
         idle_timeout_s=args.idle_timeout_s, context_frames=args.context_frames, seed=args.seed,
         fast_path=not args.no_fast_path,
     )  # fmt: skip

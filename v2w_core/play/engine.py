@@ -40,6 +40,10 @@ class PlaySettings:
     vae_uri: str | None = None  # a latent-space model's VAE: contexts are encoded, new frames decoded
     device: str = "auto"  # auto: cuda when available
     steps: int | None = None  # default denoising steps per frame (None: the rollout config's)
+    # "incremental": each session carries its window's history cache between key presses (one single-frame
+    # history forward per frame instead of the window's; approximate once the window slides, see
+    # docs/streaming.md); None: the rollout config's (default "recompute", exact)
+    history_encoding: str | None = None
     max_steps: int = 50
     max_sessions: int = 8
     idle_timeout_s: float = 600.0
@@ -71,6 +75,10 @@ class PlayEngine:
         self.rollout = RolloutConfig.from_dict(settings.rollout or {}, source="rollout config")
         if settings.steps is not None:
             self.rollout = self.rollout.model_copy(update={"num_inference_steps": settings.steps})
+        if settings.history_encoding is not None:
+            self.rollout = RolloutConfig.from_dict(
+                {**self.rollout.model_dump(), "history_encoding": settings.history_encoding}, source="play settings"
+            )  # validated: the mode must be one RolloutConfig knows
         self.max_steps = max(settings.max_steps, self.rollout.num_inference_steps)
         h, w = cfg.sample_size if not isinstance(cfg.sample_size, int) else (cfg.sample_size,) * 2
         self.codec = self._load_codec(int(cfg.data_channels))
@@ -126,6 +134,7 @@ class PlayEngine:
             "contexts": self.library.names,
             "steps": {"default": self.rollout.num_inference_steps, "min": 1, "max": self.max_steps},
             "window": self.rollout.window,  # frames of context per step: the step's cost grows until it is full
+            "history_encoding": self.rollout.history_encoding,
             "sessions": {
                 "max": self.sessions.max_sessions,
                 "idle_timeout_s": self.sessions.idle_timeout_s,

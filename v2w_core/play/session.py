@@ -6,7 +6,9 @@ carries from one generated frame to the next — the clean frames of the window,
 and the generator's state — and calls the same streaming rollout for one frame each time. Nothing else
 crosses frames in that sampler (see its module docstring), so *N calls of :meth:`PlaySession.step` give
 the frames one ``rollout(..., num_frames=N)`` gives for the same actions and seed* (tested; up to float
-reassociation), and the GPU fast path (``runner``) applies unchanged.
+reassociation), and the GPU fast path (``runner``) applies unchanged. With ``history_encoding=
+"incremental"`` the session also carries the window's history cache from one key press to the next
+(:class:`~v2w_core.diffusion.rollout.RolloutCarry`), and the equality still holds.
 
 Per step the rollout gets the newest ``window`` frames as context (it keeps ``window − 1`` of them as
 history, and the extra leading frame lets the oldest history frame keep its real action instead of the
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from v2w_core.data.clips import normalize_frames, to_uint8
-from v2w_core.diffusion.rollout import RolloutConfig, rollout
+from v2w_core.diffusion.rollout import RolloutCarry, RolloutConfig, rollout
 from v2w_core.play.episodes import Context
 
 
@@ -66,6 +68,9 @@ class PlaySession:
         # actions[i] was taken at frames[i]; the action at the newest frame is the player's next key
         self._actions = [np.asarray(a) for a in self.context.actions[: len(self._frames) - 1]]
         self._generator = torch.Generator().manual_seed(self.seed)
+        # history_encoding="incremental": the window's cache, extended by each generated frame, so a key
+        # press runs one single-frame forward for the history instead of re-encoding the window
+        self._carry = RolloutCarry()
         self.recorded = [f for f in self.context.frames]  # uint8 (H, W, 3): the context, then every step
         self.steps_taken = 0
 
@@ -83,7 +88,8 @@ class PlaySession:
         k = ctx.shape[1]
         taken = self._actions[len(self._actions) - (k - 1) :] if k > 1 else []
         acts = torch.from_numpy(np.stack([*taken, action]))[None].to(self.device)  # (1, K, ...)
-        new = rollout(model, ctx, acts, 1, config, generator=self._generator, runner=runner)[0, 0]
+        new = rollout(model, ctx, acts, 1, config, generator=self._generator, runner=runner,
+                      carry=self._carry)[0, 0]  # fmt: skip
         self._frames.append(new)
         self._actions.append(np.asarray(action))
         del self._frames[: -self.window], self._actions[: -self.window]
