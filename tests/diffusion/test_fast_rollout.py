@@ -17,7 +17,7 @@ import torch
 from diffusion_tiny import ACTION_DIM, SIZE, make_causal_model
 
 from v2w_core.diffusion.fast_rollout import FastPathConfig, FastStreamer
-from v2w_core.diffusion.rollout import RolloutConfig, rollout
+from v2w_core.diffusion.rollout import RolloutCarry, RolloutConfig, rollout
 from v2w_core.models.world_model import WorldModel
 
 B, K, N = 2, 3, 3
@@ -266,6 +266,56 @@ def test_cuda_graph_replay_equals_eager() -> None:
     compiled = FastStreamer(model, FastPathConfig(compile="default", compile_backend="aot_eager"))
     torch.testing.assert_close(_rollout(model, compiled, "cuda"), eager, rtol=1e-4, atol=1e-4)
     assert compiled._encode_graphs and not compiled._encode_graph_failed  # compiled history forward, captured
+
+
+def _carried_calls(model: WorldModel, runner: Any, device: str, carries: list[RolloutCarry]) -> list[torch.Tensor]:
+    """Two play-session-like streams on one runner, interleaved frame by frame: each call generates one
+    frame with its stream's carry (incremental history), its context the stream's newest window."""
+    context, actions = _inputs(device)
+    cfg = RolloutConfig(num_inference_steps=2, window=3, history_encoding="incremental")
+    streams = [context, context.flip(0)]  # two different histories of the same shapes
+    acts = [actions, actions.flip(0)]
+    gens = [torch.Generator(device=device).manual_seed(s) for s in (1, 2)]
+    for _ in range(N):
+        for i, carry in enumerate(carries):
+            frames = streams[i]
+            lo = max(0, frames.shape[1] - cfg.window)
+            a = acts[i][:, lo : frames.shape[1]]  # K + N - 1 recorded: enough for every call
+            new = rollout(model, frames[:, lo:], a, 1, cfg, generator=gens[i], runner=runner, carry=carry)
+            streams[i] = torch.cat([frames, new], dim=1)
+    return [s[:, K:] for s in streams]
+
+
+def test_carried_caches_are_private_to_their_stream(causal_model: WorldModel) -> None:
+    """A runner's static cache is shared by every rollout of its shapes: detach_history hands a carry its
+    own copy, attach_history (graphs off: the cache itself) puts it back. Two interleaved streams on one
+    runner give the frames each gives on the model alone."""
+    runner = FastStreamer(causal_model, FastPathConfig(cuda_graph=True))
+    alone = _carried_calls(causal_model, None, "cpu", [RolloutCarry(), RolloutCarry()])
+    shared = _carried_calls(causal_model, runner, "cpu", [RolloutCarry(), RolloutCarry()])
+    for a, b in zip(shared, alone, strict=True):
+        torch.testing.assert_close(a, b, **EXACT)
+    cache = causal_model.encode_history(*_inputs()[:1], torch.zeros(B, K, dtype=torch.long), appendable=True)
+    runner._static["x"] = cache
+    private = runner.detach_history(cache)
+    assert private is not cache and private.signature() == cache.signature()
+    assert all(p.data_ptr() != c.data_ptr() for k in cache.entries for p, c in zip(private.entries[k], cache.entries[k]))
+    assert runner.detach_history(private) is private and runner.attach_history(private) is private  # CPU: no graphs
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@_ieee_fp32()
+def test_interleaved_carried_streams_on_captured_graphs_equal_eager() -> None:
+    """On CUDA the carried caches go through the static cache the step graphs read: two play sessions
+    stepping in turn on one graph runner must not see each other's history."""
+    model = make_causal_model().cuda()
+    eager = _carried_calls(model, None, "cuda", [RolloutCarry(), RolloutCarry()])
+    runner = FastStreamer(model, FastPathConfig(cuda_graph=True))
+    graphed = _carried_calls(model, runner, "cuda", [RolloutCarry(), RolloutCarry()])
+    assert runner._graphs, "no CUDA graph was captured"
+    for a, b in zip(graphed, eager, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_temporal_cross_attention_runs_in_row_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
